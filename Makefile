@@ -1,0 +1,39 @@
+# One entry point for developers and CI. `make run` and `make test` work on a fresh machine:
+# they create the virtualenv, and services that are neither configured nor running locally are
+# started embedded under .jobplatform/.
+
+PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint typecheck imports check clean stack-down
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] <= (3, 12), "Python 3.11 or 3.12 is needed (the embedded PostgreSQL and Redis wheels stop at 3.12); set PYTHON="' 
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: the main job on embedded defaults (or the configured services)
+run: $(STAMP)
+	$(BIN)/jobplatform demo
+
+## test: the test suite against real PostgreSQL, Redis, S3 (moto's server) and ffmpeg
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## lint: ruff, mypy (strict) and the architecture contracts
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+check: lint test
+
+stack-down: $(STAMP)
+	$(BIN)/jobplatform stack down
+
+clean: stack-down
+	rm -rf $(VENV) .jobplatform .mypy_cache .ruff_cache .pytest_cache

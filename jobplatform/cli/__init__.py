@@ -1,0 +1,34 @@
+"""The ``jobplatform`` command: the composition root.
+
+Each subcommand lives in its own module and imports what it composes (the writer, actors,
+benchmarks) where it runs, so ``jobplatform --help`` stays fast and the packages stay apart.
+Every option is also read from the environment variable its help names.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from jobplatform.cli import bench, db
+from jobplatform.cli._common import run_cli
+
+COMMANDS: list[click.Command] = [
+    db.db,
+    bench.bench,
+]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="jobplatform")
+def cli() -> None:
+    """Job platform on Dramatiq whose workers never touch PostgreSQL."""
+
+
+for command in COMMANDS:
+    cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_cli(cli, argv))

@@ -1,0 +1,56 @@
+"""What every subcommand shares: settings, logging and the one exit path."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from jobplatform.errors import JobPlatformError
+from jobplatform.logging import configure_logging
+from jobplatform.settings import Settings, load_settings
+
+
+def settings_from_env() -> Settings:
+    """Settings for a subcommand, with logging configured; a bad value exits with code 2."""
+    settings = load_settings()
+    configure_logging(settings)
+    return settings
+
+
+def run_cli(group: click.Group, argv: list[str] | None) -> int:
+    """Run the CLI; a platform error prints its chain of causes and exits 1 (2 for config)."""
+    from jobplatform.errors import ConfigError
+
+    try:
+        group.main(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except (JobPlatformError, OSError) as exc:
+        click.echo(f"error: {describe_chain(exc)}", err=True)
+        return 2 if isinstance(exc, ConfigError) else 1
+    return 0
+
+
+def describe_chain(exc: BaseException) -> str:
+    parts = [str(exc) or type(exc).__name__]
+    seen: set[int] = {id(exc)}
+    cause: Any = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        parts.append(f"{type(cause).__name__}: {cause}")
+        cause = cause.__cause__ or cause.__context__
+    return "\n  caused by: ".join(parts)
+
+
+def echo_json(obj: Any) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n")

@@ -1,0 +1,158 @@
+"""All configuration, read from the environment.
+
+Each group has its own prefix (``WRITER_``, ``ROSTER_``, ``VIDEO_``, ``S3_``); the README lists
+every variable with its default. :func:`load_settings` turns a wrong value into a
+:class:`~jobplatform.errors.ConfigError` that names the variable.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jobplatform.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+Positive = Annotated[int, Field(gt=0)]
+Share = Annotated[float, Field(gt=0, le=1)]
+
+
+class S3Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="S3_", frozen=True)
+
+    endpoint_url: str | None = None
+    """S3-compatible endpoint; unset means AWS, or the embedded one when nothing is configured."""
+    bucket: str = "jobplatform"
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+
+class WriterSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WRITER_", frozen=True)
+
+    batch_max_intents: Positive = 2000
+    batch_max_rows: Positive = 2000
+    batch_max_bytes: Positive = 4 * 1024 * 1024
+    batch_max_age_ms: Positive = 50
+    poll_timeout_ms: Positive = 20
+    bulk_share: Share = 0.8
+    """Largest share of a batch's intents taken from ``writes.bulk`` when fast intents wait."""
+    db_budget: Share = 0.5
+    """Largest share of wall time the writer may keep PostgreSQL busy; past it, commits wait."""
+    max_intent_bytes: Positive = 2 * 1024 * 1024
+    lock_key: int = 0x6A6F62706C6174
+    statement_timeout_ms: Positive = 30_000
+    stats_interval_s: Annotated[float, Field(gt=0)] = 30.0
+    log_dir: Path | None = None
+    """Folder of the write-intent log; defaults to ``<state dir>/intent-log``."""
+    log_segment_bytes: Positive = 64 * 1024 * 1024
+    log_segment_age_s: Positive = 3600
+    log_s3_prefix: str | None = None
+    """When set, closed log segments are also shipped to S3 under this prefix."""
+
+
+class RosterSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ROSTER_", frozen=True)
+
+    chunk_rows: Annotated[int, Field(gt=0, le=5000)] = 500
+    max_rows: Positive = 200_000
+    max_columns: Positive = 200
+    max_file_bytes: Positive = 50 * 1024 * 1024
+    max_uncompressed_bytes: Positive = 500 * 1024 * 1024
+    max_compression_ratio: Positive = 200
+    progress_interval_s: Annotated[float, Field(gt=0)] = 0.5
+
+
+class VideoSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIDEO_", frozen=True)
+
+    max_source_bytes: Positive = 5 * 1024**3
+    segment_seconds: Annotated[int, Field(ge=1, le=60)] = 6
+    ffmpeg_path: str | None = None
+    """A system ffmpeg; unset means the static build that imageio-ffmpeg ships."""
+    ffprobe_path: str | None = None
+    time_limit_factor: Annotated[float, Field(gt=0)] = 10.0
+    """A job may take this many times the video's duration (plus ``time_limit_min_s``)."""
+    time_limit_min_s: Positive = 120
+    progress_interval_s: Annotated[float, Field(gt=0)] = 0.5
+    threads: Annotated[int, Field(ge=0)] = 0
+    """ffmpeg threads per encode; 0 lets ffmpeg use every core."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True)
+
+    database_url: str | None = None
+    """PostgreSQL; unset means the local server on 127.0.0.1:5432 if it answers, else embedded."""
+    redis_url: str | None = None
+    """Redis; unset means the local server on 127.0.0.1:6379 if it answers, else embedded."""
+    jobplatform_env: Literal["development", "production"] = "development"
+    jobplatform_state_dir: Path = PROJECT_ROOT / ".jobplatform"
+    log_format: Literal["json", "console"] | None = None
+    """Unset: JSON lines in production, console in development."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    broker_namespace: str = "jobplatform"
+    queue_video: str = "video"
+    queue_ai: str = "ai"
+    queue_writes_fast: str = "writes.fast"
+    queue_writes_bulk: str = "writes.bulk"
+
+    s3: S3Settings = Field(default_factory=S3Settings)
+    writer: WriterSettings = Field(default_factory=WriterSettings)
+    roster: RosterSettings = Field(default_factory=RosterSettings)
+    video: VideoSettings = Field(default_factory=VideoSettings)
+
+    @property
+    def production(self) -> bool:
+        return self.jobplatform_env == "production"
+
+    @property
+    def writer_log_dir(self) -> Path:
+        return self.writer.log_dir or self.jobplatform_state_dir / "intent-log"
+
+
+_GROUPS: dict[str, type[BaseSettings]] = {
+    "s3": S3Settings,
+    "writer": WriterSettings,
+    "roster": RosterSettings,
+    "video": VideoSettings,
+}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment; a bad value raises :class:`ConfigError`."""
+    groups: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, cls in _GROUPS.items():
+        try:
+            groups[name] = overrides.pop(name, None) or cls()
+        except ValidationError as exc:
+            problems.extend(_describe(exc, cls))
+    if not problems:
+        try:
+            return Settings(**groups, **overrides)
+        except ValidationError as exc:
+            problems.extend(_describe(exc, Settings))
+    raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+
+def _describe(exc: ValidationError, cls: type[BaseSettings]) -> list[str]:
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    out = []
+    for err in exc.errors(include_url=False):
+        field = str(err["loc"][0]) if err["loc"] else ""
+        variable = (prefix + field).upper()
+        shown = f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""
+        out.append(f"{variable}: {err['msg']}{shown}")
+    return out
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return load_settings()

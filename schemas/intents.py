@@ -1,0 +1,170 @@
+"""Write intents: what actors ask the writer to apply to PostgreSQL.
+
+Every intent carries a unique ``intent_id`` (the writer applies each id at most once), the
+tenant, and ``occurred_at``: the moment it happened, written to the rows as their timestamp so
+that replaying the intent log is deterministic. State changes are ordered by
+:func:`intent_rank` and never move backwards.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import date
+from typing import Annotated, Any, Literal
+from uuid import UUID, uuid4
+
+from pydantic import AwareDatetime, Field, TypeAdapter
+
+from schemas._base import Contract, EntityId, S3Key, ShortText, TenantId
+from schemas.jobs import _decode
+
+#: A Korean mobile number in its canonical form.
+PHONE_PATTERN = r"^01[016789]-\d{3,4}-\d{4}$"
+Phone = Annotated[str, Field(pattern=PHONE_PATTERN)]
+
+
+class _Intent(Contract):
+    schema_version: Literal[1] = 1
+    intent_id: UUID = Field(default_factory=uuid4)
+    tenant_id: TenantId
+    occurred_at: AwareDatetime
+
+
+# --- video ---------------------------------------------------------------------------------
+
+class _VideoIntent(_Intent):
+    video_id: UUID
+    attempt: Annotated[int, Field(ge=1, le=1000)] = 1
+
+
+class VideoQueued(_VideoIntent):
+    """The video was uploaded and its encode job published."""
+
+    kind: Literal["video.queued"] = "video.queued"
+    source_key: S3Key
+
+
+class VideoProcessing(_VideoIntent):
+    """An actor started encoding; ``occurred_at`` is the start time."""
+
+    kind: Literal["video.processing"] = "video.processing"
+
+
+class VideoRendition(Contract):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,16}$")]
+    width: Annotated[int, Field(gt=0, le=8192)]
+    height: Annotated[int, Field(gt=0, le=8192)]
+    bandwidth: Annotated[int, Field(gt=0)]
+    playlist_key: S3Key
+
+
+class VideoReady(_VideoIntent):
+    """The HLS output is in S3; ``hls_key`` is the master playlist."""
+
+    kind: Literal["video.ready"] = "video.ready"
+    hls_key: S3Key
+    duration_s: Annotated[float, Field(gt=0, lt=86_400)]
+    renditions: Annotated[tuple[VideoRendition, ...], Field(min_length=1, max_length=10)]
+
+
+class VideoFailed(_VideoIntent):
+    """Encoding failed for a reason a person can read."""
+
+    kind: Literal["video.failed"] = "video.failed"
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+# --- roster --------------------------------------------------------------------------------
+
+class StudentRow(Contract):
+    """One normalised roster row. ``phone`` identifies the student within the tenant."""
+
+    source_row: Annotated[int, Field(ge=1, description="1-based row number in the source sheet.")]
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    phone: Phone
+    parent_phone: Phone | None = None
+    school: Annotated[str | None, Field(max_length=100)] = None
+    grade: Annotated[int | None, Field(ge=1, le=12)] = None
+    birth_date: date | None = None
+
+
+class RosterChunk(_Intent):
+    """A chunk of valid rows of one import: upsert the students, enroll them in the lecture."""
+
+    kind: Literal["roster.chunk"] = "roster.chunk"
+    import_id: UUID
+    lecture_id: EntityId
+    chunk_index: Annotated[int, Field(ge=0)]
+    rows: Annotated[tuple[StudentRow, ...], Field(min_length=1, max_length=5000)]
+
+
+class RowError(Contract):
+    row: Annotated[int, Field(ge=1)]
+    column: ShortText
+    reason: Annotated[str, Field(max_length=500)]
+
+
+RosterStatusName = Literal["queued", "parsing", "writing", "failed"]
+
+
+class RosterStatus(_Intent):
+    """A roster import changed state.
+
+    ``writing`` means every row is parsed and ``chunks`` chunks were sent; the writer marks the
+    import ``done`` once it has applied all of them.
+    """
+
+    kind: Literal["roster.status"] = "roster.status"
+    import_id: UUID
+    lecture_id: EntityId
+    status: RosterStatusName
+    source_key: S3Key | None = None
+    total: Annotated[int | None, Field(ge=0)] = None
+    valid: Annotated[int | None, Field(ge=0)] = None
+    invalid: Annotated[int | None, Field(ge=0)] = None
+    duplicates: Annotated[int | None, Field(ge=0)] = None
+    chunks: Annotated[int | None, Field(ge=0)] = None
+    report_key: S3Key | None = None
+    error: Annotated[str | None, Field(max_length=2000)] = None
+    sample_errors: Annotated[tuple[RowError, ...], Field(max_length=100)] = ()
+
+
+Intent = Annotated[
+    VideoQueued | VideoProcessing | VideoReady | VideoFailed | RosterChunk | RosterStatus,
+    Field(discriminator="kind"),
+]
+AnyIntent = VideoQueued | VideoProcessing | VideoReady | VideoFailed | RosterChunk | RosterStatus
+_intent_adapter: TypeAdapter[AnyIntent] = TypeAdapter(Intent)
+
+INTENT_KINDS: frozenset[str] = frozenset(
+    m.model_fields["kind"].default
+    for m in (VideoQueued, VideoProcessing, VideoReady, VideoFailed, RosterChunk, RosterStatus)
+)
+
+_VIDEO_RANK = {"video.queued": 0, "video.processing": 1, "video.ready": 2, "video.failed": 2}
+_ROSTER_RANK = {"queued": 0, "parsing": 1, "writing": 2, "failed": 3}
+
+
+def intent_rank(intent: AnyIntent) -> tuple[int, int]:
+    """Order of a state change within its entity: a change of lower rank never overwrites."""
+    if isinstance(intent, VideoQueued | VideoProcessing | VideoReady | VideoFailed):
+        return (intent.attempt, _VIDEO_RANK[intent.kind])
+    if isinstance(intent, RosterStatus):
+        return (0, _ROSTER_RANK[intent.status])
+    return (0, intent.chunk_index)
+
+
+def decode_intent(data: bytes | str | Mapping[str, Any]) -> AnyIntent:
+    """Decode a write intent; raise :class:`~schemas.DecodeError` naming each bad field."""
+    result: AnyIntent = _decode(_intent_adapter, "intent", data)
+    return result
+
+
+def encode_intent(intent: AnyIntent) -> dict[str, Any]:
+    """The JSON-compatible form of an intent, as it travels and as the log stores it."""
+    return intent.model_dump(mode="json")
+
+
+def intent_json(intent: AnyIntent) -> bytes:
+    return json.dumps(encode_intent(intent), separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,114 @@
+"""Fixtures for real backends: PostgreSQL, Redis and an S3 endpoint.
+
+The services come from the environment when configured, else the machine's local servers,
+else embedded ones the stack starts (see ``jobplatform.stack``). A migrated template database
+is built once per session and cloned for each test that asks for ``database_url``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from jobplatform.settings import Settings, load_settings
+from jobplatform.stack import Services, ensure_services
+
+
+@pytest.fixture(scope="session")
+def services() -> Services:
+    return ensure_services(load_settings())
+
+
+@pytest.fixture(scope="session")
+def template_database(services: Services) -> Iterator[str]:
+    from writer.db import drop_database, with_database
+    from writer.migrate import upgrade
+
+    url = with_database(services.database_url, f"jp_template_{os.getpid()}")
+    drop_database(url)
+    upgrade(url)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def database_url(services: Services, template_database: str) -> Iterator[str]:
+    """A fresh, migrated database for this test, dropped afterwards."""
+    from psycopg import sql
+
+    from writer.db import connect, database_name, drop_database, with_database
+
+    name = f"jp_test_{uuid.uuid4().hex[:12]}"
+    admin = with_database(services.database_url, "postgres")
+    with connect(admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(database_name(template_database))
+            )
+        )
+    url = with_database(services.database_url, name)
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def redis_url(services: Services) -> Iterator[str]:
+    """A Redis database of its own for this test, flushed before and after."""
+    url = _redis_db(services.redis_url, 15)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+def _redis_db(url: str, db: int) -> str:
+    base = url.rsplit("/", 1)[0] if url.count("/") > 2 else url
+    return f"{base}/{db}"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An in-memory S3 endpoint (moto's server) for the session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, database_url: str, redis_url: str, s3_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Settings:
+    """Settings for one test: its own database, Redis db, broker namespace, bucket, state dir."""
+    for key in ("S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    monkeypatch.setenv("S3_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("S3_BUCKET", f"jp-test-{uuid.uuid4().hex[:10]}")
+    return load_settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        broker_namespace=f"jptest-{uuid.uuid4().hex[:8]}",
+        jobplatform_state_dir=tmp_path / "state",
+    )
+
+
+@pytest.fixture
+def broker(settings: Settings) -> Iterator[Any]:
+    from jobplatform.broker import build_broker
+
+    assert settings.redis_url is not None
+    broker = build_broker(settings, settings.redis_url)
+    yield broker
+    broker.flush_all()
+    broker.close()

@@ -1,0 +1,1 @@
+"""The only code that talks to PostgreSQL: the batching writer, its sink, schema and log."""
