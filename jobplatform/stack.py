@@ -28,6 +28,33 @@ class Services:
     s3_region: str
     embedded: tuple[str, ...] = ()
 
+    def apply(self, settings: Settings) -> Settings:
+        """``settings`` pointing at these services, for code that takes only settings."""
+        s3 = settings.s3.model_copy(
+            update={
+                "endpoint_url": self.s3_endpoint_url,
+                "bucket": self.s3_bucket,
+                "access_key_id": self.s3_access_key_id,
+                "secret_access_key": self.s3_secret_access_key,
+                "region": self.s3_region,
+            }
+        )
+        return settings.model_copy(
+            update={"database_url": self.database_url, "redis_url": self.redis_url, "s3": s3}
+        )
+
+    def environ(self) -> dict[str, str]:
+        """The environment variables that point a child process at these services."""
+        env = {"DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url,
+               "S3_BUCKET": self.s3_bucket, "S3_REGION": self.s3_region}
+        if self.s3_endpoint_url:
+            env["S3_ENDPOINT_URL"] = self.s3_endpoint_url
+        if self.s3_access_key_id:
+            env["S3_ACCESS_KEY_ID"] = self.s3_access_key_id
+        if self.s3_secret_access_key:
+            env["S3_SECRET_ACCESS_KEY"] = self.s3_secret_access_key
+        return env
+
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
