@@ -1,0 +1,366 @@
+"""Appending to the write-intent log: :class:`IntentLog`.
+
+The writer calls :meth:`IntentLog.append` once per batch, after ``apply_batch`` succeeded and
+before ``COMMIT``; when it returns, the record is on disk (written, then ``fdatasync``). Segments
+rotate by size and age; a closed segment is compressed (gzip) and, when a prefix is configured,
+uploaded to S3, both on a background thread so the writer's transaction never waits on them.
+
+A process that dies leaves its open segment behind, locked no more (``flock`` dies with its
+holder); the next :class:`IntentLog` on that folder compresses and ships it. A segment is never
+appended to by a second process: each process starts a new one, so a torn last line (a crash
+mid-write) stays the last line of its segment, where readers expect it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import os
+import queue
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from jobplatform.logging import get_logger
+from schemas.intents import AnyIntent
+from writer.intentlog.segment import OPEN_SUFFIX, encode_record, segment_name
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from jobplatform.settings import Settings
+
+log = get_logger(__name__)
+
+
+class SegmentShipper(Protocol):
+    """Copies a closed segment somewhere else; returns where it went."""
+
+    def ship(self, path: Path) -> str: ...
+
+
+class S3Shipper:
+    """Uploads closed segments to ``s3://bucket/prefix/<segment name>``."""
+
+    def __init__(self, client: S3Client, bucket: str, prefix: str) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def ship(self, path: Path) -> str:
+        key = self.key(path.name)
+        self.client.upload_file(str(path), self.bucket, key)
+        return f"s3://{self.bucket}/{key}"
+
+
+@dataclass(slots=True)
+class LogStats:
+    """Counters since the log was opened."""
+
+    batches: int = 0
+    intents: int = 0
+    bytes: int = 0
+    segments_opened: int = 0
+    segments_closed: int = 0
+    segments_shipped: int = 0
+    ship_failures: int = 0
+    recovered: int = 0
+    sync_ms_max: float = 0.0
+    sync_ms_total: float = 0.0
+    closed_paths: list[Path] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "batches": self.batches,
+            "intents": self.intents,
+            "bytes": self.bytes,
+            "segments_opened": self.segments_opened,
+            "segments_closed": self.segments_closed,
+            "segments_shipped": self.segments_shipped,
+            "ship_failures": self.ship_failures,
+            "recovered": self.recovered,
+            "sync_ms_max": round(self.sync_ms_max, 3),
+            "sync_ms_avg": round(self.sync_ms_total / self.batches, 3) if self.batches else 0.0,
+        }
+
+
+@dataclass(slots=True)
+class _Segment:
+    path: Path
+    fd: int
+    opened_at: float
+    size: int = 0
+    last_seq: int = -1
+
+
+def default_writer_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class IntentLog:
+    """The write-intent log of one writer process, in ``folder``.
+
+    ``append`` is called from one thread (the writer's); rotation by age also happens on a
+    background thread while the writer is idle, under the same lock.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        segment_bytes: int = 64 * 1024 * 1024,
+        segment_age_s: float = 3600.0,
+        writer_id: str | None = None,
+        shipper: SegmentShipper | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if segment_bytes <= 0 or segment_age_s <= 0:
+            raise ValueError("segment_bytes and segment_age_s must be positive")
+        self.folder = Path(folder)
+        self.segment_bytes = segment_bytes
+        self.segment_age_s = segment_age_s
+        self.writer_id = writer_id or default_writer_id()
+        self.shipper = shipper
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._current: _Segment | None = None
+        self._closed = False
+        self._pending: queue.Queue[Path | None] = queue.Queue()
+        self._stats = LogStats()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._recover()
+        self._thread = threading.Thread(
+            target=self._background, name="intent-log-finalizer", daemon=True
+        )
+        self._thread.start()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, writer_id: str | None = None) -> IntentLog:
+        """The log the settings describe: ``WRITER_LOG_DIR``, ``WRITER_LOG_SEGMENT_*`` and,
+        when ``WRITER_LOG_S3_PREFIX`` is set, shipping to the settings' S3 bucket."""
+        shipper: SegmentShipper | None = None
+        prefix = settings.writer.log_s3_prefix
+        if prefix is not None:
+            from jobplatform.s3 import s3_client
+
+            shipper = S3Shipper(s3_client(settings), settings.s3.bucket, prefix)
+        return cls(
+            settings.writer_log_dir,
+            segment_bytes=settings.writer.log_segment_bytes,
+            segment_age_s=float(settings.writer.log_segment_age_s),
+            shipper=shipper,
+            writer_id=writer_id,
+        )
+
+    # --- the writer's side ---------------------------------------------------------------
+
+    def append(self, batch_seq: int, intents: Sequence[AnyIntent]) -> None:
+        """Write one batch's record and make it durable before returning."""
+        line = encode_record(batch_seq, self.writer_id, datetime.now(UTC), intents)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the intent log is closed")
+            segment = self._current
+            if segment is not None and (
+                segment.size >= self.segment_bytes
+                or self._clock() - segment.opened_at >= self.segment_age_s
+                or batch_seq <= segment.last_seq
+            ):
+                self._rotate_locked()
+                segment = None
+            if segment is None:
+                segment = self._open_locked(batch_seq)
+            started = time.perf_counter()
+            try:
+                _write_all(segment.fd, line)
+                os.fdatasync(segment.fd)
+            except OSError:
+                self._undo_locked(segment)
+                raise
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            segment.size += len(line)
+            segment.last_seq = batch_seq
+            stats = self._stats
+            stats.batches += 1
+            stats.intents += len(intents)
+            stats.bytes += len(line)
+            stats.sync_ms_total += elapsed_ms
+            stats.sync_ms_max = max(stats.sync_ms_max, elapsed_ms)
+
+    def rotate(self) -> None:
+        """Close the current segment now (it is compressed and shipped in the background)."""
+        with self._lock:
+            if self._current is not None:
+                self._rotate_locked()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every closed segment is compressed (and shipped)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._pending.unfinished_tasks:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("closed log segments are still being compressed")
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        """Close the current segment and wait for compression and shipping to finish."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._current is not None:
+                self._rotate_locked()
+            self._closed = True
+        self._pending.put(None)
+        self._thread.join()
+
+    def get_stats(self) -> dict[str, float | int]:
+        with self._lock:
+            return self._stats.as_dict()
+
+    @property
+    def closed_segments(self) -> list[Path]:
+        """Compressed segments this log produced (including recovered ones), oldest first."""
+        with self._lock:
+            return list(self._stats.closed_paths)
+
+    def __enter__(self) -> IntentLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- segments ------------------------------------------------------------------------
+
+    def _open_locked(self, first_seq: int) -> _Segment:
+        path = self.folder / segment_name(first_seq, self.writer_id)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _fsync_dir(self.folder)
+        except OSError:
+            os.close(fd)
+            raise
+        self._current = _Segment(path, fd, self._clock())
+        self._stats.segments_opened += 1
+        return self._current
+
+    def _undo_locked(self, segment: _Segment) -> None:
+        """After a failed write: cut the partial line, or retire the segment if that fails."""
+        try:
+            os.ftruncate(segment.fd, segment.size)
+            os.fsync(segment.fd)
+        except OSError:
+            self._rotate_locked()
+
+    def _rotate_locked(self) -> None:
+        segment = self._current
+        assert segment is not None
+        self._current = None
+        os.close(segment.fd)  # every record was synced by append; closing drops the flock
+        self._pending.put(segment.path)
+
+    def _recover(self) -> None:
+        """Queue open segments whose process is gone (their flock is free) for closing."""
+        for path in sorted(self.folder.glob("*" + OPEN_SUFFIX)):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another live process is writing it
+            finally:
+                os.close(fd)
+            log.info("intent_log.recovered_segment", path=str(path))
+            self._stats.recovered += 1
+            self._pending.put(path)
+
+    def _background(self) -> None:
+        interval = max(0.05, min(self.segment_age_s / 4, 30.0))
+        while True:
+            try:
+                path = self._pending.get(timeout=interval)
+            except queue.Empty:
+                self.rotate_if_old()
+                continue
+            try:
+                if path is None:
+                    return
+                self._finalize(path)
+            except Exception:
+                log.exception("intent_log.finalize_failed", path=str(path))
+            finally:
+                self._pending.task_done()
+
+    def rotate_if_old(self) -> None:
+        """Close the current segment if it reached its age (the idle check calls this too)."""
+        with self._lock:
+            segment = self._current
+            if segment is not None and self._clock() - segment.opened_at >= self.segment_age_s:
+                self._rotate_locked()
+
+    def _finalize(self, path: Path) -> None:
+        closed = compress_segment(path)
+        if closed is None:
+            return
+        with self._lock:
+            self._stats.segments_closed += 1
+            self._stats.closed_paths.append(closed)
+        if self.shipper is None:
+            return
+        try:
+            where = self.shipper.ship(closed)
+        except Exception as exc:
+            with self._lock:
+                self._stats.ship_failures += 1
+            log.error("intent_log.ship_failed", path=str(closed), error=str(exc))
+            return
+        with self._lock:
+            self._stats.segments_shipped += 1
+        log.info("intent_log.shipped", path=str(closed), to=where)
+
+
+def compress_segment(path: Path) -> Path | None:
+    """Replace an open segment by its gzip form, durably; None when it is already gone."""
+    target = path.with_name(path.name + ".gz")
+    partial = path.with_name(path.name + ".gz.partial")
+    try:
+        source = path.open("rb")
+    except FileNotFoundError:
+        return None
+    with source, partial.open("wb") as raw:
+        with gzip.GzipFile(filename=path.name, mode="wb", fileobj=raw, mtime=0) as out:
+            shutil.copyfileobj(source, out, 1024 * 1024)
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.replace(partial, target)
+    _fsync_dir(path.parent)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    _fsync_dir(path.parent)
+    return target
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

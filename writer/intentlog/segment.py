@@ -1,0 +1,116 @@
+"""The on-disk form of the write-intent log: segment names and records.
+
+A segment is a file of JSON Lines, one line per batch the writer applied::
+
+    {"seq": 42, "writer": "host-a:1234", "at": "2024-05-01T09:00:00.123456Z", "n": 2,
+     "intents": [{...}, {...}]}
+
+``seq`` is the batch's number from PostgreSQL's ``writer_batch_seq`` (taken inside the batch's
+transaction), ``writer`` the host and process that wrote it, ``at`` when it was appended, and
+``intents`` the intents the batch applied, in apply order, as :func:`schemas.encode_intent`
+makes them. One line per batch (rather than one per intent) makes a batch the unit that is
+either wholly in the log or, after a crash mid-write, a torn last line that readers drop.
+
+A segment is named after the first batch it holds, so names sort in log order::
+
+    00000000000000000042-host-a-1234.jsonl      being written
+    00000000000000000042-host-a-1234.jsonl.gz   closed (compressed)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from jobplatform.errors import JobPlatformError
+from schemas import DecodeError, decode_intent, encode_intent
+from schemas.intents import AnyIntent
+
+OPEN_SUFFIX = ".jsonl"
+CLOSED_SUFFIX = ".jsonl.gz"
+_NAME = re.compile(r"^(?P<seq>\d{20})-(?P<writer>[A-Za-z0-9_.-]+)\.jsonl(?:\.gz)?$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class LogFormatError(JobPlatformError, ValueError):
+    """A line of the log that is not a record (outside a torn tail)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One batch of the log, with where it was read from."""
+
+    seq: int
+    writer: str
+    at: datetime
+    intents: tuple[AnyIntent, ...]
+    source: str = ""
+    line: int = 0
+
+
+def segment_name(first_seq: int, writer_id: str, *, closed: bool = False) -> str:
+    safe = _UNSAFE.sub("-", writer_id).strip("-") or "writer"
+    return f"{first_seq:020d}-{safe}" + (CLOSED_SUFFIX if closed else OPEN_SUFFIX)
+
+
+def parse_segment_name(name: str) -> int | None:
+    """The first batch number a segment's name carries, or None for another name."""
+    match = _NAME.match(name)
+    return int(match["seq"]) if match else None
+
+
+def segment_stem(name: str) -> str:
+    """The name without its suffix: an open segment and its compressed form share it."""
+    for suffix in (CLOSED_SUFFIX, OPEN_SUFFIX):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_segment(name: str) -> bool:
+    return name.endswith((OPEN_SUFFIX, CLOSED_SUFFIX))
+
+
+def encode_record(seq: int, writer_id: str, at: datetime, intents: Sequence[AnyIntent]) -> bytes:
+    """One record as a complete line, newline included."""
+    body = {
+        "seq": seq,
+        "writer": writer_id,
+        "at": at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "n": len(intents),
+        "intents": [encode_intent(intent) for intent in intents],
+    }
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def decode_record(line: bytes, *, source: str = "", line_no: int = 0) -> LogRecord:
+    """Parse one whole line; :class:`LogFormatError` names the source, line and field."""
+    where = f"{source}:{line_no}" if source else f"line {line_no}"
+    try:
+        body: Any = json.loads(line)
+    except ValueError as exc:
+        raise LogFormatError(f"{where}: not JSON ({exc})") from exc
+    if not isinstance(body, dict):
+        raise LogFormatError(f"{where}: a record must be a JSON object")
+    seq, writer, at, raw = body.get("seq"), body.get("writer"), body.get("at"), body.get("intents")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise LogFormatError(f"{where}: 'seq' must be a non-negative integer, got {seq!r}")
+    if not isinstance(writer, str):
+        raise LogFormatError(f"{where}: 'writer' must be a string")
+    if not isinstance(raw, list):
+        raise LogFormatError(f"{where}: 'intents' must be a list")
+    try:
+        when = datetime.fromisoformat(str(at))
+    except ValueError as exc:
+        raise LogFormatError(f"{where}: 'at' is not an ISO time: {at!r}") from exc
+    intents = []
+    for index, item in enumerate(raw):
+        try:
+            intents.append(decode_intent(item))
+        except DecodeError as exc:
+            raise LogFormatError(f"{where}: intents[{index}]: {exc}") from exc
+    return LogRecord(seq, writer, when, tuple(intents), source, line_no)
