@@ -15,6 +15,7 @@ import dramatiq
 import structlog
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -107,12 +108,23 @@ def build_broker(settings: Settings, redis_url: str, *, set_global: bool = True)
         middleware=default_middleware(),
         heartbeat_timeout=60_000,
     )
-    queues = Queues.from_settings(settings)
-    for queue in (queues.video, queues.ai, *queues.writes):
-        broker.declare_queue(queue)
+    _declare_queues(broker, settings)
     if set_global:
         dramatiq.set_broker(broker)
     return broker
+
+
+def build_stub_broker(settings: Settings) -> StubBroker:
+    """An in-memory broker with the platform's middleware and queues, for tests."""
+    broker = StubBroker(middleware=default_middleware())
+    _declare_queues(broker, settings)
+    return broker
+
+
+def _declare_queues(broker: dramatiq.Broker, settings: Settings) -> None:
+    queues = Queues.from_settings(settings)
+    for queue in (queues.video, queues.ai, *queues.writes):
+        broker.declare_queue(queue)
 
 
 def make_message(
