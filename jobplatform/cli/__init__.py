@@ -11,12 +11,13 @@ import sys
 
 import click
 
-from jobplatform.cli import bench, db
+from jobplatform.cli import bench, db, run
 from jobplatform.cli._common import run_cli
 
 COMMANDS: list[click.Command] = [
     db.db,
     bench.bench,
+    run.run,
 ]
 
 

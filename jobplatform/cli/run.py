@@ -1,0 +1,52 @@
+"""``jobplatform run``: the Procfile's processes in one terminal, for development."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from jobplatform.cli._common import settings_from_env
+
+
+@click.command()
+@click.argument("names", nargs=-1)
+@click.option("-f", "--procfile", type=click.Path(dir_okay=False, path_type=Path),
+              default="Procfile", show_default=True, envvar="JOBPLATFORM_PROCFILE",
+              show_envvar=True, help="The Procfile; processes run in its folder.")
+@click.option("-s", "--scale", envvar="JOBPLATFORM_SCALE", show_envvar=True,
+              help="Processes per line, e.g. video=2,ai=2,writer=2 (default: 1 each).")
+@click.option("--stop-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              envvar="JOBPLATFORM_STOP_TIMEOUT", show_envvar=True,
+              help="Seconds a process may take to drain after its SIGTERM; then SIGKILL.")
+@click.option("--migrate/--no-migrate", default=True, show_default=True,
+              help="Apply pending database migrations before starting.")
+def run(names: tuple[str, ...], procfile: Path, scale: str | None, stop_timeout: float,
+        migrate: bool) -> None:
+    """Run the Procfile's processes (or only NAMES), prefixing and colouring their output.
+
+    Services come from the environment, else the local or embedded stack; their URLs are
+    passed to every process. Ctrl-C or SIGTERM sends each process one SIGTERM and waits for
+    it to drain; a second Ctrl-C kills at once. A process exiting on its own stops the others
+    and the command exits non-zero. In production run the same Procfile under your supervisor
+    (systemd, a Heroku-like platform, one Kubernetes Deployment per line).
+    """
+    from jobplatform.runner import Formation, FormationError, parse_scale, read_procfile
+    from jobplatform.stack import ensure_services
+
+    settings = settings_from_env()
+    types = read_procfile(procfile)
+    if names:
+        unknown = sorted(set(names) - {t.name for t in types})
+        if unknown:
+            raise FormationError(f"no process {', '.join(unknown)} in {procfile}")
+        types = [t for t in types if t.name in names]
+    counts = parse_scale(scale, types)
+    services = ensure_services(settings)
+    if migrate:
+        from writer.migrate import upgrade
+
+        upgrade(services.database_url)
+    formation = Formation(types, scale=counts, env=services.environ(),
+                          cwd=procfile.resolve().parent, stop_timeout_s=stop_timeout)
+    raise click.exceptions.Exit(formation.run())

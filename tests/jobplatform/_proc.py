@@ -1,0 +1,34 @@
+"""A process for formation tests: reports the signals it gets, then behaves as told."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+mode = sys.argv[1]
+received: list[str] = []
+
+
+def note(signum: int, frame: object) -> None:
+    received.append(signal.Signals(signum).name)
+    print(f"got {signal.Signals(signum).name} #{received.count(signal.Signals(signum).name)}",
+          flush=True)
+
+
+signal.signal(signal.SIGTERM, note)
+signal.signal(signal.SIGINT, note)
+print(f"ready pid={os.getpid()} pgid={os.getpgid(0)}", flush=True)
+
+if mode == "crash":
+    time.sleep(0.3)
+    print("crashing", flush=True)
+    sys.exit(3)
+while "SIGTERM" not in received or mode == "stubborn":
+    time.sleep(0.02)
+# Drain: stay a little longer, so a second signal would be seen and printed.
+deadline = time.monotonic() + 0.5
+while time.monotonic() < deadline:
+    time.sleep(0.02)
+print("drained", flush=True)

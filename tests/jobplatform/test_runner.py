@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobplatform.runner import (
+    Formation,
+    FormationError,
+    ProcessType,
+    command_argv,
+    parse_procfile,
+    parse_scale,
+)
+from jobplatform.stack import Services
+
+PROC = Path(__file__).with_name("_proc.py")
+PROCFILE = f"""
+# a comment, then a blank line
+
+web: {sys.executable} {PROC} serve
+worker: {sys.executable} {PROC} serve
+"""
+
+
+class Lines(io.StringIO):
+    """Captured output that a test can wait on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = threading.Condition()
+
+    def write(self, text: str) -> int:
+        with self.changed:
+            n = super().write(text)
+            self.changed.notify_all()
+            return n
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = 20) -> list[Any]:
+        with self.changed:
+            self.changed.wait_for(
+                lambda: len(re.findall(pattern, self.getvalue(), re.M)) >= count, timeout
+            )
+            found: list[Any] = re.findall(pattern, self.getvalue(), re.M)
+        assert len(found) >= count, f"{pattern!r} x{count} not in:\n{self.getvalue()}"
+        return found
+
+
+def lines_of(output: str, label: str) -> list[str]:
+    """What process ``label`` printed, without the prefix ``HH:MM:SS label |``."""
+    found = []
+    for line in output.splitlines():
+        prefix, _, text = line.partition(" | ")
+        if prefix.split()[1:] == [label]:
+            found.append(text)
+    return found
+
+
+def test_parse_procfile_and_scale() -> None:
+    types = parse_procfile(PROCFILE)
+    assert [t.name for t in types] == ["web", "worker"]
+    assert types[0].command.endswith("_proc.py serve")
+    assert parse_scale("web=2, worker=0", types) == {"web": 2, "worker": 0}
+    assert parse_scale(None, types) == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("web python a.py\n", "Procfile, line 1: expected 'name: command'"),
+        ("web:\n", "line 1: expected 'name: command'"),
+        ("a: x\nb c: y\n", "line 2: process name 'b c' must be"),
+        ("a: x\na: y\n", "line 2: process name 'a' appears twice"),
+        ("# nothing\n", "no processes defined"),
+    ],
+)
+def test_bad_procfiles_name_the_line(text: str, message: str) -> None:
+    with pytest.raises(FormationError, match=re.escape(message)):
+        parse_procfile(text)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [("web=two", "expected name=count, got 'web=two'"), ("web", "expected name=count"),
+     ("api=1", "no process 'api' in the Procfile (it has web)")],
+)
+def test_bad_scales_are_refused(spec: str, message: str) -> None:
+    with pytest.raises(FormationError, match=re.escape(message)):
+        parse_scale(spec, [ProcessType("web", "x")])
+
+
+def test_command_argv_runs_plain_commands_directly() -> None:
+    assert command_argv("LOG_LEVEL=DEBUG dramatiq actors.worker --queues video") == (
+        ["dramatiq", "actors.worker", "--queues", "video"], {"LOG_LEVEL": "DEBUG"})
+    assert command_argv("exec a | b") == (["/bin/sh", "-c", "exec a | b"], {})
+    with pytest.raises(FormationError, match="has nothing to run"):
+        command_argv("A=1")
+
+
+def test_formation_prefixes_output_and_sends_one_sigterm_each(tmp_path: Path) -> None:
+    out = Lines()
+    formation = Formation(parse_procfile(PROCFILE), scale={"worker": 2}, output=out,
+                          env={"MARK": "x"}, cwd=tmp_path)
+    formation.start()
+    ready = out.wait_for(r"^\S+ (web\.1|worker\.1|worker\.2) +\| ready pid=(\d+) pgid=(\d+)$", 3)
+
+    formation.stop()
+
+    text = out.getvalue()
+    # Each process is the leader of its own group (the terminal's SIGINT does not reach it).
+    for _, pid, pgid in ready:
+        assert pid == pgid
+        assert int(pgid) != os.getpgid(0)
+    for label in ("web.1", "worker.1", "worker.2"):
+        assert lines_of(text, label)[1:] == ["got SIGTERM #1", "drained"], text
+    assert [p.returncode for p in formation.processes] == [0, 0, 0]
+    assert "SIGKILL" not in text
+    assert formation.first_exit is None
+
+
+def test_a_process_that_ignores_sigterm_is_killed_after_the_timeout() -> None:
+    out = Lines()
+    types = [ProcessType("stubborn", f"{sys.executable} {PROC} stubborn")]
+    formation = Formation(types, output=out, stop_timeout_s=0.5)
+    formation.start()
+    out.wait_for("ready")
+
+    formation.stop()
+
+    assert formation.processes[0].returncode == -signal.SIGKILL
+    assert "stubborn.1 still running after 0.5 s: SIGKILL" in out.getvalue()
+
+
+def test_a_crashing_process_stops_the_formation() -> None:
+    out = Lines()
+    types = [*parse_procfile(PROCFILE), ProcessType("crash", f"{sys.executable} {PROC} crash")]
+    formation = Formation(types, output=out)
+
+    code = formation.run()
+
+    text = out.getvalue()
+    assert code == 3
+    assert formation.first_exit is not None
+    assert formation.first_exit.label == "crash.1"
+    assert "crash.1 exited unexpectedly: stopping the formation" in text
+    for label in ("web.1", "worker.1"):
+        assert lines_of(text, label)[-2:] == ["got SIGTERM #1", "drained"], text
+
+
+def test_ctrl_c_in_a_terminal_reaches_each_process_once(
+    tmp_path: Path, services: Services
+) -> None:
+    # Given `jobplatform run` in the foreground process group of a terminal
+    procfile = tmp_path / "Procfile"
+    procfile.write_text(PROCFILE)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "jobplatform", "run", "--no-migrate", "-f", str(procfile),
+         "--scale", "worker=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**os.environ, **services.environ()},
+    )
+    assert runner.stdout is not None
+    seen: list[str] = []
+    for line in runner.stdout:
+        seen.append(line)
+        if sum(" | ready pid=" in s for s in seen) == 3:
+            break
+    # When the terminal delivers Ctrl-C to that group
+    os.killpg(runner.pid, signal.SIGINT)
+    rest, _ = runner.communicate(timeout=30)
+
+    # Then each process got exactly one SIGTERM and no SIGINT, drained, and the runner exits 0
+    text = "".join(seen) + rest
+    assert runner.returncode == 0, text
+    for label in ("web.1", "worker.1", "worker.2"):
+        assert lines_of(text, label)[1:] == ["got SIGTERM #1", "drained"], text
+    assert "SIGINT" not in text
+
+
+def test_wait_returns_when_nothing_exits() -> None:
+    out = Lines()
+    formation = Formation([ProcessType("web", f"{sys.executable} {PROC} serve")], output=out)
+    formation.start()
+    try:
+        assert formation.wait(timeout=0.3) is None
+        assert formation.alive() == formation.processes
+    finally:
+        formation.stop()
