@@ -1,0 +1,190 @@
+-- The statements of the writer's sink (writer/sink.py), one block per `-- name:` line.
+-- `{stage}` is the session's temporary staging table, composed with psycopg.sql.
+-- Timestamps come from the intents; none of these statements calls now().
+
+-- name: claim_intents
+-- The ledger: ids not seen before are recorded and returned; the others are redeliveries.
+INSERT INTO writer_ledger (intent_id, batch_seq)
+SELECT unnest(%(ids)s::uuid[]), %(batch_seq)s
+ON CONFLICT (intent_id) DO NOTHING
+RETURNING intent_id
+
+-- name: prepare_stage
+-- Staging tables have no statistics: a hash join would scan all of `students` every batch.
+-- Index joins only, for this transaction; and whether this session has its staging table.
+SELECT set_config('enable_hashjoin', 'off', true),
+       set_config('enable_mergejoin', 'off', true),
+       to_regclass('pg_temp.' || %(stage)s) IS NOT NULL
+
+-- name: create_stage
+-- Emptied at each commit in place (no new file, no catalog change), reused by the session.
+CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (
+    tenant_id     bigint NOT NULL,
+    phone         text NOT NULL,
+    name          text NOT NULL,
+    parent_phone  text,
+    school        text,
+    grade         smallint,
+    birth_date    date,
+    student_at    timestamptz,
+    lecture_id    bigint NOT NULL,
+    import_id     uuid NOT NULL,
+    enrolled_at   timestamptz NOT NULL
+) ON COMMIT DELETE ROWS
+
+-- name: copy_stage
+COPY {stage} (tenant_id, phone, name, parent_phone, school, grade, birth_date, student_at,
+              lecture_id, import_id, enrolled_at)
+FROM STDIN (FORMAT BINARY)
+
+-- name: ensure_lectures
+-- Lectures the chunks enroll into, created with the chunk's tenant; returns those that already
+-- exist under another tenant (the outer query sees the rows from before this statement).
+WITH wanted AS (
+    SELECT * FROM unnest(%(id)s::bigint[], %(tenant_id)s::bigint[], %(created_at)s::timestamptz[])
+        AS w (id, tenant_id, created_at)
+), added AS (
+    INSERT INTO lectures (id, tenant_id, created_at)
+    SELECT id, tenant_id, created_at FROM wanted
+    ON CONFLICT (id) DO NOTHING
+)
+SELECT w.id, w.tenant_id, l.tenant_id
+FROM wanted AS w JOIN lectures AS l ON l.id = w.id
+WHERE l.tenant_id <> w.tenant_id
+
+-- name: upsert_students
+-- Rows present and identical are skipped before the upsert: ON CONFLICT ... WHERE alone would
+-- still lock, and so write WAL for, every conflicting row. `{result}` chooses what is returned.
+WITH upserted AS (
+    INSERT INTO students AS s
+        (tenant_id, phone, name, parent_phone, school, grade, birth_date, created_at, updated_at)
+    SELECT st.tenant_id, st.phone, st.name, st.parent_phone, st.school, st.grade, st.birth_date,
+           st.student_at, st.student_at
+    FROM {stage} AS st
+    WHERE st.student_at IS NOT NULL
+      AND NOT EXISTS (
+          SELECT FROM students AS x
+          WHERE x.tenant_id = st.tenant_id AND x.phone = st.phone
+            AND (x.name, x.parent_phone, x.school, x.grade, x.birth_date)
+                IS NOT DISTINCT FROM (st.name, st.parent_phone, st.school, st.grade, st.birth_date)
+      )
+    ON CONFLICT (tenant_id, phone) DO UPDATE SET
+        name = EXCLUDED.name,
+        parent_phone = EXCLUDED.parent_phone,
+        school = EXCLUDED.school,
+        grade = EXCLUDED.grade,
+        birth_date = EXCLUDED.birth_date,
+        updated_at = EXCLUDED.updated_at
+    WHERE (s.name, s.parent_phone, s.school, s.grade, s.birth_date)
+          IS DISTINCT FROM
+          (EXCLUDED.name, EXCLUDED.parent_phone, EXCLUDED.school, EXCLUDED.grade,
+           EXCLUDED.birth_date)
+    RETURNING s.tenant_id, s.phone, s.xmax = 0 AS created
+)
+{result}
+
+-- name: insert_enrollments
+WITH added AS (
+    INSERT INTO enrollments (lecture_id, student_id, import_id, enrolled_at)
+    SELECT st.lecture_id, s.id, st.import_id, st.enrolled_at
+    FROM {stage} AS st
+    JOIN students AS s ON s.tenant_id = st.tenant_id AND s.phone = st.phone
+    ON CONFLICT (lecture_id, student_id) DO NOTHING
+    RETURNING import_id
+)
+SELECT import_id, count(*) FROM added GROUP BY import_id
+
+-- name: upsert_videos
+-- A row changes only for a strictly higher (attempt, status_rank): state never moves back.
+-- Returns how many rows changed and the videos that exist under another tenant (then nothing
+-- is written).
+WITH new AS (
+    SELECT * FROM unnest(
+        %(id)s::uuid[], %(tenant_id)s::bigint[], %(status)s::text[], %(attempt)s::integer[],
+        %(status_rank)s::smallint[], %(source_key)s::text[], %(hls_key)s::text[],
+        %(duration_s)s::double precision[], %(renditions)s::jsonb[], %(error)s::text[],
+        %(queued_at)s::timestamptz[], %(started_at)s::timestamptz[],
+        %(finished_at)s::timestamptz[], %(updated_at)s::timestamptz[]
+    ) AS n (id, tenant_id, status, attempt, status_rank, source_key, hls_key, duration_s,
+            renditions, error, queued_at, started_at, finished_at, updated_at)
+), foreign_tenant AS (
+    SELECT n.id FROM new AS n JOIN videos AS v ON v.id = n.id WHERE v.tenant_id <> n.tenant_id
+), changed AS (
+    INSERT INTO videos AS v (id, tenant_id, status, attempt, status_rank, source_key, hls_key,
+                             duration_s, renditions, error, queued_at, started_at, finished_at,
+                             updated_at)
+    SELECT * FROM new WHERE NOT EXISTS (SELECT FROM foreign_tenant)
+    ON CONFLICT (id) DO UPDATE SET
+        status = EXCLUDED.status,
+        attempt = EXCLUDED.attempt,
+        status_rank = EXCLUDED.status_rank,
+        source_key = coalesce(EXCLUDED.source_key, v.source_key),
+        queued_at = coalesce(EXCLUDED.queued_at, v.queued_at),
+        started_at = CASE WHEN EXCLUDED.started_at IS NOT NULL THEN EXCLUDED.started_at
+                          WHEN EXCLUDED.attempt = v.attempt
+                               AND EXCLUDED.status <> 'queued' THEN v.started_at END,
+        hls_key = EXCLUDED.hls_key,
+        duration_s = EXCLUDED.duration_s,
+        renditions = EXCLUDED.renditions,
+        error = EXCLUDED.error,
+        finished_at = EXCLUDED.finished_at,
+        updated_at = EXCLUDED.updated_at
+    WHERE (EXCLUDED.attempt, EXCLUDED.status_rank) > (v.attempt, v.status_rank)
+    RETURNING v.id
+)
+SELECT (SELECT count(*) FROM changed), ARRAY(SELECT id FROM foreign_tenant)
+
+-- name: upsert_roster_statuses
+-- Status moves only to a strictly higher rank; values an intent does not carry are kept.
+INSERT INTO roster_imports AS r
+    (id, tenant_id, lecture_id, status, status_rank, source_key, report_key, total, valid,
+     invalid, duplicates, chunks_expected, error, sample_errors, started_at, updated_at)
+SELECT * FROM unnest(
+    %(id)s::uuid[], %(tenant_id)s::bigint[], %(lecture_id)s::bigint[], %(status)s::text[],
+    %(status_rank)s::smallint[], %(source_key)s::text[], %(report_key)s::text[],
+    %(total)s::integer[], %(valid)s::integer[], %(invalid)s::integer[],
+    %(duplicates)s::integer[], %(chunks_expected)s::integer[], %(error)s::text[],
+    %(sample_errors)s::jsonb[], %(started_at)s::timestamptz[], %(updated_at)s::timestamptz[]
+)
+ON CONFLICT (id) DO UPDATE SET
+    status = EXCLUDED.status,
+    status_rank = EXCLUDED.status_rank,
+    source_key = coalesce(EXCLUDED.source_key, r.source_key),
+    report_key = coalesce(EXCLUDED.report_key, r.report_key),
+    total = coalesce(EXCLUDED.total, r.total),
+    valid = coalesce(EXCLUDED.valid, r.valid),
+    invalid = coalesce(EXCLUDED.invalid, r.invalid),
+    duplicates = coalesce(EXCLUDED.duplicates, r.duplicates),
+    chunks_expected = coalesce(EXCLUDED.chunks_expected, r.chunks_expected),
+    error = coalesce(EXCLUDED.error, r.error),
+    sample_errors = coalesce(EXCLUDED.sample_errors, r.sample_errors),
+    started_at = least(r.started_at, EXCLUDED.started_at),
+    updated_at = greatest(r.updated_at, EXCLUDED.updated_at)
+WHERE EXCLUDED.status_rank > r.status_rank
+
+-- name: add_roster_counts
+-- Per-import counters of the chunks applied; a chunk arriving before any status creates the
+-- row with a placeholder rank that every status intent outranks.
+INSERT INTO roster_imports AS r
+    (id, tenant_id, lecture_id, status, status_rank, chunks_applied, created, updated,
+     unchanged, enrolled, updated_at)
+SELECT n.id, n.tenant_id, n.lecture_id, 'queued', %(placeholder_rank)s, n.chunks, n.created,
+       n.updated, n.unchanged, n.enrolled, n.updated_at
+FROM unnest(
+    %(id)s::uuid[], %(tenant_id)s::bigint[], %(lecture_id)s::bigint[], %(chunks)s::integer[],
+    %(created)s::integer[], %(updated)s::integer[], %(unchanged)s::integer[],
+    %(enrolled)s::integer[], %(updated_at)s::timestamptz[]
+) AS n (id, tenant_id, lecture_id, chunks, created, updated, unchanged, enrolled, updated_at)
+ON CONFLICT (id) DO UPDATE SET
+    chunks_applied = r.chunks_applied + EXCLUDED.chunks_applied,
+    created = r.created + EXCLUDED.created,
+    updated = r.updated + EXCLUDED.updated,
+    unchanged = r.unchanged + EXCLUDED.unchanged,
+    enrolled = r.enrolled + EXCLUDED.enrolled,
+    updated_at = greatest(r.updated_at, EXCLUDED.updated_at)
+
+-- name: mark_roster_done
+-- `writing` means every chunk was sent; done once all of them are applied, in either order.
+UPDATE roster_imports
+SET status = 'done', status_rank = %(done_rank)s, finished_at = updated_at
+WHERE id = ANY(%(ids)s::uuid[]) AND status = 'writing' AND chunks_applied >= chunks_expected
