@@ -1,0 +1,80 @@
+"""Dead letters: intents the writer could not apply, kept with the reason.
+
+Functions on a connection; they run in the caller's transaction (or in autocommit).
+``jobplatform dead`` lists, shows, re-drives and drops them.
+"""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import class_row
+
+Conn = psycopg.Connection[Any]
+
+_COLUMNS = "id, intent_id, kind, tenant_id, queue, body, reason, failed_at, retried_at"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    intent_id: UUID | None
+    kind: str | None
+    tenant_id: int | None
+    queue: str
+    body: str
+    """The message body as received, so it can be re-driven unchanged."""
+    reason: str
+    failed_at: datetime
+    retried_at: datetime | None
+
+
+def record(conn: Conn, queue: str, body_text: str, reason: str, intent_id: UUID | None = None,
+           kind: str | None = None, tenant_id: int | None = None) -> int:
+    """Store one dead intent; returns its id."""
+    row = conn.execute(
+        "INSERT INTO writer_dead_letters (intent_id, kind, tenant_id, queue, body, reason)"
+        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+        (intent_id, kind, tenant_id, queue, body_text, reason),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def list(conn: Conn, limit: int = 50, offset: int = 0,
+         kind: str | None = None) -> builtins.list[DeadLetter]:
+    """Dead letters, newest first, optionally of one intent kind."""
+    with conn.cursor(row_factory=class_row(DeadLetter)) as cur:
+        return cur.execute(
+            f"SELECT {_COLUMNS} FROM writer_dead_letters"  # noqa: S608 - a constant
+            " WHERE %(kind)s::text IS NULL OR kind = %(kind)s::text"
+            " ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s",
+            {"kind": kind, "limit": limit, "offset": offset},
+        ).fetchall()
+
+
+def get(conn: Conn, id: int) -> DeadLetter | None:
+    """One dead letter, or None."""
+    with conn.cursor(row_factory=class_row(DeadLetter)) as cur:
+        return cur.execute(
+            f"SELECT {_COLUMNS} FROM writer_dead_letters WHERE id = %s",  # noqa: S608
+            (id,),
+        ).fetchone()
+
+
+def drop(conn: Conn, id: int) -> bool:
+    """Delete one dead letter; False when there was none."""
+    return conn.execute("DELETE FROM writer_dead_letters WHERE id = %s", (id,)).rowcount == 1
+
+
+def mark_retried(conn: Conn, id: int) -> bool:
+    """Note that the dead letter was sent again (it is kept); False when there was none."""
+    cur = conn.execute(
+        "UPDATE writer_dead_letters SET retried_at = clock_timestamp() WHERE id = %s", (id,)
+    )
+    return cur.rowcount == 1
