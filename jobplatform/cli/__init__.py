@@ -11,13 +11,14 @@ import sys
 
 import click
 
-from jobplatform.cli import bench, db, run
+from jobplatform.cli import bench, db, run, watch
 from jobplatform.cli._common import run_cli
 
 COMMANDS: list[click.Command] = [
     db.db,
     bench.bench,
     run.run,
+    watch.watch,
 ]
 
 

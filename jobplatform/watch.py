@@ -1,0 +1,183 @@
+"""What ``jobplatform watch`` shows: jobs' progress, queue depths and the writer's stats.
+
+Everything comes from Redis: the progress records actors keep (see :mod:`jobplatform.progress`),
+the broker's queues, and the stats document the active writer publishes every
+``WRITER_STATS_INTERVAL_S`` seconds under ``<namespace>:writer:stats``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from rich.console import Group, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from jobplatform.broker import Queues
+from jobplatform.progress import ProgressStore
+from jobplatform.publish import JobStatus, status_from_record
+from jobplatform.settings import Settings
+
+#: Finished jobs stay on screen this long after their last update.
+DEFAULT_RECENT_S = 120.0
+
+
+def writer_stats_key(namespace: str) -> str:
+    """Where the active writer publishes its stats (JSON); it expires when the writer stops."""
+    return f"{namespace}:writer:stats"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    at: float
+    jobs: list[JobStatus]
+    queues: dict[str, int]
+    writer: dict[str, Any] | None = None
+    hidden: int = 0
+    """Finished jobs older than the window, not listed."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "jobs": [job.model_dump(mode="json") for job in self.jobs],
+            "queues": self.queues,
+            "writer": self.writer,
+            "hidden": self.hidden,
+        }
+
+
+def read_jobs(store: ProgressStore) -> list[JobStatus]:
+    """Every job with a progress record, oldest update first."""
+    jobs = []
+    for raw in store.client.scan_iter(match=store.key("*"), count=500):
+        key = raw.decode() if isinstance(raw, bytes) else str(raw)
+        job_id = key[len(store.key("")):]
+        record = store.get(job_id)
+        if record:
+            jobs.append(status_from_record(job_id, record))
+    jobs.sort(key=lambda j: (j.updated_at.timestamp() if j.updated_at else 0.0, j.job_id))
+    return jobs
+
+
+def read_writer_stats(client: redis.Redis, namespace: str) -> dict[str, Any] | None:
+    raw = client.get(writer_stats_key(namespace))
+    if raw is None:
+        return None
+    try:
+        stats = json.loads(raw)
+    except ValueError:
+        return None
+    return stats if isinstance(stats, dict) else None
+
+
+def take_snapshot(
+    client: redis.Redis, settings: Settings, *, recent_s: float = DEFAULT_RECENT_S
+) -> Snapshot:
+    now = time.time()
+    store = ProgressStore(client, settings.broker_namespace)
+    shown, hidden = [], 0
+    for job in read_jobs(store):
+        old = job.updated_at is not None and now - job.updated_at.timestamp() > recent_s
+        if job.finished and old:
+            hidden += 1
+        else:
+            shown.append(job)
+    queues = Queues.from_settings(settings)
+    depths = {
+        name: int(client.llen(f"{settings.broker_namespace}:{name}"))
+        for name in (queues.video, queues.ai, queues.writes_fast, queues.writes_bulk)
+    }
+    return Snapshot(now, shown, depths, read_writer_stats(client, settings.broker_namespace),
+                    hidden)
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+def job_detail(job: JobStatus) -> str:
+    """The figures that matter for the job's kind: speed for encodes, rows for imports."""
+    p = job.progress
+    parts: list[str] = []
+    if job.state == "failed" and job.error:
+        return job.error[:120]
+    if job.job_id.startswith("video:"):
+        if isinstance(p.get("speed"), int | float) and job.state == "running":
+            parts.append(f"{p['speed']:.2f}x")
+        if p.get("hls_key"):
+            parts.append(str(p["hls_key"]))
+    else:
+        total = p.get("total")
+        for name in ("parsed", "written", "valid", "invalid", "duplicates"):
+            value = p.get(name)
+            if isinstance(value, int):
+                shown = f"{value:,}/{total:,}" if name == "parsed" and total else f"{value:,}"
+                parts.append(f"{name} {shown}")
+        if p.get("report_key"):
+            parts.append(f"report {p['report_key']}")
+    return "  ".join(parts)
+
+
+def job_percent(job: JobStatus) -> float | None:
+    if job.percent is not None:
+        return job.percent
+    parsed, total = job.progress.get("parsed"), job.progress.get("total")
+    if isinstance(parsed, int) and isinstance(total, int) and total > 0:
+        return 100.0 * parsed / total
+    return None
+
+
+_STATE_STYLE = {"queued": "yellow", "running": "cyan", "done": "green", "failed": "bold red",
+                "unknown": "dim"}
+
+
+def render(snapshot: Snapshot) -> RenderableType:
+    jobs = Table(title="jobs", title_justify="left", expand=True, show_edge=False)
+    jobs.add_column("job", no_wrap=True)
+    jobs.add_column("state", no_wrap=True)
+    jobs.add_column("progress", ratio=1, min_width=12)
+    jobs.add_column("%", justify="right", no_wrap=True)
+    jobs.add_column("detail", ratio=2)
+    for job in snapshot.jobs:
+        percent = job_percent(job)
+        state = job.state if job.step in (None, job.state) else f"{job.state}:{job.step}"
+        jobs.add_row(
+            job.job_id,
+            Text(state, style=_STATE_STYLE[job.state]),
+            ProgressBar(total=100, completed=percent or 0.0, width=None),
+            "" if percent is None else f"{percent:.0f}%",
+            job_detail(job),
+        )
+    if not snapshot.jobs:
+        jobs.add_row("(no running jobs)", "", "", "", "")
+    footer = Text(
+        "queues: " + "  ".join(f"{name} {depth:,}" for name, depth in snapshot.queues.items())
+        + (f"   ({snapshot.hidden} older finished jobs not shown)" if snapshot.hidden else "")
+    )
+    return Group(jobs, footer, render_writer(snapshot.writer))
+
+
+def render_writer(stats: dict[str, Any] | None) -> RenderableType:
+    if stats is None:
+        return Text("writer: no stats published (not running, or WRITER_STATS_INTERVAL_S not yet "
+                    "elapsed)", style="dim")
+    table = Table(title="writer", title_justify="left", show_edge=False)
+    figures = {
+        "role": stats.get("role"),
+        "batches": stats.get("batches"),
+        "batches/s": stats.get("batches_per_s"),
+        "intents/s": stats.get("intents_per_s"),
+        "rows": stats.get("rows"),
+        "lag ms": stats.get("lag_ms"),
+        "commit ms p50": stats.get("commit_ms_p50"),
+        "commit ms p99": stats.get("commit_ms_p99"),
+        "db share": stats.get("db_share"),
+    }
+    for name in figures:
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_row(*("-" if v is None else f"{v:,}" if isinstance(v, int) else str(v)
+                    for v in figures.values()))
+    return table
