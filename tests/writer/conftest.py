@@ -1,0 +1,258 @@
+"""Fixtures for the writer's consumer tests: a TCP proxy that cuts PostgreSQL, writer runners."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from jobplatform.broker import Queues
+from jobplatform.emit import IntentEmitter
+from jobplatform.settings import Settings
+from schemas.intents import AnyIntent
+from writer.consumer import Writer
+from writer.db import connect
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
+               message: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns a truthy value; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+def query(url: str, statement: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+    with connect(url, autocommit=True, application_name="jobplatform-test") as conn:
+        return conn.execute(statement, tuple(params)).fetchall()
+
+
+def scalar(url: str, statement: str, params: Iterable[Any] = ()) -> Any:
+    return query(url, statement, params)[0][0]
+
+
+def emit_all(broker: Any, settings: Settings, intents: Iterable[AnyIntent]) -> int:
+    emitter = IntentEmitter(broker, Queues.from_settings(settings))
+    n = 0
+    for intent in intents:
+        emitter.emit(intent)
+        n += 1
+    return n
+
+
+def held_messages(broker: Any, queue: str) -> int:
+    """Messages of ``queue`` fetched by some consumer and not acked (neither queued nor done)."""
+    client = broker.client
+    waiting = client.llen(f"{broker.namespace}:{queue}")
+    stored = client.hlen(f"{broker.namespace}:{queue}.msgs")
+    return int(stored) - int(waiting)
+
+
+class TcpProxy:
+    """A threaded TCP proxy to ``target`` that can cut every connection and refuse new ones."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._refusing = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._refusing:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(a, selectors.EVENT_READ, b)
+        selector.register(b, selectors.EVENT_READ, a)
+        try:
+            while True:
+                for key, _ in selector.select():
+                    source = key.fileobj
+                    assert isinstance(source, socket.socket)
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    key.data.sendall(data)
+        except OSError:
+            return
+        finally:
+            selector.close()
+            for s in (a, b):
+                s.close()
+
+    def cut(self) -> None:
+        """Close every proxied connection and refuse new ones until :meth:`restore`."""
+        self._refusing = True
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for s in pair:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def restore(self) -> None:
+        self._refusing = False
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self._listener.close()
+
+
+@pytest.fixture
+def pg_proxy(database_url: str) -> Iterator[TcpProxy]:
+    params = conninfo_to_dict(database_url)
+    proxy = TcpProxy((str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)))
+    yield proxy
+    proxy.close()
+
+
+def proxied_url(database_url: str, proxy: TcpProxy) -> str:
+    return make_conninfo(database_url, host="127.0.0.1", port=proxy.port)
+
+
+class WriterThread:
+    """A :class:`Writer` running :meth:`Writer.run` in a thread of this process."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            with self.writer:
+                self.writer.run()
+        except BaseException as exc:  # surfaced by stop()
+            self.error = exc
+
+    def start(self) -> WriterThread:
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        self.writer.stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "writer did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def start_writer(settings: Settings) -> Iterator[Callable[..., WriterThread]]:
+    """Start writers in threads, each with its own broker (its own consumer identity)."""
+    from jobplatform.broker import build_broker
+
+    started: list[tuple[WriterThread, Any]] = []
+
+    def start(*, database_url: str | None = None, **writer_settings: Any) -> WriterThread:
+        assert settings.redis_url is not None
+        assert settings.database_url is not None
+        broker = build_broker(settings, settings.redis_url, set_global=False)
+        ws = settings.writer.model_copy(update=writer_settings)
+        writer = Writer(ws, database_url=database_url or settings.database_url, broker=broker,
+                        queues=Queues.from_settings(settings), standby_poll_s=0.2,
+                        heartbeat_s=1.0)
+        runner = WriterThread(writer).start()
+        started.append((runner, broker))
+        return runner
+
+    yield start
+    for runner, broker in started:
+        if runner.thread.is_alive():
+            runner.stop()
+        broker.close()
+
+
+class WriterProcess:
+    """``python -m jobplatform writer`` in a subprocess, pointed at the test's services."""
+
+    def __init__(self, settings: Settings, tmp_path: Path, name: str,
+                 env: dict[str, str] | None = None) -> None:
+        assert settings.database_url is not None
+        assert settings.redis_url is not None
+        self.log_path = tmp_path / f"{name}.log"
+        environ = {
+            **os.environ,
+            "DATABASE_URL": settings.database_url,
+            "REDIS_URL": settings.redis_url,
+            "BROKER_NAMESPACE": settings.broker_namespace,
+            "JOBPLATFORM_STATE_DIR": str(tmp_path / f"state-{name}"),
+            "LOG_FORMAT": "json",
+            "WRITER_STATS_INTERVAL_S": "1",
+            **(env or {}),
+        }
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jobplatform", "writer"], env=environ,
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2],
+        )
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def has_logged(self, text: str) -> bool:
+        return text in self.output()
+
+    def terminate(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def writer_process(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WriterProcess]]:
+    started: list[WriterProcess] = []
+
+    def start(name: str, **env: str) -> WriterProcess:
+        process = WriterProcess(settings, tmp_path, name, env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.close()

@@ -1,0 +1,236 @@
+"""The writer's two lanes (``writes.fast``, ``writes.bulk``) on dramatiq's Redis consumer.
+
+A :class:`Lane` wraps the consumer that ``broker.consume()`` returns. The writer needs three
+things the consumer does not offer as such, and gets them from the consumer's own knobs and
+the broker's own Lua commands, never by bypassing them:
+
+- fetching exactly what a batch still has room for: ``consumer.prefetch`` is set before each
+  fetch to the messages held plus the room, so a fetch brings at most that many;
+- a poll that does not sleep when the other lane has work: ``consumer.timeout`` is the idle
+  wait of one ``next()`` (0 makes it non-blocking);
+- acks for a whole batch in one Redis round trip: the broker's ``ack`` command, pipelined.
+
+Every message is inspected here (:func:`inspect_message`): the queue is never trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import dramatiq
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis
+
+from jobplatform.broker import WRITE_INTENT
+from schemas import DecodeError
+from schemas.intents import AnyIntent, RosterChunk, decode_intent
+
+#: ``max_unpack_size`` argument of the broker's dispatch script; read only by ``fetch`` and
+#: maintenance, neither of which the writer's own dispatches run.
+_UNPACK_HINT = 1000
+
+
+@dataclass(slots=True)
+class Item:
+    """One message taken from a lane, inspected: ``intent`` is set, or ``reason`` says why not."""
+
+    message: MessageProxy
+    queue: str
+    body: str
+    size: int
+    intent: AnyIntent | None
+    reason: str | None
+    rows: int
+
+    @property
+    def redis_id(self) -> str:
+        return str(self.message.options["redis_message_id"])
+
+    @property
+    def timestamp_ms(self) -> int:
+        return int(self.message.message_timestamp)
+
+    def describe(self) -> dict[str, Any]:
+        """``intent_id``, ``kind`` and ``tenant_id`` for a dead letter, from whatever decoded."""
+        if self.intent is not None:
+            return {"intent_id": self.intent.intent_id, "kind": self.intent.kind,
+                    "tenant_id": self.intent.tenant_id}
+        payload = self.message.args[0] if len(self.message.args) == 1 else None
+        if isinstance(payload, str):
+            try:
+                payload = json.loads(payload)
+            except ValueError:
+                payload = None
+        out: dict[str, Any] = {"intent_id": None, "kind": None, "tenant_id": None}
+        if isinstance(payload, dict):
+            with contextlib.suppress(ValueError):
+                out["intent_id"] = UUID(str(payload.get("intent_id")))
+            kind = payload.get("kind")
+            if isinstance(kind, str):
+                out["kind"] = kind[:100]
+            tenant = payload.get("tenant_id")
+            if isinstance(tenant, int) and not isinstance(tenant, bool) and 0 < tenant < 2**63:
+                out["tenant_id"] = tenant
+        return out
+
+
+def _body_text(message: MessageProxy) -> str:
+    if len(message.args) == 1 and isinstance(message.args[0], str):
+        return message.args[0]
+    payload: Any = message.args[0] if len(message.args) == 1 else list(message.args)
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def inspect_message(message: MessageProxy, queue: str, *, max_bytes: int) -> Item:
+    """Decode a message's intent, or say in ``reason`` why it cannot be applied."""
+    body = _body_text(message)
+    size = len(body.encode("utf-8", "surrogatepass"))
+    item = Item(message, queue, body, size, None, None, 1)
+    if message.actor_name != WRITE_INTENT:
+        item.reason = (f"wrong actor {message.actor_name!r} on queue {queue!r}: the writer "
+                       f"applies only {WRITE_INTENT!r} messages")
+    elif len(message.args) != 1 or message.kwargs:
+        item.reason = (f"expected the intent as the only argument, got {len(message.args)} "
+                       f"positional and {len(message.kwargs)} keyword arguments")
+    elif size > max_bytes:
+        item.reason = f"intent of {size} bytes exceeds WRITER_MAX_INTENT_BYTES ({max_bytes})"
+    else:
+        try:
+            item.intent = decode_intent(message.args[0])
+        except DecodeError as exc:
+            item.reason = str(exc)
+        else:
+            if isinstance(item.intent, RosterChunk):
+                item.rows = len(item.intent.rows)
+    return item
+
+
+def _acks_key(broker: RedisBroker, worker_id: str, queue: str) -> str:
+    # The set of fetched-but-unacked ids of one (broker, queue): see dramatiq's dispatch.lua.
+    return f"{broker.namespace}:__acks__.{worker_id}.{queue}"
+
+
+def _dispatch(broker: RedisBroker, command: str, queue: str, worker_id: str,
+              *args: Any, client: Any = None) -> Any:
+    """Run one of the broker's own Lua commands, as ``worker_id``, without maintenance."""
+    argv = [command, current_millis(), queue, worker_id, broker.heartbeat_timeout,
+            broker.dead_message_ttl, 0, _UNPACK_HINT, *args]
+    return broker.scripts["dispatch"](keys=[broker.namespace], args=argv, client=client)
+
+
+def requeue_unacked(broker: RedisBroker, queue: str, worker_id: str) -> int:
+    """Move every message ``worker_id`` holds unacked on ``queue`` back to the queue.
+
+    The writer that takes over runs this for the writers before it, so their in-flight
+    messages come back at once instead of after the broker's 60 s heartbeat timeout.
+    """
+    ids = sorted(broker.client.smembers(_acks_key(broker, worker_id, queue)))
+    if ids:
+        _dispatch(broker, "requeue", queue, worker_id, *ids)
+    return len(ids)
+
+
+class Lane:
+    """One of the writer's queues, consumed in batches."""
+
+    def __init__(self, broker: RedisBroker, queue: str, *, max_intent_bytes: int,
+                 poll_timeout_ms: int) -> None:
+        self.broker = broker
+        self.queue = queue
+        self.max_intent_bytes = max_intent_bytes
+        self.poll_timeout_ms = poll_timeout_ms
+        self.consumer: Any = broker.consume(queue, prefetch=1, timeout=poll_timeout_ms)
+        self._pending: deque[Item] = deque()
+        #: Raw messages dramatiq could not decode at all; ``quarantine`` settles them.
+        self.undecodable: list[bytes] = []
+
+    def take(self, want: int, *, wait: bool) -> list[Item]:
+        """Up to ``want`` items: put-back ones first, then at most one fetch from Redis.
+
+        ``wait`` lets an empty fetch sleep up to the poll timeout; otherwise it returns at once.
+        """
+        out: list[Item] = []
+        while self._pending and len(out) < want:
+            out.append(self._pending.popleft())
+        if len(out) >= want or (out and not self.consumer.message_cache):
+            return out
+        consumer = self.consumer
+        if not consumer.message_cache:
+            consumer.prefetch = consumer.outstanding_message_count + (want - len(out))
+        consumer.timeout = self.poll_timeout_ms if wait and not out else 0
+        while len(out) < want:
+            try:
+                message = next(consumer)
+            except dramatiq.errors.DecodeError as exc:
+                self.undecodable.append(bytes(exc.data))
+                if not consumer.message_cache:
+                    break
+                continue
+            if message is None:
+                break
+            out.append(inspect_message(message, self.queue, max_bytes=self.max_intent_bytes))
+            if not consumer.message_cache:
+                break
+        return out
+
+    def put_back(self, items: Sequence[Item]) -> None:
+        """Items taken but left out of the batch: the next :meth:`take` returns them first."""
+        self._pending.extendleft(reversed(items))
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending or self.consumer.message_cache)
+
+    def ack(self, items: Sequence[Item]) -> None:
+        """Acknowledge ``items`` in one pipelined round trip; raises Redis connection errors."""
+        self.ack_ids([item.redis_id for item in items])
+        for item in items:
+            self.consumer.queued_message_ids.discard(item.message.message_id)
+
+    def ack_ids(self, redis_ids: Sequence[str]) -> None:
+        """The broker's ``ack`` command for each id, pipelined."""
+        if not redis_ids:
+            return
+        pipe = self.broker.client.pipeline(transaction=False)
+        for redis_id in redis_ids:
+            _dispatch(self.broker, "ack", self.queue, self.broker.broker_id, redis_id,
+                      client=pipe)
+        pipe.execute()
+
+    def quarantine(self) -> list[tuple[str, bytes]]:
+        """Find the Redis ids of the undecodable messages this lane holds.
+
+        Returns ``(redis_id, raw)`` pairs for the caller to dead-letter, then :meth:`ack_ids`.
+        """
+        if not self.undecodable:
+            return []
+        key = _acks_key(self.broker, self.broker.broker_id, self.queue)
+        ids = sorted(self.broker.client.smembers(key))
+        bodies = self.broker.client.hmget(f"{self.broker.namespace}:{self.queue}.msgs", ids) \
+            if ids else []
+        found: list[tuple[str, bytes]] = []
+        wanted = list(self.undecodable)
+        for redis_id, raw in zip(ids, bodies, strict=True):
+            if raw is not None and raw in wanted:
+                wanted.remove(raw)
+                found.append((redis_id.decode(), raw))
+        self.undecodable = []
+        return found
+
+    def release(self) -> int:
+        """Put every message this lane holds back on the queue (batch, put-back, prefetched)."""
+        self._pending.clear()
+        self.consumer.message_cache = []
+        self.consumer.queued_message_ids.clear()
+        self.undecodable = []
+        return requeue_unacked(self.broker, self.queue, self.broker.broker_id)
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -1,0 +1,106 @@
+"""The writer's counters and its transaction-time histogram."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+#: Counters reset by :meth:`WriterStats.pop`; every other field is a gauge.
+COUNTERS = (
+    "batches",          # batch transactions committed (bisection halves included)
+    "intents",          # valid intents taken from the queues
+    "applied",          # intents newly applied (not in the ledger before)
+    "rows",             # rows the intents carried (a roster chunk counts its rows)
+    "coalesced",        # intents merged into another intent's row change
+    "skipped_duplicate",  # intents already in the ledger (redelivered or sent twice)
+    "skipped_unchanged",  # rows already present and identical: no write
+    "dead",             # intents and messages sent to writer_dead_letters
+    "rejected",         # of which malformed messages (never reached the sink)
+    "bisections",       # batch splits while isolating a poison intent
+    "db_retries",       # transactions retried after a database outage
+    "redis_retries",    # Redis calls retried after a connection error
+    "lost_lock",        # times another writer held the lock when a batch began
+    "acks",             # messages acknowledged
+)
+
+
+class Histogram:
+    """The last ``size`` samples; percentiles by nearest rank."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._samples: deque[float] = deque(maxlen=size)
+
+    def add(self, value: float) -> None:
+        self._samples.append(value)
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def percentile(self, p: float) -> float:
+        if not self._samples:
+            return 0.0
+        ordered = sorted(self._samples)
+        rank = max(1, math.ceil(p / 100 * len(ordered)))
+        return ordered[rank - 1]
+
+    def max(self) -> float:
+        return max(self._samples, default=0.0)
+
+    def clear(self) -> None:
+        self._samples.clear()
+
+
+@dataclass
+class WriterStats:
+    """Counters since the last :meth:`pop` and the gauges of the latest state."""
+
+    batches: int = 0
+    intents: int = 0
+    applied: int = 0
+    rows: int = 0
+    coalesced: int = 0
+    skipped_duplicate: int = 0
+    skipped_unchanged: int = 0
+    dead: int = 0
+    rejected: int = 0
+    bisections: int = 0
+    db_retries: int = 0
+    redis_retries: int = 0
+    lost_lock: int = 0
+    acks: int = 0
+    # gauges
+    role: str = "starting"
+    lag_ms: float = 0.0
+    """Age of the oldest message of the last committed batch when it committed."""
+    lag_max_ms: float = 0.0
+    db_share: float = 0.0
+    """Measured share of wall time spent in database transactions (sliding window)."""
+    db_budget: float = 1.0
+    backlog_fast: int = -1
+    backlog_bulk: int = -1
+    commit_ms: Histogram = field(default_factory=Histogram)
+    """Duration of each batch transaction, BEGIN to COMMIT."""
+
+    def snapshot(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name != "commit_ms"
+        }
+        out["commit_ms_count"] = len(self.commit_ms)
+        out["commit_ms_p50"] = round(self.commit_ms.percentile(50), 2)
+        out["commit_ms_p99"] = round(self.commit_ms.percentile(99), 2)
+        out["commit_ms_max"] = round(self.commit_ms.max(), 2)
+        out["lag_ms"] = round(self.lag_ms, 1)
+        out["lag_max_ms"] = round(self.lag_max_ms, 1)
+        out["db_share"] = round(self.db_share, 3)
+        return out
+
+    def pop(self) -> dict[str, Any]:
+        """The snapshot, then counters, the histogram and ``lag_max_ms`` reset."""
+        out = self.snapshot()
+        for name in COUNTERS:
+            setattr(self, name, 0)
+        self.commit_ms.clear()
+        self.lag_max_ms = 0.0
+        return out
