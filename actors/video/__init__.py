@@ -1,0 +1,77 @@
+"""The video actor: encode an uploaded video to HLS in S3, progress in Redis, intents out.
+
+The actor is thin: it decodes the job, reads dramatiq's retry count and hands the work to
+:class:`~actors.video.pipeline.VideoEncoder`. It never opens a database connection.
+
+Run one ffmpeg per worker process (``--processes 1 --threads 1``): an encode uses every core it
+gets, so scale by adding processes on more machines, not threads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import CurrentMessage
+
+from actors.video.pipeline import Outcome, VideoEncoder
+from jobplatform.broker import ENCODE_VIDEO, Queues
+from jobplatform.emit import IntentEmitter
+from jobplatform.errors import ConfigError, TransientJobError
+from jobplatform.progress import ProgressStore
+from jobplatform.s3 import s3_client
+from jobplatform.settings import Settings
+from schemas import EncodeVideo, decode_job
+from schemas.errors import DecodeError, FieldError
+
+__all__ = ["Outcome", "VideoEncoder", "build_encoder", "register"]
+
+#: Backstop for dramatiq's TimeLimit; the real limit, proportional to duration, is on ffmpeg.
+ACTOR_TIME_LIMIT_MS = 26 * 3600 * 1000
+
+
+def build_encoder(broker: dramatiq.Broker, settings: Settings) -> VideoEncoder:
+    """The encoder with its S3 client, progress store and intent emitter."""
+    if settings.redis_url:
+        client = redis.Redis.from_url(settings.redis_url)
+    elif isinstance(broker, RedisBroker):
+        client = broker.client
+    else:
+        raise ConfigError("REDIS_URL is not set and the broker is not a Redis broker")
+    return VideoEncoder(
+        settings,
+        s3=s3_client(settings),
+        progress=ProgressStore(client, settings.broker_namespace),
+        emitter=IntentEmitter(broker, Queues.from_settings(settings)),
+    )
+
+
+def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[[dict[str, Any]], None]:
+    """Declare the ``encode_video`` actor on ``broker`` (queue ``settings.queue_video``)."""
+    encoder = build_encoder(broker, settings)
+    max_retries = settings.video.max_retries
+
+    def retry_when(retries: int, exc: BaseException) -> bool:
+        return isinstance(exc, TransientJobError) and retries < max_retries
+
+    def encode_video(payload: dict[str, Any]) -> None:
+        job = decode_job(payload)
+        if not isinstance(job, EncodeVideo):
+            raise DecodeError("job", [FieldError("kind", f"expected video.encode, got {job.kind}")])
+        message = CurrentMessage.get_current_message()
+        retries = int(message.options.get("retries", 0)) if message else 0
+        encoder.run(job, retries=retries, last_try=retries >= max_retries)
+
+    declare = dramatiq.actor(
+        actor_name=ENCODE_VIDEO,
+        queue_name=settings.queue_video,
+        broker=broker,
+        max_retries=max_retries,
+        min_backoff=settings.video.retry_min_backoff_ms,
+        max_backoff=settings.video.retry_max_backoff_ms,
+        retry_when=retry_when,
+        time_limit=ACTOR_TIME_LIMIT_MS,
+    )
+    return declare(encode_video)

@@ -1,0 +1,227 @@
+"""One encode job, start to end: download, probe, encode, upload, and the two intents.
+
+Every job emits ``VideoProcessing`` (``occurred_at`` = start) and then exactly one of
+``VideoReady`` or ``VideoFailed``, with ``attempt`` = the job's attempt + dramatiq's retry count,
+so a retry's intents rank above the earlier attempt's (the writer orders by ``(attempt, rank)``).
+
+Failures: :class:`JobError` (the file, the key, ffmpeg) is reported as failed at once.
+:class:`TransientJobError` (S3, Redis) is raised for dramatiq to retry with backoff, except on
+the last attempt, where it is reported as failed. Anything else is reported as an internal error
+and re-raised, so the message lands in the dead-letter queue with its traceback.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from actors.video.ffmpeg import EncodeProgress, ffmpeg_exe, probe, run_encode
+from actors.video.hls import MASTER_PLAYLIST, encode_command, read_output, select_ladder
+from actors.video.storage import (
+    check_source_key,
+    download,
+    output_prefix,
+    remove_stale,
+    upload_tree,
+)
+from jobplatform.emit import IntentEmitter
+from jobplatform.errors import JobError, TransientJobError
+from jobplatform.logging import get_logger
+from jobplatform.progress import ProgressReporter, ProgressStore
+from jobplatform.settings import Settings
+from schemas import EncodeVideo
+from schemas.intents import AnyIntent, VideoFailed, VideoProcessing, VideoReady, VideoRendition
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = get_logger("actors.video")
+
+#: Share of the overall percentage each step ends at.
+_STEP_END = {"download": 5.0, "probe": 6.0, "encode": 95.0, "upload": 100.0}
+_STEP_START = {"download": 0.0, "probe": 5.0, "encode": 6.0, "upload": 95.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The terminal intent a job emitted, and the error behind a failure."""
+
+    intent: VideoReady | VideoFailed
+    error: BaseException | None = None
+
+
+class VideoEncoder:
+    """Runs encode jobs; shared by every message a worker process handles."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        s3: S3Client,
+        progress: ProgressStore,
+        emitter: IntentEmitter,
+    ) -> None:
+        self.settings = settings
+        self.video = settings.video
+        self.s3 = s3
+        self.bucket = settings.s3.bucket
+        self.progress = progress
+        self.emitter = emitter
+        self.ffmpeg = ffmpeg_exe(settings.video)
+
+    def run(self, job: EncodeVideo, *, retries: int = 0, last_try: bool = True) -> Outcome:
+        """Do the job and emit its intents; raise :class:`TransientJobError` to be retried."""
+        attempt = min(1000, job.attempt + retries)
+        started = datetime.now(UTC)
+        self._emit(VideoProcessing(
+            tenant_id=job.tenant_id, video_id=job.video_id, attempt=attempt, occurred_at=started,
+        ))
+        reporter = _Reporter(self.progress.reporter(job.job_id, self.video.progress_interval_s),
+                             attempt)
+        common: dict[str, Any] = {
+            "tenant_id": job.tenant_id, "video_id": job.video_id, "attempt": attempt,
+        }
+        try:
+            ready = self._encode(job, reporter, common)
+        except TransientJobError as exc:
+            if not last_try:
+                log.warning("video.transient", error=str(exc), attempt=attempt)
+                reporter.step("retrying", error=str(exc), final=True)
+                raise
+            return self._fail(common, reporter, f"{exc} (gave up after {attempt} attempts)", exc)
+        except JobError as exc:
+            return self._fail(common, reporter, str(exc), exc)
+        except Exception as exc:
+            self._fail(common, reporter, f"internal error ({type(exc).__name__})", exc)
+            raise
+        self._emit(ready)
+        reporter.step("done", percent=100.0, step_percent=100.0, error=None,
+                      hls_key=ready.hls_key, duration_s=ready.duration_s)
+        log.info("video.ready", duration_s=ready.duration_s, renditions=len(ready.renditions),
+                 elapsed_s=round((datetime.now(UTC) - started).total_seconds(), 2))
+        return Outcome(ready)
+
+    def _fail(
+        self, common: dict[str, Any], reporter: _Reporter, reason: str, error: BaseException
+    ) -> Outcome:
+        failed = VideoFailed(occurred_at=datetime.now(UTC), reason=reason[:2000], **common)
+        log.warning("video.failed", reason=failed.reason, error_type=type(error).__name__)
+        self._emit(failed)
+        reporter.step("failed", error=failed.reason, final=True)
+        return Outcome(failed, error)
+
+    def _emit(self, intent: AnyIntent) -> None:
+        try:
+            self.emitter.emit(intent)
+        except redis.RedisError as exc:
+            raise TransientJobError(f"Redis unavailable while emitting {intent.kind}") from exc
+
+    def _encode(
+        self, job: EncodeVideo, reporter: _Reporter, common: dict[str, Any]
+    ) -> VideoReady:
+        key = check_source_key(job.source_key, job.tenant_id, job.video_id)
+        prefix = output_prefix(job.tenant_id, job.video_id)
+        with _workdir(self.video.work_dir) as work:
+            source = work / "source"
+            reporter.step("download")
+            download(
+                self.s3, self.bucket, key, source, self.video.max_source_bytes,
+                on_bytes=lambda done, size: reporter.share("download", done / size),
+            )
+
+            reporter.step("probe")
+            found = probe(self.ffmpeg, source, self.video.ffprobe_path)
+            variants = select_ladder(job.ladder, *found.display_size)
+            log.info("video.probed", demuxer=found.demuxer, duration_s=found.duration_s,
+                     size=f"{found.width}x{found.height}", audio=found.audio_index is not None,
+                     variants=[v.name for v in variants])
+
+            reporter.step("encode")
+            out = work / "hls"
+            cmd = encode_command(
+                self.ffmpeg, source, out, found, variants,
+                segment_seconds=self.video.segment_seconds, preset=self.video.preset,
+                threads=self.video.threads,
+                stats_period_s=min(1.0, self.video.progress_interval_s),
+            )
+            limit = self.video.time_limit_factor * found.duration_s + self.video.time_limit_min_s
+            run_encode(cmd, found.duration_s, limit, work / "ffmpeg.log", reporter.encode)
+            source.unlink()
+            outputs = read_output(out, variants)
+
+            reporter.step("upload")
+            written = upload_tree(self.s3, self.bucket, out, prefix,
+                                  on_file=lambda done, n: reporter.share("upload", done / n))
+            stale = remove_stale(self.s3, self.bucket, prefix, written)
+            if stale:
+                log.info("video.stale_removed", count=len(stale))
+        return VideoReady(
+            occurred_at=datetime.now(UTC),
+            hls_key=prefix + MASTER_PLAYLIST,
+            duration_s=round(found.duration_s, 3),
+            renditions=tuple(
+                VideoRendition(
+                    name=o.variant.name, width=o.variant.width, height=o.variant.height,
+                    bandwidth=o.bandwidth, playlist_key=prefix + o.playlist,
+                )
+                for o in outputs
+            ),
+            **common,
+        )
+
+
+@contextmanager
+def _workdir(parent: Path | None) -> Iterator[Path]:
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="jp-video-", dir=parent) as name:
+        yield Path(name)
+
+
+class _Reporter:
+    """Progress of one job in Redis: step, overall percent, the step's percent, speed.
+
+    Progress is best effort: a failed Redis write is logged and the job goes on (intents, not
+    progress records, carry the outcome).
+    """
+
+    def __init__(self, reporter: ProgressReporter, attempt: int) -> None:
+        self.reporter = reporter
+        self.attempt = attempt
+        self.current = "queued"
+        self._warned = False
+
+    def step(self, name: str, *, final: bool = True, **fields: Any) -> None:
+        self.current = name
+        start = _STEP_START.get(name)
+        if start is not None:
+            fields.setdefault("percent", start)
+            fields.setdefault("step_percent", 0.0)
+        self._write(final=final, step=name, **fields)
+
+    def share(self, name: str, fraction: float) -> None:
+        start, end = _STEP_START[name], _STEP_END[name]
+        fraction = min(1.0, max(0.0, fraction))
+        self._write(final=fraction >= 1.0, step=name, step_percent=round(100 * fraction, 1),
+                    percent=round(start + (end - start) * fraction, 1))
+
+    def encode(self, report: EncodeProgress) -> None:
+        start, end = _STEP_START["encode"], _STEP_END["encode"]
+        self._write(
+            final=report.done, step="encode", step_percent=report.percent, speed=report.speed,
+            percent=round(start + (end - start) * report.percent / 100, 1),
+        )
+
+    def _write(self, *, final: bool, **fields: Any) -> None:
+        try:
+            self.reporter.report(final=final, attempt=self.attempt, **fields)
+        except redis.RedisError as exc:
+            if not self._warned:
+                log.warning("video.progress_unavailable", error=str(exc))
+                self._warned = True
