@@ -82,6 +82,16 @@ class VideoSettings(BaseSettings):
     progress_interval_s: Annotated[float, Field(gt=0)] = 0.5
     threads: Annotated[int, Field(ge=0)] = 0
     """ffmpeg threads per encode; 0 lets ffmpeg use every core."""
+    preset: Literal[
+        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"
+    ] = "veryfast"
+    """x264 preset: slower presets give smaller files for more CPU time."""
+    work_dir: Path | None = None
+    """Parent folder of each job's temporary folder; unset means the system's temp folder."""
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 3
+    """Retries of a job that hit a passing fault (S3, Redis); the last one reports failure."""
+    retry_min_backoff_ms: Positive = 5_000
+    retry_max_backoff_ms: Positive = 300_000
 
 
 class Settings(BaseSettings):
