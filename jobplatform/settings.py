@@ -1,7 +1,7 @@
 """All configuration, read from the environment.
 
-Each group has its own prefix (``WRITER_``, ``ROSTER_``, ``VIDEO_``, ``S3_``); the README lists
-every variable with its default. :func:`load_settings` turns a wrong value into a
+Each group has its own prefix (``WRITER_``, ``ROSTER_``, ``VIDEO_``, ``S3_``, ``STACK_``); the
+README lists every variable with its default. :func:`load_settings` turns a wrong value into a
 :class:`~jobplatform.errors.ConfigError` that names the variable.
 """
 
@@ -94,6 +94,20 @@ class VideoSettings(BaseSettings):
     retry_max_backoff_ms: Positive = 300_000
 
 
+class StackSettings(BaseSettings):
+    """The embedded services ``jobplatform stack`` starts when nothing is configured or local."""
+
+    model_config = SettingsConfigDict(env_prefix="STACK_", frozen=True)
+
+    postgres_port: Annotated[int, Field(gt=0, lt=65536)] = 55432
+    """Preferred port of the embedded PostgreSQL; a free one is chosen when it is taken."""
+    redis_port: Annotated[int, Field(gt=0, lt=65536)] = 56379
+    s3_port: Annotated[int, Field(gt=0, lt=65536)] = 59000
+    run_as: str = "nobody"
+    """Unprivileged user that runs the embedded PostgreSQL when the stack runs as root."""
+    start_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True)
 
@@ -116,6 +130,7 @@ class Settings(BaseSettings):
     writer: WriterSettings = Field(default_factory=WriterSettings)
     roster: RosterSettings = Field(default_factory=RosterSettings)
     video: VideoSettings = Field(default_factory=VideoSettings)
+    stack: StackSettings = Field(default_factory=StackSettings)
 
     @property
     def production(self) -> bool:
@@ -131,6 +146,7 @@ _GROUPS: dict[str, type[BaseSettings]] = {
     "writer": WriterSettings,
     "roster": RosterSettings,
     "video": VideoSettings,
+    "stack": StackSettings,
 }
 
 
