@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from jobplatform.cli import bench, db, run, watch, writer
+from jobplatform.cli import bench, db, log, replay, run, watch, writer
 from jobplatform.cli._common import run_cli
 
 COMMANDS: list[click.Command] = [
@@ -20,6 +20,8 @@ COMMANDS: list[click.Command] = [
     run.run,
     watch.watch,
     writer.writer,
+    replay.replay,
+    log.log,
 ]
 
 

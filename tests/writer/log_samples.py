@@ -82,3 +82,10 @@ def roster_import(
         total=len(students), valid=len(students), invalid=0, duplicates=0, chunks=len(chunks),
     ))
     return out
+
+
+def encode_record_for(seq: int, writer_id: str) -> bytes:
+    """A whole log line for a small video batch (for torn-tail tests)."""
+    from writer.intentlog import encode_record
+
+    return encode_record(seq, writer_id, at(seq), video_lifecycle(7, seq))

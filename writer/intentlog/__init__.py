@@ -8,6 +8,8 @@ Order of the writer's steps for one batch, and why the log has no gap::
   most, which readers drop (:mod:`writer.intentlog.reader`). The broker redelivers.
 - A crash after the append, before ``COMMIT``: the log holds a batch the database does not.
   Its intents were not acked, so they are redelivered, applied and logged again in a later
+  batch. The log is a superset of the database; replay applies each intent at its last
+  occurrence (:mod:`writer.intentlog.replay`), which is where the database applied it.
 - A crash after ``COMMIT``, before the ack: the batch is in both. The redelivered intents are
   skipped by the ledger, so they are not applied, and not logged, again.
 
@@ -19,6 +21,7 @@ segments of an active writer and of the standby that took over merge in commit o
 
 from writer.intentlog.log import IntentLog, S3Shipper, SegmentShipper, compress_segment
 from writer.intentlog.reader import LogFilter, LogReader, Segment
+from writer.intentlog.replay import ReplaySummary, WriterActive, replay_log, replay_records
 from writer.intentlog.segment import LogFormatError, LogRecord, decode_record, encode_record
 
 __all__ = [
@@ -27,10 +30,14 @@ __all__ = [
     "LogFormatError",
     "LogReader",
     "LogRecord",
+    "ReplaySummary",
     "S3Shipper",
     "Segment",
     "SegmentShipper",
+    "WriterActive",
     "compress_segment",
     "decode_record",
     "encode_record",
+    "replay_log",
+    "replay_records",
 ]
