@@ -1,0 +1,232 @@
+"""pytest fixtures for services built on the platform (registered as the ``jobplatform`` plugin).
+
+- ``jobplatform_settings``: the platform's settings for one test: the configured or local
+  services, a broker namespace and state folder of its own. Override it to point elsewhere.
+- ``jobplatform_intent_capture``: an in-memory broker with the platform's middleware and
+  queues. Register actors on it (``capture.register(actors.video.register)``), send jobs, then
+  ``capture.run()`` processes them and returns the write intents they emitted, decoded.
+- ``jobplatform_replay_into_database``: call it with a log (files, folders, ``s3://`` keys) or
+  a list of intents (or the capture itself); it builds a fresh migrated database, replays into
+  it through the writer's own sink, and returns it for the test to query. Dropped afterwards.
+
+Example::
+
+    from actors.video import register
+    from schemas import EncodeVideo
+
+    def test_encode_marks_the_video_ready(jobplatform_intent_capture,
+                                          jobplatform_replay_into_database):
+        capture = jobplatform_intent_capture
+        capture.register(register)
+        capture.send("encode_video", EncodeVideo(...))
+        db = jobplatform_replay_into_database(capture.run())
+        assert db.scalar("SELECT status FROM videos") == "ready"
+"""
+
+from __future__ import annotations
+
+import heapq
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+    from psycopg import Connection
+
+    from jobplatform.settings import Settings
+    from schemas.intents import AnyIntent
+    from writer.intentlog.replay import ReplaySummary
+
+Registrar = Callable[["dramatiq.Broker", "Settings"], object]
+LogSource = str | Path
+
+
+class IntentCapture:
+    """Actors run in-process against a stub broker; the intents they emit, collected."""
+
+    def __init__(self, settings: Settings) -> None:
+        from jobplatform.broker import Queues, build_stub_broker
+
+        self.settings = settings
+        self.queues = Queues.from_settings(settings)
+        self.broker: StubBroker = build_stub_broker(settings)
+        self.intents: list[AnyIntent] = []
+        self._worker: dramatiq.Worker | None = None
+
+    def register(self, *registrars: Registrar) -> None:
+        """Declare actors on the capture's broker: each is called with (broker, settings)."""
+        for registrar in registrars:
+            registrar(self.broker, self.settings)
+
+    def send(self, actor_name: str, job: Any, **options: Any) -> None:
+        """Enqueue a job (a pydantic model or a dict) for a registered actor."""
+        payload = job.model_dump(mode="json") if hasattr(job, "model_dump") else dict(job)
+        self.broker.get_actor(actor_name).send_with_options(args=(payload,), **options)
+
+    def run(self, timeout_s: float = 120.0) -> list[AnyIntent]:
+        """Process every job sent so far; return all intents emitted so far, in send order.
+
+        An actor that raised fails the call with its error (after its retries).
+        """
+        import dramatiq
+
+        if self._worker is None:
+            self._worker = dramatiq.Worker(
+                self.broker, queues={self.queues.video, self.queues.ai}, worker_threads=2,
+                worker_timeout=50,
+            )
+            self._worker.start()
+        for queue in (self.queues.video, self.queues.ai):
+            self.broker.join(queue, timeout=int(timeout_s * 1000), fail_fast=True)
+        self._worker.join()
+        self.intents.extend(self._drain())
+        return list(self.intents)
+
+    def of_kind(self, kind: str) -> list[AnyIntent]:
+        return [i for i in self.intents if i.kind == kind or i.kind.split(".", 1)[0] == kind]
+
+    def _drain(self) -> list[AnyIntent]:
+        """Take the messages off both write queues, merged by enqueue time."""
+        import queue as queue_module
+
+        import dramatiq
+
+        from schemas import decode_intent
+
+        lanes: list[list[tuple[int, int, AnyIntent]]] = []
+        for lane, name in enumerate(self.queues.writes):
+            found = []
+            pending = self.broker.queues[name]
+            while True:
+                try:
+                    data = pending.get_nowait()
+                except queue_module.Empty:
+                    break
+                pending.task_done()
+                message = dramatiq.Message.decode(data)
+                found.append((message.message_timestamp, lane, decode_intent(message.args[0])))
+            lanes.append(found)
+        return [intent for _, _, intent in heapq.merge(*lanes, key=lambda t: (t[0], t[1]))]
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        self.broker.close()
+
+
+@dataclass(slots=True)
+class ReplayedDatabase:
+    """A fresh database a log (or captured intents) was replayed into."""
+
+    url: str
+    conn: Connection[tuple[Any, ...]]
+    summary: ReplaySummary
+
+    def rows(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        return self.conn.execute(query.encode(), params or None).fetchall()
+
+    def scalar(self, query: str, *params: Any) -> Any:
+        row = self.conn.execute(query.encode(), params or None).fetchone()
+        return None if row is None else row[0]
+
+
+@contextmanager
+def scratch_database(server_url: str, prefix: str = "jp_replay") -> Iterator[str]:
+    """A new, migrated database on the server ``server_url`` names; dropped on exit."""
+    from writer.db import drop_database, with_database
+    from writer.migrate import upgrade
+
+    url = with_database(server_url, f"{prefix}_{uuid.uuid4().hex[:12]}")
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        drop_database(url)
+
+
+def replay_into(
+    url: str,
+    source: LogSource | Sequence[LogSource] | Sequence[AnyIntent] | IntentCapture,
+    settings: Settings,
+) -> ReplaySummary:
+    """Replay a log (paths, ``s3://`` keys) or intents (list or capture) into ``url``."""
+    from writer.db import connect
+    from writer.intentlog.reader import LogReader
+    from writer.intentlog.replay import ReplaySummary, batches_of, replay_log, replay_records
+    from writer.intentlog.segment import LogRecord
+
+    if isinstance(source, IntentCapture):
+        source = source.intents
+    if isinstance(source, str | Path):
+        source = [source]
+    paths = [i for i in source if isinstance(i, str | Path)]
+    if paths:
+        if len(paths) != len(source):
+            raise TypeError("replay either a log (paths, s3:// keys) or intents, not both")
+        with LogReader(paths, settings=settings) as reader:
+            return replay_log(url, reader)
+    items = [i for i in source if not isinstance(i, str | Path)]
+    limits = settings.writer
+    batches = batches_of(items, max_intents=limits.batch_max_intents,
+                         max_rows=limits.batch_max_rows)
+    records = (
+        LogRecord(seq, "captured", batch[0].occurred_at, tuple(batch))
+        for seq, batch in enumerate(batches, start=1)
+    )
+    with connect(url, autocommit=True, application_name="jobplatform-replay") as conn:
+        return replay_records(conn, records, summary=ReplaySummary())
+
+
+@pytest.fixture
+def jobplatform_settings(tmp_path: Path) -> Settings:
+    """Settings for one test: the configured (or local) services, an own namespace and folder."""
+    from jobplatform.settings import load_settings
+    from jobplatform.stack import ensure_services
+
+    base = load_settings(
+        broker_namespace=f"jptest-{uuid.uuid4().hex[:8]}",
+        jobplatform_state_dir=tmp_path / "jobplatform",
+    )
+    return ensure_services(base).apply(base)
+
+
+@pytest.fixture
+def jobplatform_intent_capture(jobplatform_settings: Settings) -> Iterator[IntentCapture]:
+    """Actors run in-process on a stub broker; the intents they emit (:class:`IntentCapture`)."""
+    capture = IntentCapture(jobplatform_settings)
+    yield capture
+    capture.close()
+
+
+@pytest.fixture
+def jobplatform_replay_into_database(
+    jobplatform_settings: Settings,
+) -> Iterator[Callable[..., ReplayedDatabase]]:
+    """``replay(source)`` -> a fresh migrated database holding what ``source`` applies."""
+    from contextlib import ExitStack
+
+    from writer.db import connect
+
+    settings = jobplatform_settings
+    server = settings.database_url
+    assert server is not None, "jobplatform_settings must name a database server"
+
+    with ExitStack() as stack:
+
+        def replay(
+            source: LogSource | Sequence[LogSource] | Sequence[AnyIntent] | IntentCapture,
+        ) -> ReplayedDatabase:
+            url = stack.enter_context(scratch_database(server))
+            summary = replay_into(url, source, settings)
+            conn = stack.enter_context(connect(url, autocommit=True))
+            return ReplayedDatabase(url, conn, summary)
+
+        yield replay
