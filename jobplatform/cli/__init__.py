@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from jobplatform.cli import bench, db, log, replay, run, watch, writer
+from jobplatform.cli import bench, db, log, replay, run, stack, watch, writer
 from jobplatform.cli._common import run_cli
 
 COMMANDS: list[click.Command] = [
@@ -19,6 +19,7 @@ COMMANDS: list[click.Command] = [
     bench.bench,
     run.run,
     watch.watch,
+    stack.stack,
     writer.writer,
     replay.replay,
     log.log,
