@@ -25,14 +25,15 @@ def run(names: tuple[str, ...], procfile: Path, scale: str | None, stop_timeout:
         migrate: bool) -> None:
     """Run the Procfile's processes (or only NAMES), prefixing and colouring their output.
 
-    Services come from the environment, else the local or embedded stack; their URLs are
-    passed to every process. Ctrl-C or SIGTERM sends each process one SIGTERM and waits for
-    it to drain; a second Ctrl-C kills at once. A process exiting on its own stops the others
-    and the command exits non-zero. In production run the same Procfile under your supervisor
-    (systemd, a Heroku-like platform, one Kubernetes Deployment per line).
+    Services come from the environment, else the local or embedded stack (stopped again at
+    the end if this run started it); their URLs are passed to every process. Ctrl-C or
+    SIGTERM sends each process one SIGTERM and waits for it to drain; a second Ctrl-C kills at
+    once. A process exiting on its own stops the others and the command exits non-zero. In
+    production run the same Procfile under your supervisor (systemd, a Heroku-like platform,
+    one Kubernetes Deployment per line).
     """
     from jobplatform.runner import Formation, FormationError, parse_scale, read_procfile
-    from jobplatform.stack import ensure_services
+    from jobplatform.stack import session_services
 
     settings = settings_from_env()
     types = read_procfile(procfile)
@@ -42,11 +43,14 @@ def run(names: tuple[str, ...], procfile: Path, scale: str | None, stop_timeout:
             raise FormationError(f"no process {', '.join(unknown)} in {procfile}")
         types = [t for t in types if t.name in names]
     counts = parse_scale(scale, types)
-    services = ensure_services(settings)
-    if migrate:
-        from writer.migrate import upgrade
+    # Embedded servers started for this run stop with it (unless `jobplatform stack up` holds
+    # them); servers found running are left alone.
+    with session_services(settings) as services:
+        if migrate:
+            from writer.migrate import upgrade
 
-        upgrade(services.database_url)
-    formation = Formation(types, scale=counts, env=services.environ(),
-                          cwd=procfile.resolve().parent, stop_timeout_s=stop_timeout)
-    raise click.exceptions.Exit(formation.run())
+            upgrade(services.database_url)
+        formation = Formation(types, scale=counts, env=services.environ(),
+                              cwd=procfile.resolve().parent, stop_timeout_s=stop_timeout)
+        code = formation.run()
+    raise click.exceptions.Exit(code)
