@@ -17,12 +17,14 @@ import pytest
 import redis
 
 from jobplatform.settings import Settings, load_settings
-from jobplatform.stack import Services, ensure_services
+from jobplatform.stack import Services, session_services
 
 
 @pytest.fixture(scope="session")
-def services() -> Services:
-    return ensure_services(load_settings())
+def services() -> Iterator[Services]:
+    """The session's services; embedded servers this session started stop when it ends."""
+    with session_services(load_settings()) as found:
+        yield found
 
 
 @pytest.fixture(scope="session")
