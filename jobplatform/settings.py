@@ -65,7 +65,11 @@ class RosterSettings(BaseSettings):
     max_file_bytes: Positive = 50 * 1024 * 1024
     max_uncompressed_bytes: Positive = 500 * 1024 * 1024
     max_compression_ratio: Positive = 200
+    max_cells: Positive = 8_000_000
+    """Largest grid (rows x columns) a sheet may span; bounds the reader's memory."""
     progress_interval_s: Annotated[float, Field(gt=0)] = 0.5
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 3
+    """Retries of an import that hit a passing fault (S3, Redis); then it is marked failed."""
 
 
 class VideoSettings(BaseSettings):

@@ -1,0 +1,395 @@
+"""Looking at a file before any spreadsheet reader does.
+
+The reader (calamine) builds each sheet as a dense grid spanning every cell it finds, and aborts
+the whole process when that grid cannot be allocated; it trusts declared sizes too. So the file
+is checked first, cheaply and without building anything:
+
+- size (``ROSTER_MAX_FILE_BYTES``), and what the first bytes say it is;
+- an OLE container holding ``EncryptedPackage`` is a password-protected .xlsx; an .ods whose
+  manifest has ``encryption-data`` is password-protected too;
+- zip archives (.xlsx, .ods): every member is inflated here, counting its real size against the
+  size it declares, ``ROSTER_MAX_UNCOMPRESSED_BYTES`` and ``ROSTER_MAX_COMPRESSION_RATIO``
+  (checked on members over 1 MiB), and its CRC; a member cut short means a truncated file;
+- no XML part may declare a DOCTYPE or ENTITY (entity expansion is refused, not defused);
+- sheet XML: cell and row references past ``ROSTER_MAX_COLUMNS`` or the row limit, and a grid
+  larger than ``ROSTER_MAX_CELLS``, are refused before the reader allocates it.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import BinaryIO
+
+from actors.roster.errors import RosterRejected
+from actors.roster.limits import Limits
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_ODS_MIMETYPE = b"application/vnd.oasis.opendocument.spreadsheet"
+_READ_CHUNK = 1 << 20
+_KEEP = 4096
+_RATIO_FLOOR = 1 << 20
+_MAX_MEMBERS = 10_000
+_ENTITY_MARKERS = (b"<!DOCTYPE", b"<!ENTITY", b"<!doctype", b"<!entity")
+
+
+class Format(StrEnum):
+    XLSX = "xlsx"
+    XLS = "xls"
+    ODS = "ods"
+
+
+def precheck(path: Path, limits: Limits) -> Format:
+    """The file's format, or :class:`RosterRejected` saying why it will not be read."""
+    size = path.stat().st_size
+    if size == 0:
+        raise RosterRejected("the file is empty")
+    if size > limits.max_file_bytes:
+        raise RosterRejected(
+            f"the file is {_mib(size)}, larger than the limit of {_mib(limits.max_file_bytes)}"
+            " (ROSTER_MAX_FILE_BYTES)"
+        )
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    if head.startswith(_OLE_MAGIC):
+        if _has_encrypted_package(path):
+            raise RosterRejected("the file is password-protected; save it without a password")
+        return Format.XLS
+    if head.startswith(_ZIP_MAGIC):
+        return _check_zip(path, limits)
+    if head.startswith(b"PK"):
+        raise RosterRejected("the file is an empty or damaged zip archive, not a spreadsheet")
+    raise RosterRejected(
+        "the file is not a spreadsheet (.xlsx, .xls or .ods)"
+        + ("; it looks like text (CSV?): save it as .xlsx" if _looks_like_text(path) else "")
+    )
+
+
+def _has_encrypted_package(path: Path) -> bool:
+    """Whether an OLE compound file has a directory entry named ``EncryptedPackage``.
+
+    Directory entries sit on 128-byte boundaries, a UTF-16 name followed (at +64) by its byte
+    length with the terminator; an encrypted .xlsx keeps the real workbook in that stream.
+    """
+    name = "EncryptedPackage".encode("utf-16-le")
+    data = path.read_bytes()
+    at = data.find(name)
+    while at != -1:
+        if at % 128 == 0 and data[at + 64 : at + 66] == struct.pack("<H", len(name) + 2):
+            return True
+        at = data.find(name, at + 1)
+    return False
+
+
+def _looks_like_text(path: Path) -> bool:
+    with path.open("rb") as handle:
+        sample = handle.read(4096)
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start > len(sample) - 4
+    return b"\x00" not in sample
+
+
+def _check_zip(path: Path, limits: Limits) -> Format:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise RosterRejected(
+            f"the file is damaged or truncated (not a readable zip: {exc})"
+        ) from exc
+    with archive, path.open("rb") as raw:
+        members = archive.infolist()
+        names = {m.filename for m in members}
+        kind = _zip_kind(archive, names)
+        if len(members) > _MAX_MEMBERS:
+            raise RosterRejected(f"the file has {len(members)} parts, more than a spreadsheet has")
+        declared = sum(m.file_size for m in members)
+        if declared > limits.max_uncompressed_bytes:
+            raise RosterRejected(_too_large("declares", declared, limits))
+        budget = limits.max_uncompressed_bytes
+        for member in members:
+            _check_member_header(member, limits)
+            scanner = _scanner_for(kind, member.filename, limits)
+            inflated = 0
+            for piece in _inflate(raw, member, budget):
+                inflated += len(piece)
+                if scanner is not None:
+                    scanner.feed(piece)
+                elif b"<!" in piece and any(m in piece for m in _ENTITY_MARKERS):
+                    raise RosterRejected(_entity_message(member.filename))
+            if scanner is not None:
+                scanner.finish()
+            budget -= inflated
+        return kind
+
+
+def _zip_kind(archive: zipfile.ZipFile, names: set[str]) -> Format:
+    if "mimetype" in names and archive.read("mimetype").strip() == _ODS_MIMETYPE:
+        if "META-INF/manifest.xml" in names and b"encryption-data" in archive.read(
+            "META-INF/manifest.xml"
+        ):
+            raise RosterRejected("the file is password-protected; save it without a password")
+        return Format.ODS
+    if "xl/workbook.xml" in names:
+        return Format.XLSX
+    if "xl/workbook.bin" in names:
+        raise RosterRejected("binary workbooks (.xlsb) are not supported; save the file as .xlsx")
+    raise RosterRejected("the file is a zip archive but not a spreadsheet (.xlsx or .ods)")
+
+
+def _check_member_header(member: zipfile.ZipInfo, limits: Limits) -> None:
+    if member.flag_bits & 0x1:
+        raise RosterRejected("the file is password-protected; save it without a password")
+    if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise RosterRejected(
+            f"part {member.filename!r} uses an unsupported compression ({member.compress_type})"
+        )
+    if member.file_size > _RATIO_FLOOR and (
+        member.file_size > limits.max_compression_ratio * max(member.compress_size, 1)
+    ):
+        raise RosterRejected(
+            f"part {member.filename!r} declares a compression ratio over"
+            f" {limits.max_compression_ratio} (ROSTER_MAX_COMPRESSION_RATIO): a zip bomb"
+        )
+
+
+def _inflate(raw: BinaryIO, member: zipfile.ZipInfo, budget: int) -> Iterator[bytes]:
+    """Yield a member's real content; stop past ``budget`` or its declared size."""
+    raw.seek(member.header_offset)
+    header = raw.read(30)
+    if len(header) < 30 or header[:4] != _ZIP_MAGIC:
+        raise RosterRejected(f"the file is damaged or truncated (part {member.filename!r})")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    raw.seek(member.header_offset + 30 + name_len + extra_len)
+    left = member.compress_size
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS) if member.compress_type else None
+    crc = 0
+    produced = 0
+    limit = min(budget, member.file_size)
+    while left > 0 or (inflater is not None and inflater.unconsumed_tail):
+        if inflater is not None and inflater.unconsumed_tail:
+            data = inflater.unconsumed_tail
+        else:
+            data = raw.read(min(_READ_CHUNK, left))
+            if not data:
+                raise RosterRejected(
+                    f"the file is truncated (part {member.filename!r} is cut short)"
+                )
+            left -= len(data)
+        try:
+            piece = inflater.decompress(data, _READ_CHUNK) if inflater is not None else data
+        except zlib.error as exc:
+            raise RosterRejected(
+                f"the file is damaged (part {member.filename!r} does not inflate: {exc})"
+            ) from exc
+        produced += len(piece)
+        if produced > limit:
+            if produced > budget:
+                raise RosterRejected(_too_large("inflates to", produced, None))
+            raise RosterRejected(
+                f"part {member.filename!r} inflates to more than the"
+                f" {member.file_size} bytes it declares: a zip bomb"
+            )
+        crc = zlib.crc32(piece, crc)
+        yield piece
+    if inflater is not None and not inflater.eof:
+        raise RosterRejected(f"the file is truncated (part {member.filename!r} is cut short)")
+    if crc != member.CRC or produced != member.file_size:
+        raise RosterRejected(f"the file is damaged (part {member.filename!r} fails its checksum)")
+
+
+def _too_large(verb: str, size: int, limits: Limits | None) -> str:
+    limit = f" {_mib(limits.max_uncompressed_bytes)}" if limits else ""
+    return (
+        f"the file {verb} {_mib(size)} uncompressed, over the limit{limit}"
+        " (ROSTER_MAX_UNCOMPRESSED_BYTES): a zip bomb"
+    )
+
+
+def _entity_message(part: str) -> str:
+    return f"part {part!r} declares XML entities (DOCTYPE/ENTITY), which are refused"
+
+
+def _scanner_for(kind: Format, name: str, limits: Limits) -> _Scanner | None:
+    if kind is Format.XLSX and name.startswith("xl/worksheets/") and name.endswith(".xml"):
+        return _XlsxSheetScanner(name, limits)
+    if kind is Format.ODS and name == "content.xml":
+        return _OdsContentScanner(name, limits)
+    return None
+
+
+class _Scanner:
+    """Scans one XML part in pieces, keeping a tail so no match is cut in two."""
+
+    def __init__(self, part: str, limits: Limits) -> None:
+        self.part = part
+        self.limits = limits
+        self._tail = b""
+
+    def feed(self, piece: bytes) -> None:
+        data = self._tail + piece
+        self._scan(data, max(len(data) - _KEEP, 0))
+        self._tail = data[-_KEEP:]
+
+    def finish(self) -> None:
+        self._scan(self._tail, len(self._tail))
+        self.done()
+
+    def _scan(self, data: bytes, end: int) -> None:
+        """Look at matches starting before ``end`` (the rest comes again with the next piece)."""
+        if b"<!" in data and any(marker in data for marker in _ENTITY_MARKERS):
+            raise RosterRejected(_entity_message(self.part))
+        self.scan(data, end)
+
+    def scan(self, data: bytes, end: int) -> None:
+        raise NotImplementedError
+
+    def done(self) -> None:
+        raise NotImplementedError
+
+    def refuse_grid(self, rows: int, columns: int, what: str) -> None:
+        limits = self.limits
+        if columns > limits.max_columns:
+            raise RosterRejected(
+                f"{what}: column {columns} is past the limit of {limits.max_columns} columns"
+                " (ROSTER_MAX_COLUMNS)"
+            )
+        if rows > limits.max_row_number:
+            raise RosterRejected(
+                f"{what}: row {rows} is past the limit of {limits.max_rows} rows"
+                " (ROSTER_MAX_ROWS)"
+            )
+        if rows * columns > limits.max_cells:
+            raise RosterRejected(
+                f"{what}: the sheet spans {rows} rows x {columns} columns, more than"
+                f" {limits.max_cells} cells (ROSTER_MAX_CELLS)"
+            )
+
+
+def _column_number(letters: bytes) -> int:
+    number = 0
+    for letter in letters:
+        number = number * 26 + letter - 64
+    return number
+
+
+def _unusual_attributes(data: bytes) -> bool:
+    """Whether some attribute is not written ``name="value"`` after a single space."""
+    return (
+        data.count(b"=", 0, len(data) - 1) != data.count(b'="')
+        or b"\t" in data
+        or data.find(b"\n", 256) != -1
+        or data.find(b"\r", 256) != -1
+    )
+
+
+def _greater_than(number: int) -> bytes:
+    """A regex matching the decimal numbers (without leading zeros) greater than ``number``."""
+    text = str(number)
+    options = [b"[1-9][0-9]{%d,}" % len(text)]
+    for i, digit in enumerate(text):
+        if digit != "9":
+            rest = len(text) - i - 1
+            options.append(b"%s[%d-9][0-9]{%d}" % (text[:i].encode(), int(digit) + 1, rest))
+    return b"(?:" + b"|".join(options) + b")"
+
+
+class _XlsxSheetScanner(_Scanner):
+    """Refuses references past the limits and estimates the grid a worksheet spans.
+
+    The regex matches only references that are wide (two or more column letters) or past the
+    row limit, so a normal sheet costs one pass that matches almost nothing. The grid's height is
+    taken from the row elements (their count and the last one's number); parts with unusual
+    attribute quoting take a slower path that reads every reference.
+    """
+
+    def __init__(self, part: str, limits: Limits) -> None:
+        super().__init__(part, limits)
+        self._fast = re.compile(
+            rb' r="(?:([A-Z]{2,})[0-9]*|[A-Z]?(%s))"' % _greater_than(limits.max_row_number)
+        )
+        self._exact = re.compile(rb"\sr\s*=\s*[\"']([A-Z]*)([0-9]+)")
+        self._last_row = re.compile(rb'<row r="([0-9]+)"')
+        self.rows = 0
+        self.max_row = 1
+        self.max_column = 1
+
+    def scan(self, data: bytes, end: int) -> None:
+        self.rows += data.count(b"<row", 0, end)
+        if _unusual_attributes(data):
+            for found in self._exact.finditer(data, 0, end):
+                self._note(_column_number(found.group(1) or b"A"), int(found.group(2)[:12]))
+            return
+        for found in self._fast.finditer(data, 0, end):
+            if found.group(2):
+                self._note(1, int(found.group(2)[:12]))
+            else:
+                self._note(_column_number(found.group(1)), 1)
+        last = data.rfind(b"<row r=", 0, end)
+        row = self._last_row.match(data, last) if last != -1 else None
+        if row is not None:
+            self._note(1, int(row.group(1)[:12]))
+
+    def _note(self, column: int, row: int) -> None:
+        self.max_column = max(self.max_column, column)
+        self.max_row = max(self.max_row, row)
+        self.refuse_grid(row, column, f"sheet part {self.part!r}")
+
+    def done(self) -> None:
+        what = f"sheet part {self.part!r}"
+        self.refuse_grid(max(self.rows, self.max_row), self.max_column, what)
+
+
+class _OdsContentScanner(_Scanner):
+    """Counts an .ods file's rows and widest repeated cell, repeats included.
+
+    LibreOffice pads each sheet with a trailing empty row repeated to the end of the grid and
+    rows with a trailing empty cell repeated to the last column; those padding repeats are
+    ignored, since they hold nothing. Any other repeat counts in full.
+    """
+
+    _REPEAT = re.compile(rb"number-(rows|columns)-repeated\s*=\s*[\"']([0-9]+)")
+
+    def __init__(self, part: str, limits: Limits) -> None:
+        super().__init__(part, limits)
+        self.rows = 0
+        self.widest = 1
+
+    def scan(self, data: bytes, end: int) -> None:
+        self.rows += data.count(b"<table:table-row", 0, end)
+        for found in self._REPEAT.finditer(data, 0, end):
+            count = int(found.group(2)) if len(found.group(2)) < 12 else 10**12
+            if count <= 1:
+                continue
+            after = data.find(b">", found.end())
+            if found.group(1) == b"rows":
+                row_end = data.find(b"</table:table-row>", found.end())
+                trailing = (
+                    row_end != -1
+                    and data.startswith(b"</table:table>", row_end + 18)
+                    and b"office:value" not in data[found.end() : row_end]
+                    and b"<text:" not in data[found.end() : row_end]
+                )
+                if not trailing:
+                    self.rows += count - 1
+            else:
+                empty = after != -1 and data[after - 1 : after] == b"/"
+                trailing = empty and data.startswith(b"</table:table-row>", after + 1)
+                if not trailing:
+                    self.widest = max(self.widest, count)
+            self.refuse_grid(self.rows, self.widest, f"sheet part {self.part!r}")
+
+    def done(self) -> None:
+        self.refuse_grid(self.rows, self.widest, f"sheet part {self.part!r}")
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+

@@ -1,0 +1,344 @@
+"""Reading a roster: find the sheet and header, then validate rows into chunks as they stream.
+
+:func:`open_roster` does everything that can reject the file as a whole (the pre-check, opening
+the workbook, finding the header, the row and column limits) before a single row is validated, so
+a rejected file never produces a chunk. :meth:`Roster.rows` then streams validated rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import python_calamine as calamine
+
+from actors.roster import normalise
+from actors.roster.columns import FIELDS, LABELS, HeaderMatch, looks_like_header, match_header
+from actors.roster.errors import RosterRejected
+from actors.roster.limits import HEADER_SEARCH_ROWS, Limits
+from actors.roster.precheck import Format, precheck
+from schemas import StudentRow
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One reason a row was rejected: ``row`` is the 1-based sheet row, ``column`` its header."""
+
+    row: int
+    column: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"row": self.row, "column": self.column, "reason": self.reason}
+
+
+@dataclass(slots=True)
+class Counts:
+    """``total`` non-empty rows below the header = ``valid`` + ``invalid``; ``duplicates`` valid
+    rows whose phone a later row repeats (the later row wins), so ``valid - duplicates`` students.
+    """
+
+    total: int = 0
+    valid: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+    chunks: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    notes: dict[int, str] = field(default_factory=dict)
+    """Per source row, the text of the report's reason column (errors and duplicate notes)."""
+
+
+class Roster:
+    """An open roster file whose sheet and header are known; see :func:`open_roster`."""
+
+    def __init__(
+        self, workbook: calamine.CalamineWorkbook, sheet: calamine.CalamineSheet,
+        header_index: int, header: HeaderMatch, fmt: Format, limits: Limits,
+    ) -> None:
+        self.workbook = workbook
+        self.sheet = sheet
+        self.format = fmt
+        self.header = header
+        self.limits = limits
+        start = sheet.start or (0, 0)
+        self._first_row = start[0] + 1
+        self._first_column = start[1]
+        self.header_row = self._first_row + header_index
+        self._header_index = header_index
+        self.data_rows = sheet.height - header_index - 1
+
+    @property
+    def sheet_name(self) -> str:
+        return self.sheet.name
+
+    def __enter__(self) -> Roster:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.workbook.close()
+
+    def raw_rows(self) -> Iterator[tuple[int, list[Any]]]:
+        """The header and every row below it, with 1-based sheet row numbers."""
+        rows = self.sheet.iter_rows()
+        for _ in range(self._header_index):
+            next(rows, None)
+        yield from enumerate(rows, self.header_row)
+
+    def validate(
+        self,
+        on_chunk: Callable[[tuple[StudentRow, ...]], None],
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> Counts:
+        """Validate every row; hand each full chunk of valid rows to ``on_chunk`` at once.
+
+        Within a chunk, a phone repeated by a later row keeps only the later row; across chunks
+        the later chunk is applied later, so the last row wins either way.
+        """
+        counts = Counts()
+        columns = self.header.columns
+        names = self.header.names
+        chunk_rows = self.limits.chunk_rows
+        pending: dict[str, StudentRow] = {}
+        seen: dict[str, int] = {}
+        total = self.data_rows
+        validate_row = _RowValidator({f: columns.get(f, -1) for f in FIELDS}, names)
+        width = max(columns.values()) + 1
+        rows = self.raw_rows()
+        next(rows, None)
+        for number, cells in rows:
+            if len(cells) < width:
+                cells = cells + [""] * (width - len(cells))
+            result = validate_row(number, cells)
+            if result is None:
+                continue
+            counts.total += 1
+            if isinstance(result, list):
+                counts.invalid += 1
+                counts.problems.extend(result)
+                counts.notes[number] = "; ".join(f"{p.column}: {p.reason}" for p in result)
+                continue
+            counts.valid += 1
+            earlier = seen.get(result.phone)
+            seen[result.phone] = number
+            if earlier is not None:
+                counts.duplicates += 1
+                counts.notes[number] = f"same phone as row {earlier}; this row is kept"
+                pending.pop(result.phone, None)
+            pending[result.phone] = result
+            if len(pending) >= chunk_rows:
+                on_chunk(tuple(pending.values()))
+                counts.chunks += 1
+                pending = {}
+                if on_progress is not None:
+                    on_progress(number - self.header_row, total)
+        if pending:
+            on_chunk(tuple(pending.values()))
+            counts.chunks += 1
+        if on_progress is not None:
+            on_progress(total, total)
+        return counts
+
+
+_FIELDS_SET = frozenset(StudentRow.model_fields)
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _student(values: dict[str, Any]) -> StudentRow:
+    """A :class:`StudentRow` from values already validated here, without validating again.
+
+    It is what ``model_construct`` does, minus its per-field defaults handling (every field is
+    given), which made it the costliest step per row; a test checks the result equals a
+    validated row.
+    """
+    row: StudentRow = _new(StudentRow)
+    _set(row, "__dict__", values)
+    _set(row, "__pydantic_fields_set__", set(_FIELDS_SET))
+    _set(row, "__pydantic_extra__", None)
+    _set(row, "__pydantic_private__", None)
+    return row
+
+
+class _RowValidator:
+    """Validates rows of one sheet; caches conversions of values that repeat (grades, schools)."""
+
+    _CACHE_LIMIT = 4096
+
+    def __init__(self, index: dict[str, int], names: tuple[str, ...]) -> None:
+        self.index = index
+        self.names = names
+        self.today = date.today()
+        self._levels: dict[str, int | None] = {}
+        self._grades: dict[tuple[Any, int | None], int | str | None] = {}
+
+    def __call__(self, number: int, cells: list[Any]) -> StudentRow | list[Problem] | None:
+        """A row validated: a :class:`StudentRow`, its problems, or ``None`` for an empty row."""
+        index = self.index
+        names = self.names
+        name_at = index["name"]
+        phone_at = index["phone"]
+        raw_name = cells[name_at]
+        raw_phone = cells[phone_at]
+        if (
+            (raw_name == "" or raw_name is None)
+            and (raw_phone == "" or raw_phone is None)
+            and all(c == "" or c is None or (isinstance(c, str) and not c.strip()) for c in cells)
+        ):
+            return None
+        problems: list[Problem] | None = None
+        name = raw_name.strip() if isinstance(raw_name, str) else normalise.text(raw_name)
+        if not name:
+            problems = [Problem(number, names[name_at], "name is missing")]
+        elif len(name) > 100:
+            problems = [Problem(number, names[name_at], "name is longer than 100 characters")]
+        elif "  " in name or "\t" in name or "\n" in name:
+            name = " ".join(name.split())
+        phone: str | None = None
+        try:
+            phone = normalise.phone(raw_phone)
+            if phone is None:
+                raise ValueError("phone is missing")
+        except ValueError as exc:
+            problems = _add(problems, Problem(number, names[phone_at], str(exc)))
+        school: str | None = None
+        at = index["school"]
+        if at >= 0:
+            school = normalise.text(cells[at]) or None
+            if school is not None and len(school) > 100:
+                problems = _add(
+                    problems, Problem(number, names[at], "school is longer than 100 characters")
+                )
+        parent_phone = grade = birth_date = None
+        at = index["parent_phone"]
+        if at >= 0:
+            try:
+                parent_phone = normalise.phone(cells[at])
+            except ValueError as exc:
+                problems = _add(problems, Problem(number, names[at], str(exc)))
+        at = index["grade"]
+        if at >= 0:
+            found = self._grade(cells[at], school)
+            if isinstance(found, str):
+                problems = _add(problems, Problem(number, names[at], found))
+            else:
+                grade = found
+        at = index["birth_date"]
+        if at >= 0:
+            try:
+                birth_date = normalise.birth_date(cells[at], self.today)
+            except ValueError as exc:
+                problems = _add(problems, Problem(number, names[at], str(exc)))
+        if problems:
+            return problems
+        return _student({
+            "source_row": number, "name": name, "phone": phone, "parent_phone": parent_phone,
+            "school": school, "grade": grade, "birth_date": birth_date,
+        })
+
+    def _grade(self, value: Any, school: str | None) -> int | str | None:
+        """The grade, or the reason it is not one (as a string)."""
+        level = None
+        if school is not None:
+            level = self._levels.get(school, -1)
+            if level == -1:
+                level = normalise.school_level(school)
+                if len(self._levels) < self._CACHE_LIMIT:
+                    self._levels[school] = level
+        key = (value, level)
+        if type(value) is not bool and key in self._grades:
+            return self._grades[key]
+        try:
+            found: int | str | None = normalise.grade(value, level)
+        except ValueError as exc:
+            found = str(exc)
+        if len(self._grades) < self._CACHE_LIMIT:
+            self._grades[key] = found
+        return found
+
+
+def _add(problems: list[Problem] | None, problem: Problem) -> list[Problem]:
+    if problems is None:
+        return [problem]
+    problems.append(problem)
+    return problems
+
+
+_PROTECTED = "the file is password-protected; save it without a password"
+
+
+def open_roster(path: Path, limits: Limits) -> Roster:
+    """Open a roster file; :class:`RosterRejected` if it cannot be imported as a whole."""
+    fmt = precheck(path, limits)
+    try:
+        workbook = calamine.CalamineWorkbook.from_path(str(path))
+    except calamine.PasswordError as exc:
+        raise RosterRejected(_PROTECTED) from exc
+    except Exception as exc:  # the reader's errors are not all CalamineError
+        raise RosterRejected(f"the file is damaged or not a spreadsheet ({_short(exc)})") from exc
+    try:
+        return _locate(workbook, fmt, limits)
+    except BaseException:
+        workbook.close()
+        raise
+
+
+def _locate(workbook: calamine.CalamineWorkbook, fmt: Format, limits: Limits) -> Roster:
+    partial: tuple[str, HeaderMatch] | None = None
+    for meta in workbook.sheets_metadata:
+        if meta.typ != calamine.SheetTypeEnum.WorkSheet:
+            continue
+        try:
+            sheet = workbook.get_sheet_by_name(meta.name)
+        except calamine.PasswordError as exc:
+            raise RosterRejected(_PROTECTED) from exc
+        except Exception as exc:
+            raise RosterRejected(
+                f"sheet {meta.name!r} is damaged and cannot be read ({_short(exc)})"
+            ) from exc
+        if sheet.width > limits.max_columns:
+            raise RosterRejected(
+                f"sheet {meta.name!r} has {sheet.width} columns, more than the limit of"
+                f" {limits.max_columns} (ROSTER_MAX_COLUMNS)"
+            )
+        for index, cells in enumerate(sheet.iter_rows()):
+            if index >= HEADER_SEARCH_ROWS:
+                break
+            found = match_header(cells)
+            if not looks_like_header(found):
+                continue
+            if found.missing:
+                partial = partial or (meta.name, found)
+                continue
+            roster = Roster(workbook, sheet, index, found, fmt, limits)
+            if roster.data_rows > limits.max_rows:
+                raise RosterRejected(
+                    f"sheet {meta.name!r} has {roster.data_rows} rows below its header, more than"
+                    f" the limit of {limits.max_rows} (ROSTER_MAX_ROWS)"
+                )
+            return roster
+    if partial is not None:
+        sheet_name, found = partial
+        missing = ", ".join(LABELS[f] for f in found.missing)
+        raise RosterRejected(
+            f"required column {missing} is missing (sheet {sheet_name!r}); columns found: "
+            + ", ".join(found.found)
+        )
+    raise RosterRejected(
+        f"no header row found in the first {HEADER_SEARCH_ROWS} rows of any sheet; expected"
+        f" columns such as {LABELS['name']} and {LABELS['phone']}"
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]

@@ -1,0 +1,69 @@
+"""Files rejected as a whole: each with a reason that says what is wrong."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from actors.roster import Format, Limits, RosterRejected, open_roster, precheck
+from tests.actors import roster_corpus as corpus
+
+SMALL = Limits(max_rows=50, max_uncompressed_bytes=2 << 20)
+
+HOSTILE: list[tuple[Callable[[Path], Path], str]] = [
+    (corpus.write_not_spreadsheet, "not a spreadsheet"),
+    (corpus.write_csv, "looks like text (CSV?)"),
+    (corpus.write_empty, "the file is empty"),
+    (corpus.write_password_xlsx, "password-protected"),
+    (corpus.write_truncated_xlsx, "damaged or truncated"),
+    (corpus.write_truncated_member_xlsx,
+     "truncated (part 'xl/worksheets/sheet1.xml' is cut short)"),
+    (corpus.write_declared_bomb_xlsx, "declares 3.0 MiB uncompressed, over the limit 2.0 MiB"),
+    (corpus.write_lying_bomb_xlsx, "inflates to more than the 1000 bytes it declares"),
+    (corpus.write_billion_laughs_xlsx, "'xl/sharedStrings.xml' declares XML entities"),
+    (corpus.write_wide_row_xlsx,
+     "column 201 is past the limit of 200 columns (ROSTER_MAX_COLUMNS)"),
+    (corpus.write_far_cell_xlsx, "row 1048576 is past the limit of 50 rows (ROSTER_MAX_ROWS)"),
+    (corpus.write_repeated_rows_ods, "past the limit of 50 rows (ROSTER_MAX_ROWS)"),
+    (corpus.write_missing_column_xlsx,
+     "required column 전화번호/phone is missing (sheet 'Sheet'); columns found: 이름, 학교, 학년"),
+]
+
+
+@pytest.mark.parametrize(("write", "reason"), HOSTILE, ids=[w.__name__[6:] for w, _ in HOSTILE])
+def test_hostile_files_are_rejected_with_a_reason(
+    tmp_path: Path, write: Callable[[Path], Path], reason: str
+) -> None:
+    path = write(tmp_path)
+    with pytest.raises(RosterRejected) as caught:
+        open_roster(path, SMALL)
+    assert reason in str(caught.value)
+
+
+def test_ratio_bomb_is_refused_before_inflating(tmp_path: Path) -> None:
+    path = corpus.write_declared_bomb_xlsx(tmp_path, size=8 << 20)
+    with pytest.raises(RosterRejected, match="compression ratio over 200"):
+        precheck(path, Limits())
+
+
+def test_too_many_rows_below_the_header(tmp_path: Path) -> None:
+    # Given 60 rows: within the grid the pre-check allows (50 + room for titles), over max_rows.
+    path = corpus.write_many_rows_xlsx(tmp_path, 60)
+    with pytest.raises(RosterRejected, match="60 rows below its header, more than the limit of 50"):
+        open_roster(path, SMALL)
+    with open_roster(path, Limits(max_rows=60)) as roster:
+        assert roster.data_rows == 60
+
+
+def test_file_size_limit(tmp_path: Path) -> None:
+    path = corpus.write_clean_xlsx(tmp_path)
+    with pytest.raises(RosterRejected, match="ROSTER_MAX_FILE_BYTES"):
+        precheck(path, Limits(max_file_bytes=100))
+
+
+def test_formats_are_recognised_by_content(tmp_path: Path) -> None:
+    assert precheck(corpus.write_clean_xlsx(tmp_path), Limits()) is Format.XLSX
+    assert precheck(corpus.write_clean_xls(tmp_path), Limits()) is Format.XLS
+    assert precheck(corpus.write_clean_ods(tmp_path), Limits()) is Format.ODS

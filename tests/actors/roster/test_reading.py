@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from actors.roster import Counts, Limits, open_roster
+from schemas import StudentRow
+from tests.actors import roster_corpus as corpus
+
+Chunk = tuple[StudentRow, ...]
+
+
+def read_all(path: Path, limits: Limits | None = None) -> tuple[list[Chunk], Counts]:
+    chunks: list[Chunk] = []
+    with open_roster(path, limits or Limits()) as roster:
+        counts = roster.validate(chunks.append)
+    return chunks, counts
+
+
+def fields(row: StudentRow) -> tuple[object, ...]:
+    return (row.name, row.phone, row.parent_phone, row.school, row.grade, row.birth_date)
+
+
+@pytest.mark.parametrize(
+    "write", [corpus.write_clean_xlsx, corpus.write_clean_xls, corpus.write_clean_ods],
+    ids=["xlsx", "xls", "ods"],
+)
+def test_clean_files_in_each_format(tmp_path: Path, write: Callable[[Path], Path]) -> None:
+    chunks, counts = read_all(write(tmp_path))
+    assert [fields(r) for c in chunks for r in c] == list(corpus.CLEAN_EXPECTED)
+    assert [r.source_row for c in chunks for r in c] == [2, 3, 4, 5]
+    assert (counts.total, counts.valid, counts.invalid, counts.duplicates, counts.chunks) == (
+        4, 4, 0, 0, 1
+    )
+
+
+def test_rows_built_without_validation_equal_validated_rows(tmp_path: Path) -> None:
+    chunks, _ = read_all(corpus.write_messy_xlsx(tmp_path))
+    for row in (r for c in chunks for r in c):
+        again = StudentRow.model_validate(row.model_dump())
+        assert again == row
+        assert again.model_dump() == row.model_dump()
+        assert row.model_fields_set == again.model_fields_set
+
+
+def test_messy_layout(tmp_path: Path) -> None:
+    path = corpus.write_messy_xlsx(tmp_path)
+    with open_roster(path, Limits()) as roster:
+        assert roster.sheet_name == "학생 명단"
+        assert roster.header_row == 3
+        assert roster.header.unknown == ("번호", "비고")
+        chunks: list[tuple[StudentRow, ...]] = []
+        counts = roster.validate(chunks.append)
+    rows = {r.source_row: r for c in chunks for r in c}
+    # Row 4 and row 11 share a phone: the later one wins; rows 9 and 10 are invalid; 7 is blank.
+    assert sorted(rows) == [5, 6, 8, 11]
+    assert fields(rows[11]) == (
+        "김철수", "010-1234-5678", None, "한국고등학교", 12, date(2007, 3, 15)
+    )
+    assert fields(rows[5]) == (
+        "이영희", "010-2345-6789", "010-1111-2222", "서울중학교", 8, date(2010, 7, 1)
+    )
+    assert fields(rows[6]) == ("박민수", "010-3456-7890", None, None, 11, date(2008, 5, 1))
+    assert fields(rows[8]) == ("최지우", "010-4567-8901", None, None, 7, date(2012, 1, 9))
+    assert (counts.total, counts.valid, counts.invalid, counts.duplicates) == (7, 5, 2, 1)
+    assert [p.as_dict() for p in counts.problems] == [
+        {"row": 9, "column": "학생 이름", "reason": "name is missing"},
+        {"row": 10, "column": "휴대폰 번호",
+         "reason": "not a Korean mobile number, expected like 010-1234-5678 ('02-123-4567')"},
+        {"row": 10, "column": "학년", "reason": "no such grade ('고4')"},
+        {"row": 10, "column": "생일", "reason": "birth date is in the future (2099-01-01)"},
+    ]
+    assert counts.notes[11] == "same phone as row 4; this row is kept"
+
+
+def test_formulas_give_their_cached_values(tmp_path: Path) -> None:
+    chunks, _ = read_all(corpus.write_formulas_xlsx(tmp_path))
+    assert [(r.name, r.phone, r.grade) for r in chunks[0]] == [
+        ("김철수", "010-1234-5678", 10), ("이영희", "010-2345-6789", 9)
+    ]
+
+
+def test_dimension_claiming_the_whole_grid_reads_what_is_there(tmp_path: Path) -> None:
+    with open_roster(corpus.write_dimension_claim_xlsx(tmp_path), Limits()) as roster:
+        assert roster.data_rows == 2
+        chunks: list[tuple[StudentRow, ...]] = []
+        counts = roster.validate(chunks.append)
+    assert counts.valid == 2
+
+
+def test_chunks_stream_and_duplicates_across_chunks_are_counted(tmp_path: Path) -> None:
+    path = corpus.write_many_rows_xlsx(tmp_path, 25)
+    progress: list[tuple[int, int]] = []
+    chunks: list[tuple[StudentRow, ...]] = []
+    with open_roster(path, Limits(chunk_rows=10)) as roster:
+        counts = roster.validate(chunks.append, lambda done, total: progress.append((done, total)))
+    assert [len(c) for c in chunks] == [10, 10, 5]
+    assert counts.chunks == 3
+    assert progress[-1] == (25, 25)
+    assert [r.source_row for r in chunks[0]] == list(range(2, 12))
