@@ -3,19 +3,21 @@
 It needs Redis and S3 only: jobs travel by actor name (no actor code is imported) and the job's
 first status row reaches PostgreSQL as a write intent, applied by the writer.
 
-Job states, as :meth:`Publisher.status` reports them::
+Job states, as :meth:`Publisher.status` reports them, from the job's progress record in Redis::
 
     unknown --publish--> queued --actor starts--> running --+--> done
-                                                            +--> failed
+                                                   |        +--> failed
+                                                   +--(roster)--> writing --writer--> done
 
 ``unknown``: nothing in Redis for the job (never published, or its record expired after
 :data:`~jobplatform.progress.PROGRESS_TTL_S`). ``queued``: the publish record, written before the
-message is enqueued. ``running``: the actor's progress record names a working step. ``done`` and
-``failed``: the actor's final progress record (its ``step``), which carries the outcome the actor
-also sent to the writer as an intent (the HLS key, the roster counts and report key, or the
-failure reason), so the status of a finished job needs no database either. A roster import is
-``done`` once every row is parsed and sent to the writer; ``written`` counts the rows the writer
-has applied so far when the writer reports them.
+message is enqueued. ``running``: the actor's progress record names a working step
+(``download``, ``encode``, ``parsing`` ...). ``done`` and ``failed``: a final record (its
+``step``), which carries the outcome the actor also sent to the writer as an intent (the HLS
+key; the failure reason), so a finished job's status needs no database. ``writing``: a roster
+import whose rows are all parsed and handed to the writer (the record has the row and chunk
+counts); the database marks the import ``done`` once the writer has applied every chunk, and
+the status follows when the writer records that in the job's progress record.
 """
 
 from __future__ import annotations
@@ -49,12 +51,12 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 MAX_IDEMPOTENCY_KEY = 255
 MAX_FILENAME = 120
 
-JobState = Literal["unknown", "queued", "running", "done", "failed"]
+JobState = Literal["unknown", "queued", "running", "writing", "done", "failed"]
 UploadKind = Literal["video", "roster"]
 AnyJob = EncodeVideo | ImportRoster
 
-#: ``step`` values of a progress record that end a job.
-FINAL_STEPS: Mapping[str, JobState] = {"done": "done", "failed": "failed"}
+#: ``step`` values of a progress record that stand for a state other than ``running``.
+STEP_STATES: Mapping[str, JobState] = {"done": "done", "failed": "failed", "writing": "writing"}
 QUEUED_STEP = "queued"
 
 _IDEM_KEY = re.compile(rf"^[^\x00-\x20\x7f]{{1,{MAX_IDEMPOTENCY_KEY}}}$")
@@ -115,7 +117,7 @@ def job_state(record: Mapping[str, Any]) -> JobState:
     step = record.get("step")
     if not isinstance(step, str) or step == QUEUED_STEP:
         return "queued" if step == QUEUED_STEP else "running"
-    return FINAL_STEPS.get(step, "running")
+    return STEP_STATES.get(step, "running")
 
 
 def status_from_record(job_id: str, record: Mapping[str, Any]) -> JobStatus:

@@ -111,11 +111,11 @@ def job_detail(job: JobStatus) -> str:
             parts.append(str(p["hls_key"]))
     else:
         total = p.get("total")
-        for name in ("parsed", "written", "valid", "invalid", "duplicates"):
+        for name in ("rows", "written", "chunks", "invalid"):
             value = p.get(name)
             if isinstance(value, int):
-                shown = f"{value:,}/{total:,}" if name == "parsed" and total else f"{value:,}"
-                parts.append(f"{name} {shown}")
+                shown = f"{value:,}/{total:,}" if name == "rows" and total else f"{value:,}"
+                parts.append(f"{'rows parsed' if name == 'rows' else name} {shown}")
         if p.get("report_key"):
             parts.append(f"report {p['report_key']}")
     return "  ".join(parts)
@@ -124,14 +124,14 @@ def job_detail(job: JobStatus) -> str:
 def job_percent(job: JobStatus) -> float | None:
     if job.percent is not None:
         return job.percent
-    parsed, total = job.progress.get("parsed"), job.progress.get("total")
+    parsed, total = job.progress.get("rows"), job.progress.get("total")
     if isinstance(parsed, int) and isinstance(total, int) and total > 0:
         return 100.0 * parsed / total
     return None
 
 
-_STATE_STYLE = {"queued": "yellow", "running": "cyan", "done": "green", "failed": "bold red",
-                "unknown": "dim"}
+_STATE_STYLE = {"queued": "yellow", "running": "cyan", "writing": "blue", "done": "green",
+                "failed": "bold red", "unknown": "dim"}
 
 
 def render(snapshot: Snapshot) -> RenderableType:

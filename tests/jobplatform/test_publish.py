@@ -50,13 +50,13 @@ def sent(broker: dramatiq.Broker, settings: Settings, queue: str) -> tuple[Any, 
 
 
 def test_publish_video_enqueues_job_and_queued_intent(
-    publisher: Publisher, broker: dramatiq.Broker, settings: Settings
+    publisher: Publisher, bus: dramatiq.Broker, bus_settings: Settings
 ) -> None:
     job = video_job()
 
     receipt = publisher.publish(job)
 
-    message, intent = sent(broker, settings, settings.queue_video)
+    message, intent = sent(bus, bus_settings, bus_settings.queue_video)
     assert message.actor_name == ENCODE_VIDEO
     assert message.message_id == receipt.message_id
     assert message.options["job_id"] == job.job_id == receipt.job_id
@@ -64,27 +64,27 @@ def test_publish_video_enqueues_job_and_queued_intent(
     assert isinstance(intent, VideoQueued)
     assert (intent.video_id, intent.source_key, intent.tenant_id) == (
         job.video_id, job.source_key, job.tenant_id)
-    assert drain(broker, settings.queue_ai) == []
+    assert drain(bus, bus_settings.queue_ai) == []
     assert publisher.status(job).state == "queued"
 
 
 def test_publish_roster_goes_to_the_ai_queue_with_queued_status(
-    publisher: Publisher, broker: dramatiq.Broker, settings: Settings
+    publisher: Publisher, bus: dramatiq.Broker, bus_settings: Settings
 ) -> None:
     job = roster_job()
 
     receipt = publisher.publish(job)
 
-    message, intent = sent(broker, settings, settings.queue_ai)
+    message, intent = sent(bus, bus_settings, bus_settings.queue_ai)
     assert (message.actor_name, receipt.queue, receipt.actor) == (
-        IMPORT_ROSTER, settings.queue_ai, IMPORT_ROSTER)
+        IMPORT_ROSTER, bus_settings.queue_ai, IMPORT_ROSTER)
     assert decode_job(message.args[0]) == job
     assert isinstance(intent, RosterStatus)
     assert (intent.status, intent.import_id, intent.lecture_id) == ("queued", job.import_id, 42)
 
 
 def test_retried_request_returns_first_receipt_and_enqueues_once(
-    publisher: Publisher, broker: dramatiq.Broker, settings: Settings
+    publisher: Publisher, bus: dramatiq.Broker, bus_settings: Settings
 ) -> None:
     # Given a request published with an idempotency key
     first = publisher.publish(video_job(), idempotency_key="req-1")
@@ -95,14 +95,14 @@ def test_retried_request_returns_first_receipt_and_enqueues_once(
     assert again.duplicate
     assert not first.duplicate
     assert (again.job_id, again.message_id) == (first.job_id, first.message_id)
-    assert len(drain(broker, settings.queue_video)) == 1
-    assert len(drain(broker, settings.queue_writes_fast)) == 1
-    key = f"{settings.broker_namespace}:idem:7:req-1"
+    assert len(drain(bus, bus_settings.queue_video)) == 1
+    assert len(drain(bus, bus_settings.queue_writes_fast)) == 1
+    key = f"{bus_settings.broker_namespace}:idem:7:req-1"
     assert 0 < publisher.redis.ttl(key) <= IDEMPOTENCY_TTL_S
 
 
 def test_idempotency_keys_are_scoped_by_tenant_and_kind(
-    publisher: Publisher, broker: dramatiq.Broker, settings: Settings
+    publisher: Publisher, bus: dramatiq.Broker, bus_settings: Settings
 ) -> None:
     publisher.publish(video_job(tenant_id=7), idempotency_key="same")
 
@@ -111,8 +111,8 @@ def test_idempotency_keys_are_scoped_by_tenant_and_kind(
         publisher.publish(roster_job(tenant_id=7), idempotency_key="same")
 
     assert not other.duplicate
-    assert len(drain(broker, settings.queue_video)) == 2
-    assert drain(broker, settings.queue_ai) == []
+    assert len(drain(bus, bus_settings.queue_video)) == 2
+    assert drain(bus, bus_settings.queue_ai) == []
 
 
 @pytest.mark.parametrize(
@@ -129,28 +129,28 @@ def test_idempotency_keys_are_scoped_by_tenant_and_kind(
     ],
 )
 def test_invalid_jobs_are_refused_before_anything_is_sent(
-    publisher: Publisher, broker: dramatiq.Broker, settings: Settings,
+    publisher: Publisher, bus: dramatiq.Broker, bus_settings: Settings,
     make: Any, idempotency_key: str | None, message: str,
 ) -> None:
     with pytest.raises(InvalidJob, match=message.replace("(", r"\(").replace(")", r"\)")):
         publisher.publish(make(), idempotency_key=idempotency_key)
 
-    for queue in (settings.queue_video, settings.queue_writes_fast):
-        assert drain(broker, queue) == []
-    assert publisher.redis.keys(f"{settings.broker_namespace}:idem:*") == []
+    for queue in (bus_settings.queue_video, bus_settings.queue_writes_fast):
+        assert drain(bus, queue) == []
+    assert publisher.redis.keys(f"{bus_settings.broker_namespace}:idem:*") == []
 
 
 def test_failed_publish_frees_its_idempotency_key(
-    publisher: Publisher, broker: dramatiq.Broker, settings: Settings
+    publisher: Publisher, bus: dramatiq.Broker, bus_settings: Settings
 ) -> None:
     # Given a Redis that refuses the job message (its queue's hash is a string: WRONGTYPE)
     job = video_job()
-    publisher.redis.set(f"{settings.broker_namespace}:{settings.queue_video}.msgs", "x")
+    publisher.redis.set(f"{bus_settings.broker_namespace}:{bus_settings.queue_video}.msgs", "x")
 
     with pytest.raises(PublishError, match=f"could not publish {job.job_id}"):
         publisher.publish(job, idempotency_key="retry-me")
 
-    assert publisher.redis.get(f"{settings.broker_namespace}:idem:7:retry-me") is None
+    assert publisher.redis.get(f"{bus_settings.broker_namespace}:idem:7:retry-me") is None
     assert publisher.status(job).state == "unknown"
 
 
@@ -208,6 +208,7 @@ def test_safe_filename(given: str, expected: str) -> None:
         ({"step": "queued"}, "queued"),
         ({"step": "encode", "percent": 40.0}, "running"),
         ({"percent": 3.0}, "running"),
+        ({"step": "writing", "rows": 500, "total": 500, "chunks": 1}, "writing"),
         ({"step": "done"}, "done"),
         ({"step": "failed", "error": "not a video"}, "failed"),
     ],

@@ -20,7 +20,7 @@ def test_watch_once_shows_jobs_queues_and_writer(redis_url: str) -> None:
     video, roster, done, old = (f"video:{uuid.uuid4()}", f"roster:{uuid.uuid4()}",
                                 f"video:{uuid.uuid4()}", f"video:{uuid.uuid4()}")
     store.update(video, step="encode", percent=41.0, speed=2.25)
-    store.update(roster, step="parsing", parsed=1200, total=5000, written=500)
+    store.update(roster, step="parsing", rows=1200, total=5000, written=500)
     store.update(done, step="done", percent=100.0, hls_key="tenants/1/videos/x/master.m3u8")
     store.update(old, step="done", percent=100.0)
     client.hset(store.key(old), "updated_at", json.dumps(time.time() - 3600))
@@ -48,7 +48,7 @@ def test_watch_once_shows_jobs_queues_and_writer(redis_url: str) -> None:
     assert f"{video}" in text
     assert "41%" in text
     assert "2.25x" in text
-    assert "parsed 1,200/5,000" in text
+    assert "rows parsed 1,200/5,000" in text
     assert "24%" in text  # 1,200 of 5,000 rows parsed
     assert "written 500" in text
     assert "tenants/1/videos/x/master.m3u8" in text
