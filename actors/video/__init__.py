@@ -16,6 +16,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
+from actors.video.ffmpeg import MAX_DURATION_S
 from actors.video.pipeline import Outcome, VideoEncoder
 from jobplatform.broker import ENCODE_VIDEO, Queues
 from jobplatform.emit import IntentEmitter
@@ -28,8 +29,15 @@ from schemas.errors import DecodeError, FieldError
 
 __all__ = ["Outcome", "VideoEncoder", "build_encoder", "register"]
 
-#: Backstop for dramatiq's TimeLimit; the real limit, proportional to duration, is on ffmpeg.
-ACTOR_TIME_LIMIT_MS = 26 * 3600 * 1000
+
+
+def actor_time_limit_ms(settings: Settings) -> int:
+    """dramatiq's time limit, above the longest encode allowed (the real limit, proportional to
+    the video's duration, is enforced on ffmpeg); dramatiq's default of 10 minutes would cut
+    long encodes short."""
+    video = settings.video
+    longest_s = video.time_limit_factor * MAX_DURATION_S + video.time_limit_min_s
+    return int((longest_s + 3600) * 1000)
 
 
 def build_encoder(broker: dramatiq.Broker, settings: Settings) -> VideoEncoder:
@@ -72,6 +80,6 @@ def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[[dic
         min_backoff=settings.video.retry_min_backoff_ms,
         max_backoff=settings.video.retry_max_backoff_ms,
         retry_when=retry_when,
-        time_limit=ACTOR_TIME_LIMIT_MS,
+        time_limit=actor_time_limit_ms(settings),
     )
     return declare(encode_video)

@@ -13,13 +13,15 @@ and re-raised, so the message lands in the dead-letter queue with its traceback.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import dramatiq
 import redis
 
 from actors.video.ffmpeg import EncodeProgress, ffmpeg_exe, probe, run_encode
@@ -55,6 +57,8 @@ class Outcome:
 
     intent: VideoReady | VideoFailed
     error: BaseException | None = None
+    steps_s: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of each step the job went through (download, probe, encode, upload)."""
 
 
 class VideoEncoder:
@@ -104,8 +108,9 @@ class VideoEncoder:
         reporter.step("done", percent=100.0, step_percent=100.0, error=None,
                       hls_key=ready.hls_key, duration_s=ready.duration_s)
         log.info("video.ready", duration_s=ready.duration_s, renditions=len(ready.renditions),
+                 steps_s=reporter.seconds,
                  elapsed_s=round((datetime.now(UTC) - started).total_seconds(), 2))
-        return Outcome(ready)
+        return Outcome(ready, steps_s=reporter.seconds)
 
     def _fail(
         self, common: dict[str, Any], reporter: _Reporter, reason: str, error: BaseException
@@ -114,12 +119,12 @@ class VideoEncoder:
         log.warning("video.failed", reason=failed.reason, error_type=type(error).__name__)
         self._emit(failed)
         reporter.step("failed", error=failed.reason, final=True)
-        return Outcome(failed, error)
+        return Outcome(failed, error, reporter.seconds)
 
     def _emit(self, intent: AnyIntent) -> None:
         try:
             self.emitter.emit(intent)
-        except redis.RedisError as exc:
+        except (redis.RedisError, dramatiq.errors.BrokerConnectionError) as exc:
             raise TransientJobError(f"Redis unavailable while emitting {intent.kind}") from exc
 
     def _encode(
@@ -195,10 +200,16 @@ class _Reporter:
         self.reporter = reporter
         self.attempt = attempt
         self.current = "queued"
+        self.seconds: dict[str, float] = {}
+        """Wall seconds of each finished step."""
+        self._since = time.monotonic()
         self._warned = False
 
     def step(self, name: str, *, final: bool = True, **fields: Any) -> None:
-        self.current = name
+        now = time.monotonic()
+        if self.current in _STEP_START:
+            self.seconds[self.current] = round(now - self._since, 3)
+        self.current, self._since = name, now
         start = _STEP_START.get(name)
         if start is not None:
             fields.setdefault("percent", start)

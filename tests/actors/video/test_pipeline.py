@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from actors.video import VideoEncoder, build_encoder
 from actors.video.storage import output_prefix
-from jobplatform.broker import Queues
+from jobplatform.broker import Queues, build_broker
 from jobplatform.emit import IntentEmitter
 from jobplatform.errors import TransientJobError
 from jobplatform.progress import ProgressStore
@@ -97,6 +97,7 @@ def test_encode_uploads_hls_and_emits_processing_then_ready(
     assert isinstance(processing, VideoProcessing)
     assert isinstance(ready, VideoReady)
     assert outcome.intent == ready
+    assert list(outcome.steps_s) == ["download", "probe", "encode", "upload"]
     assert (processing.video_id, ready.video_id) == (job.video_id, job.video_id)
     assert (processing.attempt, ready.attempt) == (1, 1)
     assert processing.occurred_at <= ready.occurred_at
@@ -283,6 +284,18 @@ def test_s3_unavailable_is_retried_then_reported(
     assert outcome.intent == failed
     assert failed.reason.startswith("S3 unavailable while reading the source")
     assert "gave up after 2 attempts" in failed.reason
+
+
+def test_redis_unavailable_is_left_to_dramatiq_to_retry(video_settings: Settings) -> None:
+    # Without Redis no intent can be sent, so there is nothing to report: the job raises.
+    redis_down = f"redis://127.0.0.1:{closed_port()}/0"
+    settings = video_settings.model_copy(update={"redis_url": redis_down})
+    broker = build_broker(settings, redis_down, set_global=False)
+    try:
+        with pytest.raises(TransientJobError, match="Redis unavailable"):
+            build_encoder(broker, settings).run(video_job(), last_try=False)
+    finally:
+        broker.close()
 
 
 # --- hostile uploads -------------------------------------------------------------------------
