@@ -213,6 +213,12 @@ class Writer:
     def active(self) -> bool:
         return self._fast is not None
 
+    @property
+    def backend_pid(self) -> int | None:
+        """PostgreSQL backend pid of the writer's connection (the lock holder when active)."""
+        conn = self._conn
+        return None if conn is None or conn.closed else conn.info.backend_pid
+
     def run(self) -> None:
         """Apply intents until :meth:`stop`; as a standby, wait for the lock first."""
         self.open()

@@ -27,6 +27,7 @@ def writer(ctx: click.Context, intent_log: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from jobplatform.broker import build_broker
+    from jobplatform.logging import get_logger
     from jobplatform.stack import ensure_services
     from writer.consumer import IntentLogWriter, Writer
     from writer.migrate import upgrade
@@ -45,6 +46,7 @@ def writer(ctx: click.Context, intent_log: bool) -> None:
     instance = Writer.from_settings(settings, broker, log_writer=log_writer)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        get_logger("writer").info("stop requested", signal=signal.Signals(signum).name)
         instance.stop()
 
     signal.signal(signal.SIGTERM, on_signal)

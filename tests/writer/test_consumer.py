@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import json
+import signal
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from jobplatform.broker import WRITE_INTENT, make_message
 from jobplatform.settings import Settings
 from schemas.intents import AnyIntent, VideoFailed, encode_intent
 from tests.writer.conftest import (
+    TcpProxy,
+    WriterProcess,
     WriterThread,
     emit_all,
     held_messages,
+    proxied_url,
     query,
     scalar,
     wait_until,
 )
 from tests.writer.intent_factory import at, chunks, queued, ready, roster_status, student
+from writer import lock
+from writer.db import connect
 
 
 def _ledger(settings: Settings) -> int:
@@ -178,3 +187,187 @@ def test_malformed_messages_are_dead_lettered_with_reasons_and_the_writer_goes_o
     assert stats["dead"] == 7
     assert held_messages(broker, fast) == 0
 
+
+
+def test_fast_intents_are_not_stuck_behind_a_bulk_backlog(
+    settings: Settings, broker: Any, start_writer: Callable[..., WriterThread]
+) -> None:
+    # Given a backlog of 40,000 roster rows on the bulk lane, queued before one video change
+    import_id = uuid.uuid4()
+    backlog = chunks(import_id, [student(n) for n in range(40_000)], 500)
+    emit_all(broker, settings, backlog)
+    video = uuid.uuid4()
+    fast = queued(video)
+    emit_all(broker, settings, [fast])
+
+    # When the writer starts on that backlog
+    runner = start_writer()
+    wait_until(lambda: _ledger(settings) == len(backlog) + 1, timeout=60,
+               message="the backlog applied")
+    runner.stop()
+
+    # Then the video change was in the first batch, ahead of most of the roster
+    url = settings.database_url
+    assert url is not None
+    first = scalar(url, "SELECT min(batch_seq) FROM writer_ledger")
+    fast_seq = scalar(url, "SELECT batch_seq FROM writer_ledger WHERE intent_id = %s",
+                      [fast.intent_id])
+    assert fast_seq == first
+    later = scalar(url, "SELECT count(*) FROM writer_ledger WHERE batch_seq > %s", [fast_seq])
+    assert later >= len(backlog) // 2
+
+
+def test_two_writers_never_apply_at_once_and_the_standby_takes_over(
+    settings: Settings, broker: Any, start_writer: Callable[..., WriterThread]
+) -> None:
+    # Given two writers started together
+    first, second = start_writer(), start_writer()
+    wait_until(lambda: {first.writer.get_stats()["role"], second.writer.get_stats()["role"]}
+               == {"active", "standby"}, message="one active writer and one standby")
+    active, standby = (first, second) if first.writer.active else (second, first)
+    url = settings.database_url
+    assert url is not None
+    with connect(url, autocommit=True, application_name="jobplatform-test") as conn:
+        assert lock.holder_pid(conn, settings.writer.lock_key) == active.writer.backend_pid
+    assert standby.writer.backend_pid is not None
+
+    # When intents stream in
+    videos = [uuid.uuid4() for _ in range(1500)]
+    emit_all(broker, settings, map(queued, videos))
+    wait_until(lambda: _ledger(settings) == 1500, message="first wave applied")
+
+    # Then only the active one applied anything and the standby consumed nothing
+    assert standby.writer.get_stats()["intents"] == 0
+    assert standby.writer.get_stats()["role"] == "standby"
+    assert active.writer.get_stats()["applied"] == 1500
+
+    # When the active one stops, the standby takes over and applies the next wave
+    active.stop()
+    wait_until(lambda: standby.writer.active, timeout=10, message="the standby taking over")
+    emit_all(broker, settings, [ready(v) for v in videos[:500]])
+    wait_until(lambda: _ledger(settings) == 2000, message="second wave applied")
+    wait_until(lambda: _drained(broker, settings), message="every message acked")
+    assert standby.writer.get_stats()["applied"] == 500
+    assert scalar(url, "SELECT count(*) FROM videos WHERE status = 'ready'") == 500
+
+
+def _heartbeat(broker: Any, broker_id: str) -> float:
+    score = broker.client.zscore(f"{broker.namespace}:__heartbeats__", broker_id)
+    return float(score or 0)
+
+
+def test_database_cut_mid_stream_loses_nothing_and_applies_nothing_twice(
+    settings: Settings, broker: Any, start_writer: Callable[..., WriterThread],
+    pg_proxy: TcpProxy,
+) -> None:
+    # Given a writer reaching PostgreSQL through a proxy, applying a stream of intents
+    assert settings.database_url is not None
+    runner = start_writer(database_url=proxied_url(settings.database_url, pg_proxy))
+    import_id = uuid.uuid4()
+    first = chunks(import_id, [student(n) for n in range(10_000)], 500)
+    emit_all(broker, settings, first)
+    wait_until(lambda: _ledger(settings) >= 1, message="the stream under way")
+
+    # When the database connection is cut while more intents arrive
+    pg_proxy.cut()
+    videos = [uuid.uuid4() for _ in range(300)]
+    emit_all(broker, settings, [*map(queued, videos), *map(ready, videos)])
+    wait_until(lambda: runner.writer.get_stats()["db_retries"] >= 2,
+               message="the writer holding its batch and retrying")
+    beat = _heartbeat(broker, runner.writer.broker.broker_id)
+    wait_until(lambda: _heartbeat(broker, runner.writer.broker.broker_id) > beat,
+               message="the broker heartbeat going on during the outage")
+    held = sum(held_messages(broker, q)
+               for q in (settings.queue_writes_fast, settings.queue_writes_bulk))
+    assert held > 0, "the batch in hand is held, neither acked nor requeued"
+
+    # And the database comes back
+    pg_proxy.restore()
+    total = len(first) + 2 * len(videos)
+    wait_until(lambda: _ledger(settings) == total, timeout=60, message="everything applied")
+    wait_until(lambda: _drained(broker, settings), message="every message acked")
+    stats = runner.writer.get_stats()
+    runner.stop()
+
+    # Then every intent is applied exactly once, in effect
+    url = settings.database_url
+    assert scalar(url, "SELECT count(*) FROM students") == 10_000
+    assert scalar(url, "SELECT count(*) FROM videos WHERE status = 'ready'") == 300
+    assert scalar(url, "SELECT chunks_applied FROM roster_imports WHERE id = %s",
+                  [import_id]) == len(first)
+    assert _dead(settings) == []
+    assert stats["applied"] == total
+
+
+def _role_logged(process: WriterProcess, role: str) -> bool:
+    return any(json.loads(line).get("role") == role and
+               json.loads(line).get("event") == "writer role"
+               for line in process.output().splitlines() if line.startswith("{"))
+
+
+@pytest.mark.slow
+def test_standby_takes_over_after_kill_9_of_the_active_writer(
+    settings: Settings, broker: Any, writer_process: Callable[..., WriterProcess],
+) -> None:
+    # Given an active writer process and a standby process
+    active = writer_process("a")
+    wait_until(lambda: _role_logged(active, "active"), message="writer a active")
+    standby = writer_process("b")
+    wait_until(lambda: _role_logged(standby, "standby"), message="writer b standing by")
+
+    # When the active writer is killed in the middle of a stream
+    import_id = uuid.uuid4()
+    roster = chunks(import_id, [student(n) for n in range(30_000)], 500)
+    videos = [uuid.uuid4() for _ in range(500)]
+    emit_all(broker, settings, [*roster, *map(queued, videos)])
+    wait_until(lambda: _ledger(settings) >= 1, message="writer a applying")
+    active.proc.kill()
+    killed = time.monotonic()
+    active.proc.wait(10)
+
+    # Then the standby holds the lock within 5 s and finishes the stream
+    wait_until(lambda: _role_logged(standby, "active"), timeout=5, interval=0.02,
+               message="writer b taking over")
+    takeover_s = time.monotonic() - killed
+    total = len(roster) + len(videos)
+    wait_until(lambda: _ledger(settings) == total, timeout=60, message="every intent applied")
+    wait_until(lambda: _drained(broker, settings), message="every message acked")
+    url = settings.database_url
+    assert url is not None
+    assert scalar(url, "SELECT count(*) FROM students") == 30_000
+    assert scalar(url, "SELECT chunks_applied FROM roster_imports WHERE id = %s",
+                  [import_id]) == len(roster)
+    assert _dead(settings) == []
+    assert standby.terminate() == 0
+    print(f"takeover after kill -9: {takeover_s:.2f} s")
+
+
+@pytest.mark.slow
+def test_one_sigterm_stops_gracefully_and_loses_nothing(
+    settings: Settings, broker: Any, writer_process: Callable[..., WriterProcess],
+    start_writer: Callable[..., WriterThread],
+) -> None:
+    # Given a writer process in the middle of a large stream (paced, so it is still busy)
+    process = writer_process("a", WRITER_DB_BUDGET="0.2")
+    wait_until(lambda: _role_logged(process, "active"), message="writer active")
+    import_id = uuid.uuid4()
+    roster = chunks(import_id, [student(n) for n in range(50_000)], 500)
+    emit_all(broker, settings, roster)
+    wait_until(lambda: _ledger(settings) >= 4, message="the stream under way")
+
+    # When it gets one SIGTERM
+    assert process.terminate(signal.SIGTERM) == 0
+
+    # Then nothing is held by anyone, the lock is free, and a new writer finishes the rest
+    for queue in (settings.queue_writes_fast, settings.queue_writes_bulk):
+        assert held_messages(broker, queue) == 0
+    url = settings.database_url
+    assert url is not None
+    with connect(url, autocommit=True, application_name="jobplatform-test") as conn:
+        assert lock.holder_pid(conn, settings.writer.lock_key) is None
+    assert _ledger(settings) < len(roster), "stopped before the end of the stream"
+    runner = start_writer()
+    wait_until(lambda: _ledger(settings) == len(roster), timeout=60, message="the rest applied")
+    runner.stop()
+    assert scalar(url, "SELECT count(*) FROM students") == 50_000
+    assert '"writer stopped"' in process.output()
