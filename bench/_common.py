@@ -144,7 +144,8 @@ class ActivitySampler:
 
 
 def machine() -> dict[str, Any]:
-    """The machine a run happened on: cores, CPU model, kernel, Python."""
+    """The machine a run happened on: cores, CPU model, kernel, Python, and how busy it was
+    (other work on a shared machine slows wall times; CPU seconds are less affected)."""
     model = ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -160,6 +161,7 @@ def machine() -> dict[str, Any]:
         "cpu_model": model or platform.processor() or "unknown",
         "memory_gb": round(mem_gb, 1),
         "kernel": platform.release(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),
     }
 

@@ -291,3 +291,25 @@ def describe(harness: Harness, baseline: _baseline.BaselineOptions, platform: Pl
         "chunk_rows": platform.chunk_rows,
         "writer_settings": harness.settings.writer.model_dump(mode="json"),
     }
+
+
+def publish(name: str, result: dict[str, Any], plot: bool, as_json: bool,
+            echo: Callable[[str], None]) -> bool:
+    """Charts and the data behind them under docs/bench/ (``--plot``); the JSON object on
+    stdout (``--json``). True when the JSON was printed (no table wanted then)."""
+    if plot:
+        import json
+
+        from bench import _plots
+
+        draw: Callable[[dict[str, Any]], list[Any]] = getattr(_plots, f"plot_{name}")
+        for path in draw(result):
+            echo(f"wrote {path}")
+        data = _plots.OUT / f"{name}.json"
+        data.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        echo(f"wrote {data}")
+    if as_json:
+        from jobplatform.cli._common import echo_json
+
+        echo_json(result)
+    return as_json

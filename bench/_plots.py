@@ -57,3 +57,59 @@ def plot_incident(result: dict[str, Any], out: Path = OUT) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [path]
+
+
+def plot_scaling(result: dict[str, Any], out: Path = OUT) -> list[Path]:
+    """Failures, latency and connections against producers; CPU per row by method."""
+    plt = _pyplot()
+    out.mkdir(parents=True, exist_ok=True)
+    points = result["points"]
+    counts = [p["producers"] for p in points]
+    panels = [
+        ("failed jobs", "failed_jobs", False),
+        ("video status p99 (ms, committed updates)", "video_p99_ms", True),
+        ("peak connections (max_connections "
+         f"{result['instance']['max_connections']})", "peak_connections", False),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4))
+    for ax, (title, key, log) in zip(axes, panels, strict=True):
+        for way in ("baseline", "platform"):
+            values = [p[way].get(key) for p in points]
+            ax.plot(counts, [v if v is not None else float("nan") for v in values],
+                    marker="o", color=COLORS[way], label=way)
+        ax.set_xscale("log")
+        ax.set_xticks(counts, [str(c) for c in counts])
+        ax.set_xlabel("producers of each kind (video + AI)")
+        ax.set_title(title, fontsize=10)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    workload = result["workload"]
+    fig.suptitle(f"Pool scaling, fixed work: {workload['rows']:,} roster rows in "
+                 f"{workload['roster_files']} files, {workload['video_jobs']} encode jobs\n"
+                 f"{_caption(result)}", fontsize=10)
+    fig.tight_layout()
+    scaling = out / "scaling.png"
+    fig.savefig(scaling, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.4
+    positions = range(len(points))
+    for offset, way in ((-width / 2, "baseline"), (width / 2, "platform")):
+        values = [p[way].get("server_cpu_ms_per_row") or 0 for p in points]
+        bars = ax.bar([i + offset for i in positions], values, width, color=COLORS[way],
+                      label=way)
+        ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=8)
+    ax.set_xticks(list(positions), [str(c) for c in counts])
+    ax.set_xlabel("producers of each kind")
+    ax.set_ylabel("server CPU ms per imported row")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title(f"Server CPU per imported row by method\n{_caption(result)}", fontsize=10)
+    fig.tight_layout()
+    cpu = out / "cpu_per_row.png"
+    fig.savefig(cpu, dpi=110)
+    plt.close(fig)
+    return [scaling, cpu]

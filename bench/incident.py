@@ -19,6 +19,7 @@ from bench._harness import (
     describe,
     instance_options,
     open_harness,
+    publish,
 )
 from bench._platform import WriterUnavailable
 from bench._workload import Workload
@@ -114,15 +115,7 @@ def command(ai_workers: int, video_workers: int, rows_per_file: int, shared_frac
         result["platform_skipped"] = skipped
     if platform:
         result["targets"] = targets(baseline, platform)
-    if plot:
-        from bench._plots import plot_incident
-
-        for path in plot_incident(result):
-            echo(f"wrote {path}")
-    if as_json:
-        from jobplatform.cli._common import echo_json
-
-        echo_json(result)
+    if publish("incident", result, plot, as_json, echo):
         return
     click.echo("")
     click.echo(table(baseline, platform))
