@@ -1,0 +1,285 @@
+"""``jobplatform bench ceiling``: the most one writer sustains, and where its time goes.
+
+On an uncapped PostgreSQL of its own, a backlog is queued first (small status intents only, or
+roster chunks only), then one writer (in this process, nothing else running) drains it. The
+writer's loop is timed by phase: ``collect`` (broker fetch from Redis, decoding and validating
+intents, batching), ``commit`` (the transaction: building the batch, COPY, upserts, ledger,
+and the intent log append, timed on its own), ``ack`` (Redis) and ``pace`` (waiting for the
+database time budget). CPU is split between this process (the writer's Python and client
+libraries), PostgreSQL's server processes (their group's accounting) and Redis (``INFO cpu``;
+a shared Redis also counts its other clients).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import psycopg
+import redis
+
+from bench._common import markdown_table, proc_cpu_seconds
+from bench._harness import TEMPLATE
+from bench._instance import EmulatedInstance, InstanceConfig
+from bench._platform import broker_namespace
+from bench._workload import TENANT_ID, Workload, prepare_template
+from jobplatform.broker import Queues, build_broker
+from jobplatform.emit import IntentEmitter
+from jobplatform.settings import Settings
+from schemas import RosterChunk
+from schemas.intents import AnyIntent, VideoProcessing, VideoReady, VideoRendition
+from writer.batcher import Batch
+from writer.consumer import Conn, IntentLogWriter, Writer
+from writer.lanes import Item
+from writer.sink import BatchResult
+
+T = TypeVar("T")
+PHASES = ("collect", "commit", "intent_log", "ack", "pace")
+
+
+class _Phases:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.first: float | None = None
+        self.last = 0.0
+
+    def timed(self, phase: str, call: Callable[[], T]) -> T:
+        start = time.monotonic()
+        try:
+            return call()
+        finally:
+            end = time.monotonic()
+            self.seconds[phase] += end - start
+            if phase == "collect" and self.first is None:
+                self.first = start
+            if phase == "ack":
+                self.last = end
+
+
+class _TimedLog:
+    """The intent log, its appends timed."""
+
+    def __init__(self, inner: IntentLogWriter, phases: _Phases) -> None:
+        self.inner = inner
+        self.phases = phases
+
+    def append(self, batch_seq: int, intents: Sequence[AnyIntent]) -> None:
+        self.phases.timed("intent_log", lambda: self.inner.append(batch_seq, intents))
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class TimedWriter(Writer):
+    """The writer, its loop's phases timed."""
+
+    phases: _Phases
+
+    def _collect(self) -> Batch:
+        return self.phases.timed("collect", super()._collect)
+
+    def _commit(self, conn: Conn, items: list[Item]) -> BatchResult:
+        return self.phases.timed("commit", lambda: super(TimedWriter, self)._commit(conn, items))
+
+    def _ack(self, items: list[Item]) -> None:
+        self.phases.timed("ack", lambda: super(TimedWriter, self)._ack(items))
+
+    def _pace(self) -> None:
+        self.phases.timed("pace", super()._pace)
+
+
+def small_intents(count: int) -> Iterator[AnyIntent]:
+    """Status changes of ``count // 2`` videos: processing, then ready."""
+    now = datetime.now(UTC)
+    for n in range(count // 2):
+        video_id = uuid.UUID(int=n + 1, version=4)
+        yield VideoProcessing(tenant_id=TENANT_ID, video_id=video_id, occurred_at=now)
+        yield VideoReady(
+            tenant_id=TENANT_ID, video_id=video_id, occurred_at=now,
+            hls_key=f"hls/{video_id}/master.m3u8", duration_s=60.0,
+            renditions=(VideoRendition(name="720p", width=1280, height=720, bandwidth=2_800_000,
+                                       playlist_key=f"hls/{video_id}/720p.m3u8"),),
+        )
+
+
+def roster_chunks(rows: int, chunk_rows: int, files: int) -> Iterator[AnyIntent]:
+    """Roster chunks of ``files`` overlapping imports (the incident's kind of data)."""
+    workload = Workload(files=files, rows_per_file=max(1, rows // files))
+    now = datetime.now(UTC)
+    for roster in workload.rosters:
+        for index, start in enumerate(range(0, len(roster.rows), chunk_rows)):
+            yield RosterChunk(tenant_id=TENANT_ID, import_id=roster.import_id,
+                              lecture_id=roster.lecture_id, chunk_index=index,
+                              rows=roster.rows[start:start + chunk_rows], occurred_at=now)
+
+
+def _redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def drain(instance: EmulatedInstance, settings: Settings, redis_url: str, name: str,
+          intents: list[AnyIntent], intent_log: bool, timeout_s: float) -> dict[str, Any]:
+    """Queue ``intents``, then let one writer drain them; measure the drain."""
+    url = instance.create_database(name, template=TEMPLATE)
+    rows = sum(len(i.rows) for i in intents if isinstance(i, RosterChunk))
+    try:
+        with broker_namespace(redis_url, "bench-ceiling") as namespace, \
+                tempfile.TemporaryDirectory(prefix="jobplatform-ceiling-") as state:
+            run_settings = settings.model_copy(update={
+                "broker_namespace": namespace, "database_url": url,
+                "jobplatform_state_dir": Path(state),
+            })
+            broker = build_broker(run_settings, redis_url, set_global=False)
+            emitter = IntentEmitter(broker, Queues.from_settings(run_settings))
+            for intent in intents:
+                emitter.emit(intent)
+            phases = _Phases()
+            log_writer: IntentLogWriter | None = None
+            if intent_log:
+                from writer.intentlog import IntentLog
+
+                log_writer = _TimedLog(IntentLog.from_settings(run_settings), phases)
+            writer = TimedWriter(run_settings.writer, database_url=url, broker=broker,
+                                 queues=Queues.from_settings(run_settings),
+                                 log_writer=log_writer)
+            writer.phases = phases
+            client = redis.Redis.from_url(redis_url)
+            monitor = psycopg.connect(instance.admin_url(name), autocommit=True)
+            try:
+                result = _measure(instance, writer, phases, monitor, client, len(intents),
+                                  timeout_s)
+            finally:
+                monitor.close()
+                client.close()
+                broker.close()
+    finally:
+        instance.drop_database(name)
+    wall = result["drain_s"]
+    result.update(intents=len(intents), rows=rows,
+                  intents_per_s=len(intents) / wall if wall else None,
+                  rows_per_s=rows / wall if wall and rows else None)
+    return result
+
+
+def _measure(instance: EmulatedInstance, writer: TimedWriter, phases: _Phases,
+             monitor: psycopg.Connection[tuple[Any, ...]], client: redis.Redis, expected: int,
+             timeout_s: float) -> dict[str, Any]:
+    monitor_pid = monitor.info.backend_pid
+    server0 = instance.cpu_seconds() - proc_cpu_seconds(monitor_pid)
+    redis0 = _redis_cpu(client)
+    process0 = time.process_time()
+    thread = threading.Thread(target=writer.run, name="writer")
+    with writer:
+        thread.start()
+        deadline = time.monotonic() + timeout_s
+        done = 0
+        while done < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+            row = monitor.execute("SELECT count(*) FROM writer_ledger").fetchone()
+            done = int(row[0]) if row else 0
+        writer.stop()
+        thread.join()
+        stats = writer.get_stats()
+    server = instance.cpu_seconds() - proc_cpu_seconds(monitor_pid) - server0
+    # From the writer's first fetch to its last ack.
+    drain_s = phases.last - phases.first if phases.first is not None else 0.0
+    loop = {p: phases.seconds.get(p, 0.0) for p in PHASES}
+    # The intent log is appended inside the transaction: show the commit without it.
+    loop["commit"] -= loop["intent_log"]
+    return {
+        "complete": done >= expected,
+        "drain_s": drain_s,
+        "batches": stats.get("batches"),
+        "commit_ms_p50": stats.get("commit_ms_p50"),
+        "commit_ms_p99": stats.get("commit_ms_p99"),
+        "db_share": stats.get("db_share"),
+        "phase_s": loop,
+        "cpu_s": {
+            "writer_process": time.process_time() - process0,
+            "postgresql": server,
+            "redis": _redis_cpu(client) - redis0,
+        },
+    }
+
+
+@click.command(name="ceiling")
+@click.option("--small", "small_count", type=click.IntRange(min=2), default=20_000,
+              show_default=True, help="Small status intents in the first backlog.")
+@click.option("--rows", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Roster rows in the second backlog.")
+@click.option("--chunk-rows", type=click.IntRange(1, 5000), default=500, show_default=True)
+@click.option("--budget", type=click.FloatRange(0.01, 1.0), default=1.0, show_default=True,
+              help="The writer's database time budget (WRITER_DB_BUDGET) for these runs; 1.0 "
+                   "measures the ceiling, the default setting paces below it.")
+@click.option("--intent-log/--no-intent-log", default=True, show_default=True,
+              help="Append applied intents to the write-intent log, as the writer does.")
+@click.option("--timeout-s", type=click.FloatRange(min=1), default=300.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def command(small_count: int, rows: int, chunk_rows: int, budget: float, intent_log: bool,
+            timeout_s: float, as_json: bool) -> None:
+    """One writer draining a backlog on an uncapped database: intents/s, rows/s, time split."""
+    from bench._common import machine
+    from jobplatform.cli._common import echo_json, settings_from_env
+    from jobplatform.logging import configure_logging
+    from jobplatform.stack import ensure_services
+
+    def echo(text: str) -> None:
+        click.echo(text, err=as_json)
+
+    settings = settings_from_env()
+    configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
+    services = ensure_services(settings)
+    settings = services.apply(settings)
+    settings = settings.model_copy(update={
+        "writer": settings.writer.model_copy(update={"db_budget": budget})})
+    runs: dict[str, dict[str, Any]] = {}
+    with EmulatedInstance(InstanceConfig(cpu_quota=None, max_connections=100)) as instance:
+        echo(f"uncapped PostgreSQL {instance.version} on port {instance.port}")
+        prepare_template(instance.create_database(TEMPLATE), 20)
+        echo(f"small intents: queueing {small_count:,} ...")
+        runs["small"] = drain(instance, settings, services.redis_url, "ceiling_small",
+                              list(small_intents(small_count)), intent_log, timeout_s)
+        echo(f"roster chunks: queueing {rows:,} rows in chunks of {chunk_rows} ...")
+        runs["roster"] = drain(instance, settings, services.redis_url, "ceiling_roster",
+                               list(roster_chunks(rows, chunk_rows, 20)), intent_log, timeout_s)
+        result = {
+            "instance": {**instance.describe(), "machine": machine()},
+            "writer_settings": settings.writer.model_dump(mode="json"),
+            "intent_log": intent_log,
+            **runs,
+        }
+    if as_json:
+        echo_json(result)
+        return
+    click.echo("")
+    click.echo(table(runs))
+
+
+def table(runs: dict[str, dict[str, Any]]) -> str:
+    header = ["", *runs]
+    flat = [_flatten(r) for r in runs.values()]
+    labels = [
+        ("intents", "intents"), ("rows", "rows"), ("drain s", "drain_s"),
+        ("intents/s", "intents_per_s"), ("rows/s", "rows_per_s"), ("batches", "batches"),
+        ("transaction ms p50", "commit_ms_p50"), ("transaction ms p99", "commit_ms_p99"),
+        *[(f"wall in {p} s", f"phase_s.{p}") for p in PHASES],
+        *[(f"CPU {w} s", f"cpu_s.{w}") for w in ("writer_process", "postgresql", "redis")],
+    ]
+    return markdown_table(header, [[label, *(f.get(key) for f in flat)]
+                                   for label, key in labels])
+
+
+def _flatten(run: dict[str, Any]) -> dict[str, Any]:
+    out = dict(run)
+    for group in ("phase_s", "cpu_s"):
+        out.update({f"{group}.{k}": v for k, v in run[group].items()})
+    return out
