@@ -5,8 +5,9 @@ local port if it answers; an embedded server started under the state folder. For
 credentials in the environment (or production) mean AWS; otherwise an embedded moto server.
 
 The state folder (``JOBPLATFORM_STATE_DIR``) holds one ``<service>.json`` record per embedded
-server, their logs under ``logs/``, and ``stack.lock``, which serialises every start and stop so
-that processes resolving the services at once never start a server twice.
+server, their logs under ``logs/``, ``ports.json`` (the ports they had, reused on the next start)
+and ``stack.lock``, which serialises every start and stop so that processes resolving the
+services at once never start a server twice.
 """
 
 from __future__ import annotations
@@ -222,16 +223,23 @@ def _start(name: str, state_dir: Path, stack: StackSettings,
            previous: EmbeddedServer | None) -> EmbeddedServer:
     # A restarted server keeps its former port when it is free, so URLs stay the same.
     timeout = stack.start_timeout_s
+    port = previous.port if previous else _last_ports(state_dir).get(name)
     if name == POSTGRES:
         return start_embedded_postgres(
-            state_dir, preferred_port=previous.port if previous else stack.postgres_port,
-            run_as=stack.run_as, timeout=timeout)
+            state_dir, preferred_port=port or stack.postgres_port, run_as=stack.run_as,
+            timeout=timeout)
     if name == REDIS:
         return start_embedded_redis(
-            state_dir, preferred_port=previous.port if previous else stack.redis_port,
-            timeout=timeout)
-    return start_embedded_s3(
-        state_dir, preferred_port=previous.port if previous else stack.s3_port, timeout=timeout)
+            state_dir, preferred_port=port or stack.redis_port, timeout=timeout)
+    return start_embedded_s3(state_dir, preferred_port=port or stack.s3_port, timeout=timeout)
+
+
+def _last_ports(state_dir: Path) -> dict[str, int]:
+    try:
+        raw = json.loads((state_dir / "ports.json").read_text())
+        return {str(name): int(port) for name, port in raw.items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def stop_services(state_dir: Path, names: tuple[str, ...] = SERVICE_NAMES, *,
@@ -252,13 +260,17 @@ def stop_services(state_dir: Path, names: tuple[str, ...] = SERVICE_NAMES, *,
 
 def _stop_locked(state_dir: Path, names: tuple[str, ...]) -> list[EmbeddedServer]:
     stopped = []
+    ports = _last_ports(state_dir)
     for name in names:
         record = load_record(state_dir, name)
         if record is None:
             continue
         if stop_embedded(record):
             stopped.append(record)
+        ports[name] = record.port
         _record_path(state_dir, name).unlink(missing_ok=True)
+    if stopped:
+        _write_atomic(state_dir / "ports.json", json.dumps(ports))
     return stopped
 
 
