@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from jobplatform.cli import bench, db, log, replay, run, stack, watch, writer
+from jobplatform.cli import bench, db, dead, log, replay, run, stack, watch, writer
 from jobplatform.cli._common import run_cli
 
 COMMANDS: list[click.Command] = [
@@ -21,6 +21,7 @@ COMMANDS: list[click.Command] = [
     watch.watch,
     stack.stack,
     writer.writer,
+    dead.dead,
     replay.replay,
     log.log,
 ]
