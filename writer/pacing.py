@@ -44,8 +44,9 @@ class DbBudget:
 
     def spent(self, start: float, end: float) -> None:
         """Record a transaction that ran from ``start`` to ``end`` (this budget's clock)."""
-        self._refill(end)
-        self._credit -= end - start
+        self._refill(max(start, self._last))
+        self._credit -= (end - max(start, self._last)) * (1 - self.share)
+        self._last = max(end, self._last)
         self._spans.append((start, end))
         self._trim(end)
 

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import uuid
+
+from dramatiq.broker import MessageProxy
+
+from jobplatform.broker import WRITE_INTENT, make_message
+from schemas.intents import encode_intent
+from tests.writer.intent_factory import chunk, queued, student
+from writer.batcher import Batch, Limits
+from writer.lanes import Item, inspect_message
+
+
+def _item(payload: object, queue: str = "writes.fast", actor: str = WRITE_INTENT,
+          max_bytes: int = 1 << 20) -> Item:
+    message = make_message(queue, actor, {}).copy(args=(payload,))
+    return inspect_message(MessageProxy(message), queue, max_bytes=max_bytes)
+
+
+def _roster(rows: int) -> Item:
+    intent = chunk(uuid.uuid4(), 0, [student(n) for n in range(rows)])
+    return _item(encode_intent(intent), "writes.bulk")
+
+
+def test_inspect_decodes_an_intent_and_counts_roster_rows() -> None:
+    video = _item(encode_intent(queued(uuid.uuid4())))
+    roster = _roster(7)
+    assert video.reason is None
+    assert video.intent is not None
+    assert video.rows == 1
+    assert roster.rows == 7
+    assert roster.size == len(roster.body.encode())
+
+
+def test_inspect_names_what_is_wrong() -> None:
+    good = encode_intent(queued(uuid.uuid4()))
+    assert "not JSON" in str(_item("{oops").reason)
+    assert "wrong actor 'encode_video'" in str(_item(good, actor="encode_video").reason)
+    assert "exceeds WRITER_MAX_INTENT_BYTES (10)" in str(_item(good, max_bytes=10).reason)
+    missing = {k: v for k, v in good.items() if k != "tenant_id"}
+    assert "tenant_id" in str(_item(missing).reason)
+    described = _item(missing).describe()
+    assert described["intent_id"] == uuid.UUID(good["intent_id"])
+    assert described["kind"] == "video.queued"
+    assert described["tenant_id"] is None
+
+
+def test_batch_limits_rows_and_always_takes_one_item() -> None:
+    limits = Limits(intents=10, rows=1000, bytes=1 << 30)
+    batch = Batch()
+    big = _roster(1500)
+    assert batch.add(big, limits, bulk_limits=limits)  # alone, over the row limit
+    assert not batch.add(_roster(1), limits, bulk_limits=limits)
+    assert batch.full(limits)
+
+
+def test_bulk_share_leaves_room_for_fast_intents() -> None:
+    limits = Limits(intents=10, rows=10_000, bytes=1 << 30)
+    bulk_limits = limits.scaled(0.5)
+    batch = Batch()
+    fast = [_item(encode_intent(queued(uuid.uuid4()))) for _ in range(2)]
+    assert batch.add_all(fast, limits) == []
+    bulk = [_roster(3) for _ in range(8)]
+    left = batch.add_all(bulk, limits, bulk_limits=bulk_limits)
+    assert len(left) == 3  # five bulk intents: half of the batch
+    assert batch.bulk.intents == 5
+    assert batch.fast_count == 2
+    more_fast = [_item(encode_intent(queued(uuid.uuid4()))) for _ in range(4)]
+    assert len(batch.add_all(more_fast, limits)) == 1
+    assert len(batch) == 10
+
+
+def test_rejected_items_do_not_count_rows() -> None:
+    limits = Limits(intents=10, rows=1, bytes=1 << 30)
+    batch = Batch()
+    assert batch.add(_item(encode_intent(queued(uuid.uuid4()))), limits)
+    assert batch.add(_item("{bad"), limits)
+    assert [i.reason is None for i in batch.items] == [True, False]
+    assert len(batch.valid) == 1
+    assert len(batch.rejected) == 1
