@@ -1,0 +1,619 @@
+"""``jobplatform bench writer``: the writer's sink against the baselines of DESIGN section 6.
+
+One generated roster (``--rows``, one tenant, one lecture, 10% of the students already present
+- half of them identical, half with another school - and 2% of the rows repeated in the file)
+is written by each method into a fresh database (``jp_bench_*``, dropped afterwards):
+
+- ``A``: per-row get_or_create/update as an ORM does it (SELECT, then INSERT or UPDATE, per
+  student and per enrollment), one long transaction, client-side binding, no prepared statements;
+- ``C``: multi-row ``INSERT ... ON CONFLICT``, 1,000 rows a statement and a transaction;
+- ``E``: plain COPY of the deduplicated rows into empty students and enrollments (the floor);
+- ``writer``: the roster as intents of 500 rows (plus its status intents), applied by
+  :func:`writer.sink.apply_batch` in batches of ``WRITER_BATCH_MAX_ROWS`` rows, one transaction
+  each with the writer's advisory lock and batch sequence (``--feed direct``);
+- ``writer_reimport``: the same roster again, as a new import, on the writer's database.
+
+Server CPU is the utime+stime of the backends serving the measured connections, from /proc (the
+server must be local). WAL is the server's ``pg_current_wal_lsn()`` difference: anything else
+writing to the same server meanwhile is counted too. Statements are counted by the client (BEGIN
+and COMMIT included; a COPY counts as one) unless pg_stat_statements is loaded on the server.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import click
+import psycopg
+from psycopg import sql
+
+from bench._common import fmt, markdown_table, percentile, proc_cpu_seconds, ratio
+from schemas.intents import AnyIntent, RosterChunk, RosterStatus, StudentRow
+
+Conn = psycopg.Connection[Any]
+#: A method: the connection it writes on (opened before measuring) and the work to measure.
+Method = tuple[Conn, Callable[["Run"], None]]
+
+TENANT_ID = 1
+LECTURE_ID = 100
+CHUNK_ROWS = 500
+ORM_BATCH = 1000
+T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
+_STUDENT_COLUMNS = ("tenant_id", "phone", "name", "parent_phone", "school", "grade",
+                    "birth_date", "created_at", "updated_at")
+_STUDENT_TYPES = ["int8", "text", "text", "text", "text", "int2", "date", "timestamptz",
+                  "timestamptz"]
+_VALUES = ("name", "parent_phone", "school", "grade", "birth_date")
+
+
+# --- data ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Dataset:
+    """One roster file and the students the database holds before it is imported."""
+
+    rows: tuple[StudentRow, ...]
+    """The file, in order, duplicates included."""
+    present: tuple[StudentRow, ...]
+
+    @property
+    def unique(self) -> list[StudentRow]:
+        """The file deduplicated by phone, the later row winning (as the writer resolves it)."""
+        return list({row.phone: row for row in self.rows}.values())
+
+
+def generate(n: int, seed: int = 20240301) -> Dataset:
+    rng = random.Random(seed)
+    repeats = n * 2 // 100
+    unique = n - repeats
+    order = list(range(unique)) + [rng.randrange(unique) for _ in range(repeats)]
+    rng.shuffle(order)
+    rows = tuple(_student(i, source_row=pos + 1) for pos, i in enumerate(order))
+    present_ids = rng.sample(range(unique), n // 10)
+    present = tuple(
+        _student(i, source_row=1, school="Old School" if k % 2 else None)
+        for k, i in enumerate(present_ids)
+    )
+    return Dataset(rows, present)
+
+
+def _student(i: int, *, source_row: int, school: str | None = None) -> StudentRow:
+    return StudentRow.model_construct(
+        source_row=source_row,
+        name=f"Student {i}",
+        phone=f"010-{i // 10000:04d}-{i % 10000:04d}",
+        parent_phone=f"011-{i // 10000:04d}-{i % 10000:04d}",
+        school=school or f"School {i % 40}",
+        grade=i % 12 + 1,
+        birth_date=date(2008, 1, 1) + timedelta(days=i % 1500),
+    )
+
+
+def _student_tuple(row: StudentRow) -> tuple[Any, ...]:
+    return (TENANT_ID, row.phone, row.name, row.parent_phone, row.school, row.grade,
+            row.birth_date, T0, T0)
+
+
+def roster_intents(data: Dataset, import_id: uuid.UUID, start: datetime) -> list[AnyIntent]:
+    """What the AI actor emits for the file: status changes and chunks of 500 rows."""
+    chunks = [data.rows[i:i + CHUNK_ROWS] for i in range(0, len(data.rows), CHUNK_ROWS)]
+
+    def status(name: str, seconds: int, **values: Any) -> RosterStatus:
+        return RosterStatus(tenant_id=TENANT_ID, occurred_at=start + timedelta(seconds=seconds),
+                            import_id=import_id, lecture_id=LECTURE_ID, status=name, **values)
+
+    return [
+        status("queued", 0, source_key=f"rosters/{import_id}.xlsx"),
+        status("parsing", 1),
+        *(
+            RosterChunk(tenant_id=TENANT_ID, occurred_at=start + timedelta(seconds=2),
+                        import_id=import_id, lecture_id=LECTURE_ID, chunk_index=n, rows=rows)
+            for n, rows in enumerate(chunks)
+        ),
+        status("writing", 3, total=len(data.rows), valid=len(data.rows), chunks=len(chunks)),
+    ]
+
+
+def batches(intents: Sequence[AnyIntent], max_rows: int, max_intents: int) -> list[list[AnyIntent]]:
+    """Split as the consumer does: close a batch at ``max_rows`` rows or ``max_intents``."""
+    out: list[list[AnyIntent]] = [[]]
+    rows = 0
+    for intent in intents:
+        size = len(intent.rows) if isinstance(intent, RosterChunk) else 0
+        if out[-1] and (rows + size > max_rows or len(out[-1]) >= max_intents):
+            out.append([])
+            rows = 0
+        out[-1].append(intent)
+        rows += size
+    return out
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+@dataclass
+class Measured:
+    wall_s: float = 0.0
+    rows_per_s: float = 0.0
+    statements: int = 0
+    server_cpu_s: float = 0.0
+    wal_mb: float = 0.0
+    """WAL of records touching the method's database, and of its transactions (pg_walinspect)."""
+    wal_mb_server: float = 0.0
+    """Everything the server logged meanwhile, other sessions' work included."""
+    max_txn_ms: float = 0.0
+    p99_txn_ms: float = 0.0
+    peak_connections: int = 0
+    transactions: int = 0
+
+
+@dataclass
+class Run:
+    """What a method reports to the harness while it runs."""
+
+    statements: int = 0
+    txn_ms: list[float] = field(default_factory=list)
+
+    @contextmanager
+    def transaction(self, conn: Conn) -> Iterator[None]:
+        start = time.perf_counter()
+        with conn.transaction():
+            yield
+        self.txn_ms.append((time.perf_counter() - start) * 1000)
+        self.statements += 2  # BEGIN, COMMIT
+
+    def execute(self, cur: psycopg.Cursor[Any], query: Any, params: Any = None) -> Any:
+        self.statements += 1
+        return cur.execute(query, params)
+
+
+class _ConnectionPeak:
+    """Samples ``pg_stat_activity`` for one database in a thread: the most sessions seen."""
+
+    def __init__(self, admin_url: str, dbname: str) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._conn = psycopg.connect(admin_url, autocommit=True)
+        self._dbname = dbname
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            row = self._conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self._dbname,)
+            ).fetchone()
+            self.peak = max(self.peak, int(row[0]) if row else 0)
+            self._stop.wait(0.02)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        self._conn.close()
+        return self.peak
+
+
+def _wal_lsn(admin: Conn, function: str) -> str:
+    row = admin.execute(sql.SQL("SELECT {}()::text").format(sql.Identifier(function))).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+#: WAL records between two positions that touch this database's relations, plus every record
+#: (commits included) of the transactions that wrote such records.
+_DATABASE_WAL = """
+WITH r AS (
+    SELECT xid, record_length, block_ref LIKE %(rel)s AS here
+    FROM pg_get_wal_records_info(%(start)s::pg_lsn, %(end)s::pg_lsn)
+), ours AS (
+    SELECT DISTINCT xid::text AS xid FROM r WHERE here AND xid <> '0'::xid
+)
+SELECT coalesce(sum(record_length), 0) FROM r
+WHERE here OR (xid <> '0'::xid AND xid::text IN (SELECT xid FROM ours))
+"""
+
+
+def database_wal_bytes(url: str, start: str, end: str) -> float | None:
+    """WAL bytes attributable to ``url``'s database; None without pg_walinspect."""
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT oid FROM pg_database WHERE datname = current_database()"
+            ).fetchone()
+            assert row is not None
+            found = conn.execute(_DATABASE_WAL, {
+                "rel": f"%rel %/{row[0]}/%", "start": start, "end": end,
+            }).fetchone()
+    except psycopg.Error as exc:
+        click.echo(f"WAL of the database not attributed ({exc}); counting the server's", err=True)
+        return None
+    return None if found is None else float(found[0])
+
+
+def measure(admin_url: str, url: str, conns: Sequence[Conn], rows: int,
+            body: Callable[[Run], None]) -> Measured:
+    """Run ``body`` and measure the backends of ``conns`` (opened before, so not counted)."""
+    from writer.db import database_name
+
+    pids = [c.info.backend_pid for c in conns]
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        peaks = _ConnectionPeak(admin_url, database_name(url))
+        run = Run()
+        lsn = _wal_lsn(admin, "pg_current_wal_insert_lsn")
+        cpu = sum(proc_cpu_seconds(p) for p in pids)
+        start = time.perf_counter()
+        try:
+            body(run)
+        finally:
+            wall = time.perf_counter() - start
+            cpu = sum(proc_cpu_seconds(p) for p in pids) - cpu
+            end = _wal_lsn(admin, "pg_current_wal_flush_lsn")
+            row = admin.execute("SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)",
+                                (end, lsn)).fetchone()
+            peak = peaks.stop()
+    assert row is not None
+    server_wal = float(row[0])
+    wal = database_wal_bytes(url, lsn, end)
+    return Measured(
+        wall_s=wall, rows_per_s=rows / wall, statements=run.statements, server_cpu_s=cpu,
+        wal_mb=(server_wal if wal is None else wal) / 1024**2, wal_mb_server=server_wal / 1024**2,
+        max_txn_ms=max(run.txn_ms, default=0.0),
+        p99_txn_ms=percentile(run.txn_ms, 99) or 0.0, peak_connections=peak,
+        transactions=len(run.txn_ms),
+    )
+
+
+# --- databases -----------------------------------------------------------------------------
+
+@contextmanager
+def fresh_database(server_url: str, label: str, data: Dataset, *,
+                   preload: bool) -> Iterator[str]:
+    """A migrated ``jp_bench_<label>_*`` database with the lecture (and the present students)."""
+    from writer.db import drop_database, with_database
+    from writer.migrate import upgrade
+
+    url = with_database(server_url, f"jp_bench_{label.lower()}_{uuid.uuid4().hex[:8]}")
+    upgrade(url)
+    try:
+        with psycopg.connect(url) as conn:
+            conn.execute("INSERT INTO lectures (id, tenant_id, created_at) VALUES (%s, %s, %s)",
+                         (LECTURE_ID, TENANT_ID, T0))
+            if preload:
+                with conn.cursor().copy(_copy_students()) as copy:
+                    copy.set_types(_STUDENT_TYPES)
+                    for row in data.present:
+                        copy.write_row(_student_tuple(row))
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+            conn.execute("ANALYZE")
+        yield url
+    finally:
+        drop_database(url)
+
+
+def _copy_students() -> sql.Composed:
+    return sql.SQL("COPY students ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.SQL(", ").join(map(sql.Identifier, _STUDENT_COLUMNS))
+    )
+
+
+def _orm_connection(url: str) -> Conn:
+    """As an ORM connects: client-side binding, never a prepared statement."""
+    return psycopg.connect(url, prepare_threshold=None, cursor_factory=psycopg.ClientCursor)
+
+
+# --- methods -------------------------------------------------------------------------------
+
+def method_a(url: str, data: Dataset) -> Method:
+    """Per row: get the student (SELECT), create or update it; then get or create the
+    enrollment; all in one transaction."""
+    conn = _orm_connection(url)
+
+    def body(run: Run) -> None:
+        cur = conn.cursor()
+        with run.transaction(conn):
+            for row in data.rows:
+                values = (row.name, row.parent_phone, row.school, row.grade, row.birth_date)
+                found = run.execute(
+                    cur, "SELECT id, name, parent_phone, school, grade, birth_date FROM students"
+                    " WHERE tenant_id = %s AND phone = %s LIMIT 21", (TENANT_ID, row.phone)
+                ).fetchone()
+                if found is None:
+                    student_id = run.execute(
+                        cur, "INSERT INTO students (tenant_id, phone, name, parent_phone, school,"
+                        " grade, birth_date, created_at, updated_at)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                        _student_tuple(row),
+                    ).fetchone()[0]
+                else:
+                    student_id = found[0]
+                    if tuple(found[1:]) != values:
+                        run.execute(
+                            cur, "UPDATE students SET name = %s, parent_phone = %s, school = %s,"
+                            " grade = %s, birth_date = %s, updated_at = %s WHERE id = %s",
+                            (*values, T0, student_id),
+                        )
+                enrolled = run.execute(
+                    cur, "SELECT id FROM enrollments WHERE lecture_id = %s AND student_id = %s"
+                    " LIMIT 21", (LECTURE_ID, student_id)
+                ).fetchone()
+                if enrolled is None:
+                    run.execute(
+                        cur, "INSERT INTO enrollments (lecture_id, student_id, enrolled_at)"
+                        " VALUES (%s, %s, %s) RETURNING id", (LECTURE_ID, student_id, T0)
+                    )
+
+    return conn, body
+
+
+def method_c(url: str, data: Dataset) -> Method:
+    """Multi-row ``INSERT ... ON CONFLICT DO UPDATE`` of 1,000 students, then their
+    enrollments ``ON CONFLICT DO NOTHING``, one transaction per 1,000 rows."""
+    conn = _orm_connection(url)
+    unique = data.unique
+
+    def body(run: Run) -> None:
+        cur = conn.cursor()
+        for start in range(0, len(unique), ORM_BATCH):
+            part = unique[start:start + ORM_BATCH]
+            with run.transaction(conn):
+                students = sql.SQL(
+                    "INSERT INTO students ({}) VALUES {} ON CONFLICT (tenant_id, phone) DO UPDATE"
+                    " SET name = EXCLUDED.name, parent_phone = EXCLUDED.parent_phone,"
+                    " school = EXCLUDED.school, grade = EXCLUDED.grade,"
+                    " birth_date = EXCLUDED.birth_date, updated_at = EXCLUDED.updated_at"
+                    " RETURNING id"
+                ).format(
+                    sql.SQL(", ").join(map(sql.Identifier, _STUDENT_COLUMNS)),
+                    sql.SQL(", ").join(sql.SQL("(%s, %s, %s, %s, %s, %s, %s, %s, %s)")
+                                       for _ in part),
+                )
+                params = [v for row in part for v in _student_tuple(row)]
+                ids = [r[0] for r in run.execute(cur, students, params).fetchall()]
+                enroll = sql.SQL(
+                    "INSERT INTO enrollments (lecture_id, student_id, enrolled_at) VALUES {}"
+                    " ON CONFLICT (lecture_id, student_id) DO NOTHING"
+                ).format(sql.SQL(", ").join(sql.SQL("(%s, %s, %s)") for _ in ids))
+                run.execute(cur, enroll, [v for i in ids for v in (LECTURE_ID, i, T0)])
+
+    return conn, body
+
+
+def method_e(url: str, data: Dataset) -> Method:
+    """COPY the deduplicated students into an empty table, read their ids, COPY enrollments."""
+    conn = psycopg.connect(url)
+    unique = data.unique
+
+    def body(run: Run) -> None:
+        cur = conn.cursor()
+        with run.transaction(conn):
+            run.statements += 1
+            with cur.copy(_copy_students()) as copy:
+                copy.set_types(_STUDENT_TYPES)
+                for row in unique:
+                    copy.write_row(_student_tuple(row))
+            ids = run.execute(cur, "SELECT id FROM students WHERE tenant_id = %s",
+                              (TENANT_ID,)).fetchall()
+            run.statements += 1
+            with cur.copy("COPY enrollments (lecture_id, student_id, enrolled_at)"
+                          " FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["int8", "int8", "timestamptz"])
+                for (student_id,) in ids:
+                    copy.write_row((LECTURE_ID, student_id, T0))
+
+    return conn, body
+
+
+def writer_direct(url: str, intents: Sequence[AnyIntent]) -> Method:
+    """The sink in a direct loop: one transaction per batch, as the consumer runs it."""
+    from jobplatform.settings import WriterSettings
+    from writer.db import connect
+    from writer.sink import apply_batch
+
+    settings = WriterSettings()
+    conn = connect(url)
+    work = batches(intents, settings.batch_max_rows, settings.batch_max_intents)
+
+    def body(run: Run) -> None:
+        cur = conn.cursor()
+        for batch in work:
+            with run.transaction(conn):
+                row = run.execute(cur, "SELECT pg_advisory_xact_lock(%s),"
+                                  " nextval('writer_batch_seq')", (settings.lock_key,)).fetchone()
+                result = apply_batch(conn, batch, batch_seq=int(row[1]))
+                run.statements += result.statements
+
+    return conn, body
+
+
+#: How the ``writer`` method gets its intents to the sink. Feeding them through Redis to the
+#: consumer (intents of 500 rows on ``writes.bulk``) is to join here as ``"redis"``.
+WRITER_FEEDS: dict[str, Callable[[str, Sequence[AnyIntent]], Method]] = {
+    "direct": writer_direct,
+}
+
+
+def _run_method(server_url: str, admin_url: str, label: str, data: Dataset, *, preload: bool,
+                make: Callable[[str], Method],
+                then: Callable[[str], None] | None = None) -> Measured:
+    with fresh_database(server_url, label, data, preload=preload) as url:
+        measured = measure_method(admin_url, url, len(data.rows), make(url))
+        if then is not None:
+            then(url)
+        return measured
+
+
+def measure_method(admin_url: str, url: str, rows: int, method: Method) -> Measured:
+    conn, body = method
+    try:
+        return measure(admin_url, url, [conn], rows, body)
+    finally:
+        conn.close()
+
+
+def _statements_source(admin_url: str) -> str:
+    try:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute("SELECT count(*) FROM pg_stat_statements")
+    except psycopg.Error:
+        return "client"
+    return "client (pg_stat_statements is also loaded on the server)"
+
+
+# --- command -------------------------------------------------------------------------------
+
+TARGETS = (
+    # (label, numerator, denominator, metric, at least / at most, bound)
+    ("server CPU: A / writer", "A", "writer", "server_cpu_s", ">=", 25.0),
+    ("server CPU: C / writer", "C", "writer", "server_cpu_s", ">=", 1.5),
+    ("server CPU: writer / E", "writer", "E", "server_cpu_s", "<=", 1.8),
+    ("wall: C / writer", "C", "writer", "wall_s", ">=", 3.0),
+    ("WAL: writer / writer_reimport", "writer", "writer_reimport", "wal_mb", ">=", 50.0),
+)
+
+
+@click.command()
+@click.option("--rows", type=click.IntRange(1000, 1_000_000), default=50_000, show_default=True,
+              help="Rows in the generated roster file.")
+@click.option("--methods", default="A,C,E,writer", show_default=True,
+              help="Comma-separated subset of A, C, E, writer (writer includes the re-import).")
+@click.option("--feed", type=click.Choice(sorted(WRITER_FEEDS)), default="direct",
+              show_default=True, help="How the writer method receives its intents.")
+@click.option("--database-url", envvar="DATABASE_URL", show_envvar=True,
+              help="The PostgreSQL server (local: its backends' CPU is read from /proc); "
+                   "default: the stack's.")
+@click.option("--repeat", type=click.IntRange(1, 9), default=1, show_default=True,
+              help="Runs of each method; each figure is the median of the runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def command(rows: int, methods: str, feed: str, database_url: str | None, repeat: int,
+            as_json: bool) -> None:
+    """The writer's sink against per-row ORM writes (A), multi-row upserts (C) and COPY (E)."""
+    from jobplatform.cli._common import echo_json, settings_from_env
+    from writer.db import with_database
+
+    if database_url is None:
+        from jobplatform.stack import ensure_services
+
+        database_url = ensure_services(settings_from_env()).database_url
+    admin_url = with_database(database_url, "postgres")
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = set(chosen) - {"A", "C", "E", "writer"}
+    if unknown:
+        raise click.BadParameter(f"unknown methods {sorted(unknown)}", param_hint="--methods")
+    data = generate(rows)
+    runs: dict[str, list[Measured]] = {}
+    makers: dict[str, Callable[[str], Method]] = {
+        "A": lambda url: method_a(url, data),
+        "C": lambda url: method_c(url, data),
+        "E": lambda url: method_e(url, data),
+    }
+    feed_fn = WRITER_FEEDS[feed]
+    makers["writer"] = lambda url: feed_fn(url, roster_intents(data, uuid.uuid4(), T0))
+
+    def reimport(url: str) -> None:
+        again = roster_intents(data, uuid.uuid4(), T0 + timedelta(hours=1))
+        runs.setdefault("writer_reimport", []).append(
+            measure_method(admin_url, url, len(data.rows), feed_fn(url, again))
+        )
+
+    for attempt in range(repeat):
+        for name in ("E", "C", "A", "writer"):
+            if name not in chosen:
+                continue
+            _progress(as_json, f"run {attempt + 1}/{repeat}: method {name} ...")
+            runs.setdefault(name, []).append(_run_method(
+                database_url, admin_url, name, data, preload=name != "E", make=makers[name],
+                then=reimport if name == "writer" else None,
+            ))
+    results = {name: _median(found) for name, found in runs.items()}
+    report = _report(rows, feed, results, _statements_source(admin_url))
+    report["repeat"] = repeat
+    if as_json:
+        echo_json(report)
+    else:
+        click.echo(_table(report))
+
+
+def _median(runs: list[Measured]) -> Measured:
+    """Each figure's median over the runs."""
+    values = {
+        name: sorted(getattr(r, name) for r in runs)[len(runs) // 2]
+        for name in Measured.__dataclass_fields__
+    }
+    return Measured(**values)
+
+
+def _progress(quiet: bool, text: str) -> None:
+    if not quiet:
+        click.echo(text, err=True)
+
+
+def _report(rows: int, feed: str, results: dict[str, Measured], source: str) -> dict[str, Any]:
+    from bench._common import machine
+
+    report: dict[str, Any] = {"rows": rows, "writer_feed": feed, "statements_source": source}
+    order = ("A", "C", "E", "writer", "writer_reimport")
+    report.update({name: asdict(results[name]) for name in order if name in results})
+    checks = []
+    for label, num, den, metric, sense, bound in TARGETS:
+        if num in results and den in results:
+            value = ratio(getattr(results[num], metric), getattr(results[den], metric))
+            ok = value is not None and (value >= bound if sense == ">=" else value <= bound)
+            checks.append({"target": label, "value": value, "bound": f"{sense} {bound:g}",
+                           "met": ok})
+    if "writer" in results:
+        p99 = max(results["writer"].p99_txn_ms, results.get("writer_reimport",
+                                                             results["writer"]).p99_txn_ms)
+        checks.append({"target": "writer p99 transaction ms", "value": p99, "bound": "< 100",
+                       "met": p99 < 100})
+    report["targets"] = checks
+    # Filled by the consumer's runs (Redis feed, time budget); not measured by the sink alone.
+    report["fast_p99_ms"] = None
+    report["budget_share"] = None
+    report["machine"] = machine()
+    return report
+
+
+def _table(report: dict[str, Any]) -> str:
+    names = [n for n in ("A", "C", "E", "writer", "writer_reimport") if n in report]
+    columns = ("wall_s", "rows_per_s", "statements", "server_cpu_s", "wal_mb", "max_txn_ms",
+               "p99_txn_ms", "peak_connections", "transactions")
+    lines = [
+        f"{report['rows']:,} roster rows, writer feed: {report['writer_feed']}; "
+        f"statements counted by the {report['statements_source']}",
+        "",
+        markdown_table(("method", *columns),
+                       [(n, *(report[n][c] for c in columns)) for n in names]),
+        "",
+    ]
+    if "writer" in report:
+        w = report["writer"]
+        for other in ("A", "C", "E"):
+            if other in report:
+                o = report[other]
+                lines.append(
+                    f"writer vs {other}: server CPU {_x(o['server_cpu_s'], w['server_cpu_s'])},"
+                    f" wall {_x(o['wall_s'], w['wall_s'])}, WAL {_x(o['wal_mb'], w['wal_mb'])},"
+                    f" statements {_x(o['statements'], w['statements'])}"
+                )
+        lines.append("")
+    for check in report["targets"]:
+        lines.append(f"{'met ' if check['met'] else 'MISSED'} {check['target']}: "
+                     f"{fmt(check['value'], 2)} (target {check['bound']})")
+    return "\n".join(lines)
+
+
+def _x(other: float, writer: float) -> str:
+    """'30x below' when the writer uses less than ``other``, '1.4x above' when more."""
+    if not writer or not other:
+        return "-"
+    if other >= writer:
+        return f"{other / writer:.1f}x below"
+    return f"{writer / other:.1f}x above"
