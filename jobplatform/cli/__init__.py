@@ -11,13 +11,14 @@ import sys
 
 import click
 
-from jobplatform.cli import bench, db, dead, log, replay, run, stack, watch, writer
+from jobplatform.cli import bench, db, dead, demo, log, replay, run, stack, watch, writer
 from jobplatform.cli._common import run_cli
 
 COMMANDS: list[click.Command] = [
     db.db,
     bench.bench,
     run.run,
+    demo.demo,
     watch.watch,
     stack.stack,
     writer.writer,
