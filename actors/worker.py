@@ -1,0 +1,21 @@
+"""Entry module for dramatiq worker processes: ``dramatiq actors.worker --queues video``.
+
+It reads the settings, finds the services, builds the platform's broker and declares every
+actor on it. Which queues a process serves is chosen on the command line (see the Procfile):
+a worker consumes every queue it has imported unless started with ``--queues``.
+"""
+
+from __future__ import annotations
+
+from actors import ai, video
+from jobplatform.broker import build_broker
+from jobplatform.logging import configure_logging
+from jobplatform.settings import get_settings
+from jobplatform.stack import ensure_services
+
+settings = ensure_services(get_settings()).apply(get_settings())
+configure_logging(settings)
+assert settings.redis_url is not None
+broker = build_broker(settings, settings.redis_url)
+encode_video = video.register(broker, settings)
+import_roster = ai.register(broker, settings)
