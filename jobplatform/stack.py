@@ -283,27 +283,32 @@ def session_services(settings: Settings, *, probe: Probe = port_open) -> Iterato
     Servers found running are left alone.
     """
     state_dir = settings.jobplatform_state_dir
-    if all(c.source != "embedded" for c in choose(settings, probe).values()):
-        yield ensure_services(settings, probe=probe)
-        return
     me = f"{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    _update_sessions(state_dir, lambda s: _Sessions((*s.leases, me), s.owned))
-    owned: tuple[str, ...] = ()
+    leased = any(c.source == "embedded" for c in choose(settings, probe).values())
+    if leased:  # before resolving, so that no other session stops what we are about to find
+        _update_sessions(state_dir, lambda s: _Sessions((*s.leases, me), s.owned))
     try:
         services = ensure_services(settings, probe=probe)
-        owned = services.started
-        _update_sessions(state_dir, lambda s: _Sessions(s.leases, (*s.owned, *owned)))
+        if leased or services.started:
+            leased = True
+            _update_sessions(state_dir, lambda s: _Sessions(
+                tuple(dict.fromkeys((*s.leases, me))), (*s.owned, *services.started)))
         yield services
     finally:
-        with state_lock(state_dir, timeout=120):
-            sessions = _read_sessions(state_dir)
-            others = tuple(lease for lease in sessions.leases
-                           if lease != me and pid_alive(int(lease.split(":")[0])))
-            if others:
-                _write_sessions(state_dir, _Sessions(others, sessions.owned))
-            else:
-                _stop_locked(state_dir, sessions.owned)
-                _write_sessions(state_dir, _Sessions())
+        if leased:
+            _leave_session(state_dir, me)
+
+
+def _leave_session(state_dir: Path, me: str) -> None:
+    with state_lock(state_dir, timeout=120):
+        sessions = _read_sessions(state_dir)
+        others = tuple(lease for lease in sessions.leases
+                       if lease != me and pid_alive(int(lease.split(":")[0])))
+        if others:
+            _write_sessions(state_dir, _Sessions(others, sessions.owned))
+        else:
+            _stop_locked(state_dir, sessions.owned)
+            _write_sessions(state_dir, _Sessions())
 
 
 def claim_services(state_dir: Path) -> None:

@@ -42,6 +42,7 @@ from jobplatform.stack import (
     Choice,
     Services,
     choose,
+    claim_services,
     ensure_services,
     load_record,
     session_services,
@@ -364,6 +365,23 @@ def test_a_session_stops_what_it_started_and_only_that(
     assert wait_exit(redis_server.pid, 30)
     assert not pid_alive(redis_server.pid)
     assert load_record(state, "redis") is None
+
+
+def test_servers_claimed_by_stack_up_outlive_the_session(
+    tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_PROFILE", "deploy")
+    state = tmp_path / "state"
+    try:
+        with session_services(unconfigured(state), probe=lambda host, port: port == 5432) as found:
+            assert found.started == ("redis",)
+            claim_services(state)  # what `jobplatform stack up` does
+
+        record = load_record(state, "redis")
+        assert record is not None
+        assert answers(record)
+    finally:
+        stop_services(state)
 
 
 def _pid(settings: Settings, name: str) -> int:
