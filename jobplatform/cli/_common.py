@@ -24,7 +24,9 @@ def run_cli(group: click.Group, argv: list[str] | None) -> int:
     from jobplatform.errors import ConfigError
 
     try:
-        group.main(args=argv, standalone_mode=False)
+        # Without standalone mode, click returns the code of a `click.exceptions.Exit` raised
+        # by a command instead of raising it.
+        code = group.main(args=argv, standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
@@ -36,7 +38,7 @@ def run_cli(group: click.Group, argv: list[str] | None) -> int:
     except (JobPlatformError, OSError) as exc:
         click.echo(f"error: {describe_chain(exc)}", err=True)
         return 2 if isinstance(exc, ConfigError) else 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def describe_chain(exc: BaseException) -> str:

@@ -194,3 +194,17 @@ def test_wait_returns_when_nothing_exits() -> None:
         assert formation.alive() == formation.processes
     finally:
         formation.stop()
+
+
+def test_run_exits_with_the_crashed_process_code(tmp_path: Path, services: Services) -> None:
+    procfile = tmp_path / "Procfile"
+    procfile.write_text(PROCFILE + f"crash: {sys.executable} {PROC} crash\n")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "jobplatform", "run", "--no-migrate", "-f", str(procfile)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **services.environ()},
+        check=False,
+    )
+
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "crash.1 exited unexpectedly: stopping the formation" in done.stdout
