@@ -14,9 +14,11 @@ is written by each method into a fresh database (``jp_bench_*``, dropped afterwa
 - ``writer_reimport``: the same roster again, as a new import, on the writer's database.
 
 Server CPU is the utime+stime of the backends serving the measured connections, from /proc (the
-server must be local). WAL is the server's ``pg_current_wal_lsn()`` difference: anything else
-writing to the same server meanwhile is counted too. Statements are counted by the client (BEGIN
-and COMMIT included; a COPY counts as one) unless pg_stat_statements is loaded on the server.
+server must be local). WAL is what pg_walinspect shows of records touching the method's database
+and of the transactions that wrote them (autovacuum is off on the measured tables);
+``wal_mb_server`` is the whole server's ``pg_current_wal_lsn()`` difference, other sessions'
+work included, used for ``wal_mb`` when pg_walinspect is not available. Statements are counted
+by the client (BEGIN and COMMIT included; a COPY counts as one).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ _STUDENT_COLUMNS = ("tenant_id", "phone", "name", "parent_phone", "school", "gra
                     "birth_date", "created_at", "updated_at")
 _STUDENT_TYPES = ["int8", "text", "text", "text", "text", "int2", "date", "timestamptz",
                   "timestamptz"]
-_VALUES = ("name", "parent_phone", "school", "grade", "birth_date")
+_TABLES = ("lectures", "students", "enrollments", "videos", "roster_imports", "writer_ledger")
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -174,38 +176,6 @@ class Run:
         return cur.execute(query, params)
 
 
-class _ConnectionPeak:
-    """Samples ``pg_stat_activity`` for one database in a thread: the most sessions seen."""
-
-    def __init__(self, admin_url: str, dbname: str) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._conn = psycopg.connect(admin_url, autocommit=True)
-        self._dbname = dbname
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            row = self._conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self._dbname,)
-            ).fetchone()
-            self.peak = max(self.peak, int(row[0]) if row else 0)
-            self._stop.wait(0.02)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        self._conn.close()
-        return self.peak
-
-
-def _wal_lsn(admin: Conn, function: str) -> str:
-    row = admin.execute(sql.SQL("SELECT {}()::text").format(sql.Identifier(function))).fetchone()
-    assert row is not None
-    return str(row[0])
-
-
 #: WAL records between two positions that touch this database's relations, plus every record
 #: (commits included) of the transactions that wrote such records.
 _DATABASE_WAL = """
@@ -220,33 +190,75 @@ WHERE here OR (xid <> '0'::xid AND xid::text IN (SELECT xid FROM ours))
 """
 
 
-def database_wal_bytes(url: str, start: str, end: str) -> float | None:
-    """WAL bytes attributable to ``url``'s database; None without pg_walinspect."""
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT oid FROM pg_database WHERE datname = current_database()"
+class _Monitor:
+    """A thread on its own connection to the measured database: the most sessions seen in it
+    (``pg_stat_activity``), and the WAL attributable to it, read every half second with
+    pg_walinspect before the server recycles the segments (None when that fails)."""
+
+    def __init__(self, url: str, start_lsn: str) -> None:
+        self.peak = 0
+        self.wal_bytes: float | None = 0.0
+        self.error: str | None = None
+        self._lsn = start_lsn
+        self._stop = threading.Event()
+        self._conn = psycopg.connect(url, autocommit=True, application_name="bench-monitor")
+        row = self._conn.execute(
+            "SELECT oid FROM pg_database WHERE datname = current_database()"
+        ).fetchone()
+        assert row is not None
+        self._rel = f"%rel %/{row[0]}/%"
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        last_wal = time.monotonic()
+        while not self._stop.is_set():
+            row = self._conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             ).fetchone()
-            assert row is not None
-            found = conn.execute(_DATABASE_WAL, {
-                "rel": f"%rel %/{row[0]}/%", "start": start, "end": end,
+            self.peak = max(self.peak, int(row[0]) if row else 0)
+            if time.monotonic() - last_wal > 0.5:
+                self._read_wal()
+                last_wal = time.monotonic()
+            self._stop.wait(0.02)
+
+    def _read_wal(self) -> None:
+        if self.wal_bytes is None:
+            return
+        end = _wal_lsn(self._conn, "pg_current_wal_flush_lsn")
+        try:
+            row = self._conn.execute(_DATABASE_WAL, {
+                "rel": self._rel, "start": self._lsn, "end": end,
             }).fetchone()
-    except psycopg.Error as exc:
-        click.echo(f"WAL of the database not attributed ({exc}); counting the server's", err=True)
-        return None
-    return None if found is None else float(found[0])
+        except psycopg.Error as exc:
+            self.wal_bytes, self.error = None, str(exc).strip()
+            return
+        self.wal_bytes += float(row[0]) if row else 0.0
+        self._lsn = end
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._read_wal()
+        self._conn.close()
+
+
+def _wal_lsn(conn: Conn, function: str) -> str:
+    row = conn.execute(sql.SQL("SELECT {}()::text").format(sql.Identifier(function))).fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 def measure(admin_url: str, url: str, conns: Sequence[Conn], rows: int,
             body: Callable[[Run], None]) -> Measured:
     """Run ``body`` and measure the backends of ``conns`` (opened before, so not counted)."""
-    from writer.db import database_name
 
     pids = [c.info.backend_pid for c in conns]
     with psycopg.connect(admin_url, autocommit=True) as admin:
-        peaks = _ConnectionPeak(admin_url, database_name(url))
         run = Run()
         lsn = _wal_lsn(admin, "pg_current_wal_insert_lsn")
+        monitor = _Monitor(url, lsn)
         cpu = sum(proc_cpu_seconds(p) for p in pids)
         start = time.perf_counter()
         try:
@@ -257,15 +269,18 @@ def measure(admin_url: str, url: str, conns: Sequence[Conn], rows: int,
             end = _wal_lsn(admin, "pg_current_wal_flush_lsn")
             row = admin.execute("SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)",
                                 (end, lsn)).fetchone()
-            peak = peaks.stop()
+            monitor.stop()
     assert row is not None
     server_wal = float(row[0])
-    wal = database_wal_bytes(url, lsn, end)
+    wal = monitor.wal_bytes
+    if wal is None:
+        click.echo(f"WAL of the database not attributed ({monitor.error}); counting the "
+                   "server's", err=True)
     return Measured(
         wall_s=wall, rows_per_s=rows / wall, statements=run.statements, server_cpu_s=cpu,
         wal_mb=(server_wal if wal is None else wal) / 1024**2, wal_mb_server=server_wal / 1024**2,
         max_txn_ms=max(run.txn_ms, default=0.0),
-        p99_txn_ms=percentile(run.txn_ms, 99) or 0.0, peak_connections=peak,
+        p99_txn_ms=percentile(run.txn_ms, 99) or 0.0, peak_connections=monitor.peak,
         transactions=len(run.txn_ms),
     )
 
@@ -292,6 +307,10 @@ def fresh_database(server_url: str, label: str, data: Dataset, *,
                         copy.write_row(_student_tuple(row))
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
             conn.execute("ANALYZE")
+            # Autovacuum's WAL would land in whichever method's window it happens to run in.
+            for name in _TABLES:
+                conn.execute(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = off)").format(
+                    sql.Identifier(name)))
         yield url
     finally:
         drop_database(url)
