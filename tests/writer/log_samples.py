@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 from schemas import (
     RosterChunk,
@@ -16,12 +16,9 @@ from schemas import (
     VideoRendition,
 )
 from schemas.intents import AnyIntent
+from tests.writer.intent_factory import at
 
-T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
-
-
-def at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
+__all__ = ["at", "encode_record_for", "phone", "roster_import", "student", "video_lifecycle"]
 
 
 def phone(n: int) -> str:

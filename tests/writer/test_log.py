@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from schemas import RosterChunk, RosterStatus, VideoQueued
 from schemas.intents import AnyIntent
+from tests.writer.conftest import wait_until
 from tests.writer.log_samples import at, phone, roster_import, student, video_lifecycle
 from writer.intentlog import (
     IntentLog,
@@ -50,13 +50,6 @@ def make_log(tmp_path: Path) -> Iterator[Callable[..., IntentLog]]:
     yield make
     for log in opened:
         log.close()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def seqs(reader: LogReader, flt: LogFilter | None = None) -> list[int]:
