@@ -195,13 +195,21 @@ class _Monitor:
     (``pg_stat_activity``), and the WAL attributable to it, read every half second with
     pg_walinspect before the server recycles the segments (None when that fails)."""
 
-    def __init__(self, url: str, start_lsn: str) -> None:
+    def __init__(self, url: str) -> None:
         self.peak = 0
         self.wal_bytes: float | None = 0.0
         self.error: str | None = None
-        self._lsn = start_lsn
         self._stop = threading.Event()
         self._conn = psycopg.connect(url, autocommit=True, application_name="bench-monitor")
+        try:
+            # A temporary slot keeps the WAL from here on until this session ends, however
+            # often other sessions' checkpoints recycle segments.
+            self._conn.execute("SELECT pg_create_physical_replication_slot(%s, true, true)",
+                               (f"jp_bench_{uuid.uuid4().hex[:12]}",))
+        except psycopg.Error as exc:
+            self.error = f"no WAL-keeping slot: {str(exc).strip()}"
+        #: Where the measured window starts.
+        self.start_lsn = self._lsn = _wal_lsn(self._conn, "pg_current_wal_insert_lsn")
         row = self._conn.execute(
             "SELECT oid FROM pg_database WHERE datname = current_database()"
         ).fetchone()
@@ -232,7 +240,8 @@ class _Monitor:
                 "rel": self._rel, "start": self._lsn, "end": end,
             }).fetchone()
         except psycopg.Error as exc:
-            self.wal_bytes, self.error = None, str(exc).strip()
+            self.wal_bytes = None
+            self.error = "; ".join(filter(None, (self.error, str(exc).strip())))
             return
         self.wal_bytes += float(row[0]) if row else 0.0
         self._lsn = end
@@ -257,8 +266,8 @@ def measure(admin_url: str, url: str, conns: Sequence[Conn], rows: int,
     pids = [c.info.backend_pid for c in conns]
     with psycopg.connect(admin_url, autocommit=True) as admin:
         run = Run()
-        lsn = _wal_lsn(admin, "pg_current_wal_insert_lsn")
-        monitor = _Monitor(url, lsn)
+        monitor = _Monitor(url)
+        lsn = monitor.start_lsn
         cpu = sum(proc_cpu_seconds(p) for p in pids)
         start = time.perf_counter()
         try:
