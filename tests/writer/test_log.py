@@ -356,3 +356,17 @@ def test_closed_segments_ship_to_s3_and_read_back_from_there(
         records = list(reader.records())
         assert [list(r.intents) for r in records] == batches
         assert records[0].source == f"s3://{bucket}/{keys[0]}"
+
+
+def test_a_reused_batch_number_gets_a_segment_of_its_own(
+    make_log: Callable[..., IntentLog], tmp_path: Path
+) -> None:
+    # A database restored from a backup hands out batch numbers already in the log
+    first = make_log(writer_id="w:1")
+    first.append(1, video_lifecycle(1, 0))
+    first.close()
+    again = make_log(writer_id="w:1")
+    again.append(1, video_lifecycle(1, 1))
+    again.close()
+    names = sorted(p.name for p in (tmp_path / "log").iterdir())
+    assert names == ["00000000000000000001-w-1-1.jsonl.gz", "00000000000000000001-w-1.jsonl.gz"]

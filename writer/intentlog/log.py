@@ -241,8 +241,18 @@ class IntentLog:
     # --- segments ------------------------------------------------------------------------
 
     def _open_locked(self, first_seq: int) -> _Segment:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
         path = self.folder / segment_name(first_seq, self.writer_id)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        for attempt in range(1, 100):
+            try:
+                if path.with_name(path.name + ".gz").exists():
+                    raise FileExistsError(path)
+                fd = os.open(path, flags, 0o644)
+                break
+            except FileExistsError:  # batch numbers reused (a database restored from backup)
+                path = self.folder / segment_name(first_seq, f"{self.writer_id}-{attempt}")
+        else:
+            raise FileExistsError(f"no free segment name for batch {first_seq} in {self.folder}")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _fsync_dir(self.folder)
