@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -297,6 +298,7 @@ class EmulatedInstance:
     version: str = ""
 
     def __enter__(self) -> EmulatedInstance:
+        _exit_on_sigterm()
         try:
             self.start()
         except BaseException:
@@ -452,6 +454,17 @@ class EmulatedInstance:
             "shared_buffers": self.config.shared_buffers,
             "fsync": "on (default)",
         }
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that teardown runs (only where nobody else handles it)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        def leave(signum: int, frame: object) -> None:
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, leave)
 
 
 def _unprivileged_user() -> pwd.struct_passwd | None:
