@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench._common import fmt
 from jobplatform.settings import PROJECT_ROOT
 
 OUT = PROJECT_ROOT / "docs" / "bench"
@@ -36,7 +37,7 @@ def plot_incident(result: dict[str, Any], out: Path = OUT) -> list[Path]:
     ways = [w for w in ("baseline", "platform") if result.get(w)]
     measures = [
         ("failed jobs", "failed_jobs", False),
-        ("video status p99 (ms)", "video_p99_ms", True),
+        ("video status p99 (ms, committed updates)", "video_p99_ms", True),
         ("peak connections", "peak_connections", False),
         ("server CPU per imported row (ms)", "server_cpu_ms_per_row", True),
     ]
@@ -44,7 +45,7 @@ def plot_incident(result: dict[str, Any], out: Path = OUT) -> list[Path]:
     for ax, (title, key, log) in zip(axes, measures, strict=True):
         values = [result[w].get(key) or 0 for w in ways]
         bars = ax.bar(ways, values, color=[COLORS[w] for w in ways])
-        ax.bar_label(bars, labels=[f"{v:,.3g}" for v in values])
+        ax.bar_label(bars, labels=[fmt(v) for v in values])
         ax.set_title(title, fontsize=10)
         if log and all(v > 0 for v in values):
             ax.set_yscale("log")
@@ -101,7 +102,7 @@ def plot_scaling(result: dict[str, Any], out: Path = OUT) -> list[Path]:
         values = [p[way].get("server_cpu_ms_per_row") or 0 for p in points]
         bars = ax.bar([i + offset for i in positions], values, width, color=COLORS[way],
                       label=way)
-        ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=8)
+        ax.bar_label(bars, labels=[fmt(v, 3) for v in values], fontsize=8)
     ax.set_xticks(list(positions), [str(c) for c in counts])
     ax.set_xlabel("producers of each kind")
     ax.set_ylabel("server CPU ms per imported row")
