@@ -1,0 +1,272 @@
+"""The AI actor: imports a roster spreadsheet from S3 as write intents.
+
+Source keys must sit under their tenant's prefix, ``tenants/<tenant_id>/``; anything else is
+refused. The flow of one import (every intent id is derived from the import id, so a retried
+job re-sends the same intents and the writer applies each once):
+
+1. ``RosterStatus(parsing)`` to ``writes.fast``;
+2. download (size-limited, to a temporary file that is always removed);
+3. the whole-file checks (:func:`actors.roster.open_roster`): a file rejected here sends
+   ``RosterStatus(failed)`` with the reason and no chunk;
+4. ``RosterChunk`` intents to ``writes.bulk`` as rows are validated;
+5. the error report, when some row was rejected, to ``<source key>.errors.xlsx``;
+6. ``RosterStatus(writing)`` with the counts, the number of chunks and the report's key.
+
+S3 and Redis faults raise :class:`~jobplatform.errors.TransientJobError`, which dramatiq's
+Retries middleware retries with backoff (``ROSTER_MAX_RETRIES`` times, then the import is marked
+failed); anything else is permanent: a failed status, no retry, and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+import redis
+from botocore.exceptions import BotoCoreError, ClientError
+from dramatiq.middleware import CurrentMessage
+
+from actors.roster import Limits, RosterRejected, open_roster, write_report
+from jobplatform.broker import IMPORT_ROSTER, Queues
+from jobplatform.emit import IntentEmitter
+from jobplatform.errors import JobError, TransientJobError
+from jobplatform.logging import get_logger
+from jobplatform.progress import ProgressStore
+from jobplatform.s3 import s3_client
+from jobplatform.settings import Settings
+from schemas import DecodeError, ImportRoster, RosterChunk, RosterStatus, StudentRow, decode_job
+from schemas.intents import AnyIntent, RowError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = get_logger(__name__)
+
+SAMPLE_ERRORS = 100
+REPORT_SUFFIX = ".errors.xlsx"
+_REPORT_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+_DOWNLOAD_CHUNK = 1 << 20
+
+
+def tenant_prefix(tenant_id: int) -> str:
+    return f"tenants/{tenant_id}/"
+
+
+def report_key(source_key: str) -> str:
+    return source_key + REPORT_SUFFIX
+
+
+def intent_id(import_id: uuid.UUID, what: str) -> uuid.UUID:
+    """The id of an import's intent ``what``, the same on every attempt of the job."""
+    return uuid.uuid5(import_id, what)
+
+
+@dataclass
+class RosterServices:
+    """What an import talks to; built once per worker process."""
+
+    settings: Settings
+    s3: S3Client
+    emit: Callable[[AnyIntent], None]
+    progress: ProgressStore | None
+
+
+def import_roster(job: ImportRoster, services: RosterServices, *, final_attempt: bool) -> None:
+    """Run one import job; see the module's docstring for the flow."""
+    settings = services.settings
+    limits = Limits.from_settings(settings.roster)
+    reporter = (
+        services.progress.reporter(job.job_id, settings.roster.progress_interval_s)
+        if services.progress is not None else None
+    )
+
+    def status(name: str, **fields: Any) -> None:
+        services.emit(RosterStatus(
+            intent_id=intent_id(job.import_id, f"status:{name}"), tenant_id=job.tenant_id,
+            occurred_at=datetime.now(UTC), import_id=job.import_id, lecture_id=job.lecture_id,
+            status=name,
+            source_key=job.source_key, **fields,
+        ))
+
+    def progress(**fields: Any) -> None:
+        if reporter is not None:
+            _redis_call(lambda: reporter.report(**fields))
+
+    try:
+        _redis_call(lambda: status("parsing"))
+        progress(final=True, step="downloading", rows=0, total=None)
+        if not job.source_key.startswith(tenant_prefix(job.tenant_id)):
+            raise RosterRejected(
+                f"source key {job.source_key!r} is not under {tenant_prefix(job.tenant_id)!r}"
+            )
+        with tempfile.TemporaryDirectory(prefix="roster-") as folder:
+            source = Path(folder) / ("source" + _suffix(job))
+            _download(services.s3, settings.s3.bucket, job.source_key, source, limits)
+            _run(job, services, limits, source, status, progress)
+    except RosterRejected as exc:
+        rejected = str(exc)[:2000]
+        log.info("roster rejected", reason=rejected)
+        _redis_call(lambda: status("failed", error=rejected))
+        progress(final=True, step="failed", error=rejected)
+    except TransientJobError as exc:
+        if not final_attempt:
+            raise
+        reason = f"gave up after repeated transient errors: {exc}"[:2000]
+        _redis_call(lambda: status("failed", error=reason))
+        raise
+
+
+def _run(
+    job: ImportRoster, services: RosterServices, limits: Limits, source: Path,
+    status: Callable[..., None], progress: Callable[..., None],
+) -> None:
+    chunk_index = 0
+
+    def on_chunk(rows: tuple[StudentRow, ...]) -> None:
+        nonlocal chunk_index
+        chunk = RosterChunk(
+            intent_id=intent_id(job.import_id, f"chunk:{chunk_index}"), tenant_id=job.tenant_id,
+            occurred_at=datetime.now(UTC), import_id=job.import_id, lecture_id=job.lecture_id,
+            chunk_index=chunk_index, rows=rows,
+        )
+        _redis_call(lambda: services.emit(chunk))
+        chunk_index += 1
+
+    with open_roster(source, limits) as roster:
+        total = roster.data_rows
+        progress(final=True, step="parsing", rows=0, total=total)
+        counts = roster.validate(
+            on_chunk, lambda done, total: progress(step="parsing", rows=done, total=total)
+        )
+        key: str | None = None
+        if counts.invalid or counts.duplicates:
+            progress(final=True, step="report", rows=total, total=total)
+            key = report_key(job.source_key)
+            report = source.with_name("report.xlsx")
+            write_report(roster, counts, report)
+            _upload(services.s3, services.settings.s3.bucket, key, report)
+    sample = tuple(
+        RowError(row=p.row, column=p.column[:200], reason=p.reason[:500])
+        for p in counts.problems[:SAMPLE_ERRORS]
+    )
+    _redis_call(lambda: status(
+        "writing", total=counts.total, valid=counts.valid, invalid=counts.invalid,
+        duplicates=counts.duplicates, chunks=counts.chunks, report_key=key, sample_errors=sample,
+    ))
+    progress(final=True, step="writing", rows=total, total=total, chunks=counts.chunks)
+
+
+def _suffix(job: ImportRoster) -> str:
+    name = (job.filename or job.source_key).lower()
+    return next((s for s in (".xlsx", ".xls", ".ods") if name.endswith(s)), "")
+
+
+def _redis_call(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except redis.RedisError as exc:
+        raise TransientJobError(f"Redis: {exc}") from exc
+
+
+_MISSING = ("404", "NoSuchKey", "NotFound")
+_DENIED = ("403", "AccessDenied")
+
+
+def _download(s3: S3Client, bucket: str, key: str, dest: Path, limits: Limits) -> None:
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key)
+        if head["ContentLength"] > limits.max_file_bytes:
+            raise RosterRejected(
+                f"the file is {head['ContentLength']} bytes, over the limit of"
+                f" {limits.max_file_bytes} (ROSTER_MAX_FILE_BYTES)"
+            )
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+        size = 0
+        with dest.open("wb") as out:
+            for piece in body.iter_chunks(_DOWNLOAD_CHUNK):
+                size += len(piece)
+                if size > limits.max_file_bytes:
+                    raise RosterRejected(
+                        f"the file is over the limit of {limits.max_file_bytes} bytes"
+                        " (ROSTER_MAX_FILE_BYTES)"
+                    )
+                out.write(piece)
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _MISSING:
+            raise RosterRejected(f"the source file {key!r} is not in S3") from exc
+        if code in _DENIED:
+            raise RosterRejected(f"the source file {key!r} cannot be read (access denied)") from exc
+        raise TransientJobError(f"S3 download of {key!r}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise TransientJobError(f"S3 download of {key!r}: {exc}") from exc
+
+
+def _upload(s3: S3Client, bucket: str, key: str, path: Path) -> None:
+    try:
+        s3.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": _REPORT_TYPE})
+    except (ClientError, BotoCoreError) as exc:
+        raise TransientJobError(f"S3 upload of the report {key!r}: {exc}") from exc
+
+
+def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[Any, None]:
+    """Declare the ``import_roster`` actor on ``broker`` (queue ``settings.queue_ai``)."""
+    services: RosterServices | None = None
+    max_retries = settings.roster.max_retries
+
+    def get_services() -> RosterServices:
+        nonlocal services
+        if services is None:
+            assert settings.redis_url is not None, "settings.redis_url must be filled"
+            client = redis.Redis.from_url(settings.redis_url)
+            services = RosterServices(
+                settings=settings,
+                s3=s3_client(settings),
+                emit=IntentEmitter(broker, Queues.from_settings(settings)).emit,
+                progress=ProgressStore(client, settings.broker_namespace),
+            )
+        return services
+
+    def retry_when(retries: int, exc: BaseException) -> bool:
+        return isinstance(exc, TransientJobError) and retries < max_retries
+
+    def run(payload: dict[str, Any]) -> None:
+        try:
+            job = decode_job(payload)
+        except DecodeError as exc:
+            log.error("roster job rejected", error=str(exc))
+            return
+        if not isinstance(job, ImportRoster):
+            log.error("not a roster job", kind=job.kind)
+            return
+        message = CurrentMessage.get_current_message()
+        retries = int(message.options.get("retries", 0)) if message is not None else 0
+        try:
+            import_roster(job, get_services(), final_attempt=retries >= max_retries)
+        except JobError:
+            raise
+        except Exception as exc:
+            log.exception("roster import crashed")
+            reason = f"internal error: {type(exc).__name__}"
+            get_services().emit(RosterStatus(
+                intent_id=intent_id(job.import_id, "status:failed"), tenant_id=job.tenant_id,
+                occurred_at=datetime.now(UTC), import_id=job.import_id,
+                lecture_id=job.lecture_id, status="failed", source_key=job.source_key,
+                error=reason,
+            ))
+            raise
+
+    run.__name__ = IMPORT_ROSTER
+    declare = dramatiq.actor(
+        actor_name=IMPORT_ROSTER, queue_name=settings.queue_ai, broker=broker,
+        retry_when=retry_when, min_backoff=1_000, max_backoff=60_000,
+        time_limit=30 * 60 * 1000,
+    )
+    actor: dramatiq.Actor[Any, None] = declare(run)
+    return actor

@@ -1,0 +1,269 @@
+"""The AI actor: roster files from S3 (moto's server) to intents, progress in Redis, reports in S3,
+and the rows in PostgreSQL once the writer's sink applies the intents."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+import pytest
+import redis
+from botocore.config import Config
+from openpyxl import load_workbook
+
+from actors.ai import RosterServices, import_roster, intent_id, register, report_key
+from jobplatform.errors import TransientJobError
+from jobplatform.progress import ProgressStore
+from jobplatform.s3 import ensure_bucket, s3_client
+from jobplatform.settings import Settings
+from schemas import ImportRoster, RosterChunk, RosterStatus
+from schemas.intents import AnyIntent
+from tests.actors import roster_corpus as corpus
+from tests.actors.conftest import read_intents
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+TENANT = 7
+LECTURE = 42
+
+
+@pytest.fixture
+def roster_settings(settings: Settings) -> Settings:
+    roster = settings.roster.model_copy(update={"chunk_rows": 2, "max_retries": 1})
+    return settings.model_copy(update={"roster": roster})
+
+
+@pytest.fixture
+def s3(roster_settings: Settings) -> S3Client:
+    client = s3_client(roster_settings)
+    ensure_bucket(client, roster_settings.s3.bucket)
+    return client
+
+
+@pytest.fixture
+def progress(roster_settings: Settings) -> ProgressStore:
+    assert roster_settings.redis_url is not None
+    return ProgressStore(redis.Redis.from_url(roster_settings.redis_url), "jptest-roster")
+
+
+def services_for(
+    settings: Settings, s3: S3Client, progress: ProgressStore | None, sink: list[AnyIntent]
+) -> RosterServices:
+    return RosterServices(settings=settings, s3=s3, emit=sink.append, progress=progress)
+
+
+def upload(s3: S3Client, settings: Settings, path: Path, tenant: int = TENANT) -> ImportRoster:
+    key = f"tenants/{tenant}/rosters/{uuid.uuid4()}/{path.name}"
+    s3.upload_file(str(path), settings.s3.bucket, key)
+    return ImportRoster(
+        tenant_id=tenant, import_id=uuid.uuid4(), lecture_id=LECTURE, source_key=key,
+        filename=path.name,
+    )
+
+
+def statuses(intents: list[AnyIntent]) -> list[RosterStatus]:
+    return [i for i in intents if isinstance(i, RosterStatus)]
+
+
+def chunks(intents: list[AnyIntent]) -> list[RosterChunk]:
+    return [i for i in intents if isinstance(i, RosterChunk)]
+
+
+def test_import_emits_chunks_status_and_report(
+    tmp_path: Path, roster_settings: Settings, s3: S3Client, progress: ProgressStore
+) -> None:
+    # Given the messy roster in S3
+    job = upload(s3, roster_settings, corpus.write_messy_xlsx(tmp_path))
+    sink: list[AnyIntent] = []
+    # When it is imported
+    import_roster(job, services_for(roster_settings, s3, progress, sink), final_attempt=False)
+    # Then: parsing, chunks of at most 2 rows as they are read, writing with counts; row 11
+    # repeats row 4's phone and comes in a later chunk, so it is applied later and wins
+    assert [s.status for s in statuses(sink)] == ["parsing", "writing"]
+    assert isinstance(sink[0], RosterStatus)
+    emitted = chunks(sink)
+    assert [c.chunk_index for c in emitted] == [0, 1, 2]
+    assert [[r.source_row for r in c.rows] for c in emitted] == [[4, 5], [6, 8], [11]]
+    assert [c.intent_id for c in emitted] == [
+        intent_id(job.import_id, f"chunk:{i}") for i in range(3)
+    ]
+    assert all((c.tenant_id, c.lecture_id, c.import_id) == (TENANT, LECTURE, job.import_id)
+               for c in emitted)
+    done = statuses(sink)[-1]
+    assert (done.total, done.valid, done.invalid, done.duplicates, done.chunks) == (7, 5, 2, 1, 3)
+    assert done.report_key == report_key(job.source_key) == job.source_key + ".errors.xlsx"
+    assert [(e.row, e.column) for e in done.sample_errors] == [
+        (9, "학생 이름"), (10, "휴대폰 번호"), (10, "학년"), (10, "생일")
+    ]
+    # And the report is in S3 next to the source, with the reasons
+    report = tmp_path / "report.xlsx"
+    s3.download_file(roster_settings.s3.bucket, done.report_key, str(report))
+    rows = list(load_workbook(report).active.iter_rows(values_only=True))
+    assert [(r[0], r[-1]) for r in rows[1:] if r[-1]] == [
+        (9, "학생 이름: name is missing"),
+        (10, "휴대폰 번호: not a Korean mobile number, expected like 010-1234-5678 "
+             "('02-123-4567'); 학년: no such grade ('고4'); 생일: birth date is in the future "
+             "(2099-01-01)"),
+        (11, "same phone as row 4; this row is kept"),
+    ]
+    # And the progress in Redis says where it ended
+    seen = progress.get(job.job_id)
+    assert (seen["step"], seen["rows"], seen["total"], seen["chunks"]) == ("writing", 8, 8, 3)
+
+
+def test_clean_import_has_no_report(
+    tmp_path: Path, roster_settings: Settings, s3: S3Client
+) -> None:
+    job = upload(s3, roster_settings, corpus.write_clean_ods(tmp_path))
+    sink: list[AnyIntent] = []
+    import_roster(job, services_for(roster_settings, s3, None, sink), final_attempt=False)
+    done = statuses(sink)[-1]
+    assert (done.status, done.total, done.valid, done.chunks, done.report_key) == (
+        "writing", 4, 4, 2, None
+    )
+    assert sum(len(c.rows) for c in chunks(sink)) == 4
+
+
+@pytest.mark.parametrize(("write", "reason"), [
+    (corpus.write_billion_laughs_xlsx, "declares XML entities"),
+    (corpus.write_password_xlsx, "password-protected"),
+    (corpus.write_missing_column_xlsx, "required column 전화번호/phone is missing"),
+    (corpus.write_far_cell_xlsx, "past the limit"),
+])
+def test_rejected_file_fails_and_emits_no_chunk(
+    tmp_path: Path, roster_settings: Settings, s3: S3Client, progress: ProgressStore,
+    write: Any, reason: str,
+) -> None:
+    job = upload(s3, roster_settings, write(tmp_path))
+    sink: list[AnyIntent] = []
+    import_roster(job, services_for(roster_settings, s3, progress, sink), final_attempt=False)
+    assert chunks(sink) == []
+    assert [s.status for s in statuses(sink)] == ["parsing", "failed"]
+    failed = statuses(sink)[-1]
+    assert failed.error is not None
+    assert reason in failed.error
+    assert failed.intent_id == intent_id(job.import_id, "status:failed")
+    assert progress.get(job.job_id)["step"] == "failed"
+
+
+def test_key_outside_the_tenant_prefix_is_refused(
+    tmp_path: Path, roster_settings: Settings, s3: S3Client
+) -> None:
+    job = upload(s3, roster_settings, corpus.write_clean_xlsx(tmp_path), tenant=8)
+    job = job.model_copy(update={"tenant_id": TENANT})
+    sink: list[AnyIntent] = []
+    import_roster(job, services_for(roster_settings, s3, None, sink), final_attempt=False)
+    assert statuses(sink)[-1].error == (
+        f"source key {job.source_key!r} is not under 'tenants/{TENANT}/'"
+    )
+    assert chunks(sink) == []
+
+
+def test_missing_source_is_a_permanent_failure(roster_settings: Settings, s3: S3Client) -> None:
+    job = ImportRoster(
+        tenant_id=TENANT, import_id=uuid.uuid4(), lecture_id=LECTURE,
+        source_key=f"tenants/{TENANT}/rosters/nothing.xlsx",
+    )
+    sink: list[AnyIntent] = []
+    import_roster(job, services_for(roster_settings, s3, None, sink), final_attempt=False)
+    assert statuses(sink)[-1].error == f"the source file {job.source_key!r} is not in S3"
+
+
+def test_unreachable_s3_is_transient_then_fails_on_the_last_attempt(
+    roster_settings: Settings,
+) -> None:
+    import boto3
+
+    dead = boto3.client(
+        "s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1",
+        aws_access_key_id="x", aws_secret_access_key="x",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1),
+    )
+    job = ImportRoster(
+        tenant_id=TENANT, import_id=uuid.uuid4(), lecture_id=LECTURE,
+        source_key=f"tenants/{TENANT}/rosters/a.xlsx",
+    )
+    sink: list[AnyIntent] = []
+    with pytest.raises(TransientJobError, match="S3 download"):
+        import_roster(job, services_for(roster_settings, dead, None, sink), final_attempt=False)
+    assert [s.status for s in statuses(sink)] == ["parsing"]
+    with pytest.raises(TransientJobError):
+        import_roster(job, services_for(roster_settings, dead, None, sink), final_attempt=True)
+    assert statuses(sink)[-1].status == "failed"
+    assert "gave up after repeated transient errors" in (statuses(sink)[-1].error or "")
+
+
+def test_registered_actor_keeps_serving_after_a_bad_file(
+    tmp_path: Path, broker: dramatiq.Broker, roster_settings: Settings, s3: S3Client
+) -> None:
+    # Given the actor registered on the test's broker, and a bad file queued before a good one
+    actor = register(broker, roster_settings)
+    assert actor.queue_name == roster_settings.queue_ai
+    bad = upload(s3, roster_settings, corpus.write_lying_bomb_xlsx(tmp_path))
+    good = upload(s3, roster_settings, corpus.write_clean_xlsx(tmp_path))
+    # When the actor runs them one after the other (as a worker thread would)
+    actor(bad.model_dump(mode="json"))
+    actor({"kind": "roster.import", "tenant_id": "not a number"})
+    actor(good.model_dump(mode="json"))
+    # Then the bad file failed, the undecodable job was dropped, the good one was imported
+    def both_finished(found: list[AnyIntent]) -> bool:
+        return len([s for s in statuses(found) if s.status in ("failed", "writing")]) >= 2
+
+    fast = statuses(
+        read_intents(broker, roster_settings.queue_writes_fast, until=both_finished)
+    )
+    by_import = {(s.import_id, s.status): s for s in fast}
+    assert "zip bomb" in (by_import[(bad.import_id, "failed")].error or "")
+    assert by_import[(good.import_id, "writing")].valid == 4
+    bulk = chunks(read_intents(
+        broker, roster_settings.queue_writes_bulk,
+        until=lambda found: sum(len(c.rows) for c in chunks(found)) >= 4,
+    ))
+    assert {c.import_id for c in bulk} == {good.import_id}
+    assert sum(len(c.rows) for c in bulk) == 4
+
+
+def test_rows_land_in_postgresql_through_the_writer_sink(
+    tmp_path: Path, roster_settings: Settings, s3: S3Client
+) -> None:
+    sink_module = pytest.importorskip("writer.sink")
+    from writer.db import connect
+
+    # Given the messy roster imported twice (a retried job re-sends the same intent ids)
+    job = upload(s3, roster_settings, corpus.write_messy_xlsx(tmp_path))
+    sink: list[AnyIntent] = []
+    services = services_for(roster_settings, s3, None, sink)
+    import_roster(job, services, final_attempt=False)
+    import_roster(job, services, final_attempt=False)
+    assert roster_settings.database_url is not None
+    # When the writer's sink applies the intents, in two batches
+    with connect(roster_settings.database_url) as conn:
+        half = len(sink) // 2
+        for seq, batch in enumerate((sink[:half], sink[half:]), start=1):
+            with conn.transaction():
+                sink_module.apply_batch(conn, batch, batch_seq=seq)
+        students = conn.execute(
+            "SELECT phone, name, parent_phone, school, grade, birth_date::text FROM students"
+            " WHERE tenant_id = %s ORDER BY phone", (TENANT,),
+        ).fetchall()
+        enrolled = conn.execute(
+            "SELECT count(*) FROM enrollments WHERE lecture_id = %s", (LECTURE,)
+        ).fetchone()
+        imported = conn.execute(
+            "SELECT status, total, valid, invalid, duplicates, chunks_expected, report_key"
+            " FROM roster_imports WHERE id = %s", (job.import_id,),
+        ).fetchone()
+    # Then each student is there once, with the later of two rows sharing a phone
+    assert students == [
+        ("010-1234-5678", "김철수", None, "한국고등학교", 12, "2007-03-15"),
+        ("010-2345-6789", "이영희", "010-1111-2222", "서울중학교", 8, "2010-07-01"),
+        ("010-3456-7890", "박민수", None, None, 11, "2008-05-01"),
+        ("010-4567-8901", "최지우", None, None, 7, "2012-01-09"),
+    ]
+    assert enrolled == (4,)
+    assert imported is not None
+    assert imported[1:] == (7, 5, 2, 1, 3, report_key(job.source_key))
+    assert imported[0] in ("writing", "done")
