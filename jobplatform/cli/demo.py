@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 #: How often the demo looks at the database for finished jobs.
 POLL_S = 0.25
+#: The Procfile lines the demo needs.
+POOLS = ("video", "ai", "writer")
 
 
 @click.command()
@@ -44,12 +46,16 @@ def demo(rows: int, videos: int, as_json: bool, timeout: float, procfile: Path,
     checklist. Stops what it started. Exits 1 when a job failed or a check did not pass."""
     from rich.console import Console
 
-    from jobplatform.runner import parse_scale, read_procfile
+    from jobplatform.runner import FormationError, parse_scale, read_procfile
     from jobplatform.stack import session_services
 
     settings = settings_from_env()
     console = Console(stderr=as_json, highlight=False, soft_wrap=True)
     types = read_procfile(procfile)
+    missing = sorted(set(POOLS) - {t.name for t in types})
+    if missing:
+        raise FormationError(f"{procfile} has no {', '.join(missing)} line: the demo needs "
+                             f"the {', '.join(POOLS)} pools")
     counts = parse_scale(scale, types)
     started = time.monotonic()
     with session_services(settings) as services:
