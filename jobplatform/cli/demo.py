@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from jobplatform.cli._common import echo_json, settings_from_env
-from jobplatform.settings import PROJECT_ROOT
+from jobplatform.settings import PROJECT_ROOT, Settings
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from jobplatform.demo import DemoJobs, DemoSummary, PeakSampler, RosterFile
     from jobplatform.publish import Publisher
-    from jobplatform.runner import Formation
+    from jobplatform.runner import Formation, ProcessType
     from writer.report import Monitor
 
 #: How often the demo looks at the database for finished jobs.
@@ -75,8 +76,9 @@ def demo(rows: int, videos: int, as_json: bool, timeout: float, procfile: Path,
     raise click.exceptions.Exit(0 if ok else 1)
 
 
-def _run(settings: Any, environ: dict[str, str], types: Any, counts: dict[str, int],
-         rows: int, videos: int, timeout: float, console: Console) -> DemoSummary:
+def _run(settings: Settings, environ: dict[str, str], types: Sequence[ProcessType],
+         counts: dict[str, int], rows: int, videos: int, timeout: float,
+         console: Console) -> DemoSummary:
     import imageio_ffmpeg
 
     from jobplatform.demo import PeakSampler, write_roster, write_video
