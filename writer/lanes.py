@@ -2,13 +2,14 @@
 
 A :class:`Lane` wraps the consumer that ``broker.consume()`` returns. The writer needs three
 things the consumer does not offer as such, and gets them from the consumer's own knobs and
-the broker's own Lua commands, never by bypassing them:
+the broker's own commands and key layout:
 
 - fetching exactly what a batch still has room for: ``consumer.prefetch`` is set before each
   fetch to the messages held plus the room, so a fetch brings at most that many;
 - a poll that does not sleep when the other lane has work: ``consumer.timeout`` is the idle
   wait of one ``next()`` (0 makes it non-blocking);
-- acks for a whole batch in one Redis round trip: the broker's ``ack`` command, pipelined.
+- acks for a whole batch in one Redis round trip: the broker's ``ack`` command for many ids
+  (the same two steps per id, on the key layout that dramatiq's dispatch.lua documents).
 
 Every message is inspected here (:func:`inspect_message`): the queue is never trusted.
 """
@@ -24,6 +25,7 @@ from typing import Any
 from uuid import UUID
 
 import dramatiq
+import pydantic_core
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
@@ -31,6 +33,17 @@ from dramatiq.common import current_millis
 from jobplatform.broker import WRITE_INTENT
 from schemas import DecodeError
 from schemas.intents import AnyIntent, RosterChunk, decode_intent
+
+#: The broker's ``ack`` command (dramatiq's dispatch.lua) for many ids at once: refresh the
+#: heartbeat, then for each id held by this consumer drop it from the held set and the bodies.
+_ACK_MANY = """
+redis.call("zadd", KEYS[1], ARGV[1], ARGV[2])
+for i = 3, #ARGV do
+    if redis.call("srem", KEYS[2], ARGV[i]) > 0 then
+        redis.call("hdel", KEYS[3], ARGV[i])
+    end
+end
+"""
 
 #: ``max_unpack_size`` argument of the broker's dispatch script; read only by ``fetch`` and
 #: maintenance, neither of which the writer's own dispatches run.
@@ -43,11 +56,16 @@ class Item:
 
     message: MessageProxy
     queue: str
-    body: str
+    raw: bytes
     size: int
     intent: AnyIntent | None
     reason: str | None
     rows: int
+
+    @property
+    def body(self) -> str:
+        """The intent as received (JSON text), for a dead letter."""
+        return self.raw.decode("utf-8", "replace")
 
     @property
     def redis_id(self) -> str:
@@ -81,18 +99,18 @@ class Item:
         return out
 
 
-def _body_text(message: MessageProxy) -> str:
+def _body_bytes(message: MessageProxy) -> bytes:
     if len(message.args) == 1 and isinstance(message.args[0], str):
-        return message.args[0]
+        return message.args[0].encode("utf-8", "surrogatepass")
     payload: Any = message.args[0] if len(message.args) == 1 else list(message.args)
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str)
+    return pydantic_core.to_json(payload, fallback=str)
 
 
 def inspect_message(message: MessageProxy, queue: str, *, max_bytes: int) -> Item:
     """Decode a message's intent, or say in ``reason`` why it cannot be applied."""
-    body = _body_text(message)
-    size = len(body.encode("utf-8", "surrogatepass"))
-    item = Item(message, queue, body, size, None, None, 1)
+    raw = _body_bytes(message)
+    size = len(raw)
+    item = Item(message, queue, raw, size, None, None, 1)
     if message.actor_name != WRITE_INTENT:
         item.reason = (f"wrong actor {message.actor_name!r} on queue {queue!r}: the writer "
                        f"applies only {WRITE_INTENT!r} messages")
@@ -148,6 +166,7 @@ class Lane:
         self.poll_timeout_ms = poll_timeout_ms
         self.consumer: Any = broker.consume(queue, prefetch=1, timeout=poll_timeout_ms)
         self._pending: deque[Item] = deque()
+        self._ack_many: Any = None
         #: Raw messages dramatiq could not decode at all; ``quarantine`` settles them.
         self.undecodable: list[bytes] = []
 
@@ -195,14 +214,18 @@ class Lane:
             self.consumer.queued_message_ids.discard(item.message.message_id)
 
     def ack_ids(self, redis_ids: Sequence[str]) -> None:
-        """The broker's ``ack`` command for each id, pipelined."""
+        """Acknowledge many messages in one round trip (the broker's ``ack``, for each id)."""
         if not redis_ids:
             return
-        pipe = self.broker.client.pipeline(transaction=False)
-        for redis_id in redis_ids:
-            _dispatch(self.broker, "ack", self.queue, self.broker.broker_id, redis_id,
-                      client=pipe)
-        pipe.execute()
+        ns = self.broker.namespace
+        keys = [f"{ns}:__heartbeats__", _acks_key(self.broker, self.broker.broker_id, self.queue),
+                f"{ns}:{self.queue}.msgs"]
+        script = self.broker.client.register_script(_ACK_MANY) if self._ack_many is None \
+            else self._ack_many
+        self._ack_many = script
+        for start in range(0, len(redis_ids), 5000):
+            script(keys=keys, args=[current_millis(), self.broker.broker_id,
+                                    *redis_ids[start:start + 5000]])
 
     def quarantine(self) -> list[tuple[str, bytes]]:
         """Find the Redis ids of the undecodable messages this lane holds.
