@@ -88,6 +88,19 @@ class IntentLogUnavailable(Exception):
 _RETRIED: tuple[type[BaseException], ...] = (*DB_OUTAGES, IntentLogUnavailable)
 
 
+class BatchTooSlow(Exception):
+    """The batch hit ``WRITER_STATEMENT_TIMEOUT_MS`` again and again: split it, like bad data."""
+
+
+def _timed_out(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, psycopg.errors.QueryCanceled):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 class _Abandoned(Exception):
     """A stop was requested while the database was down: the held batch goes back to Redis."""
 
@@ -433,10 +446,15 @@ class Writer:
     def _with_db(self, work: Callable[[Conn], T]) -> T:
         """Run ``work`` on the locked connection; on an outage back off and retry, in order."""
         backoff = Backoff()
+        timeouts = 0
         while True:
             try:
                 return work(self._owned_connection())
             except _RETRIED as exc:
+                if _timed_out(exc):
+                    timeouts += 1
+                    if timeouts >= 3:
+                        raise BatchTooSlow(f"statement timeout, {timeouts} times: {exc}") from exc
                 self._drop_connection()
                 with self._stats_lock:
                     self._stats.db_retries += 1

@@ -371,3 +371,31 @@ def test_one_sigterm_stops_gracefully_and_loses_nothing(
     runner.stop()
     assert scalar(url, "SELECT count(*) FROM students") == 50_000
     assert '"writer stopped"' in process.output()
+
+
+def test_a_batch_that_keeps_timing_out_is_split_and_dead_lettered(
+    settings: Settings, broker: Any, start_writer: Callable[..., WriterThread]
+) -> None:
+    # Given the videos table locked by someone else for longer than the statement timeout
+    url = settings.database_url
+    assert url is not None
+    blocker = connect(url, application_name="jobplatform-test")
+    blocker.execute("LOCK TABLE videos IN ACCESS EXCLUSIVE MODE")
+    try:
+        # When two video intents arrive
+        intents = [queued(uuid.uuid4()), queued(uuid.uuid4())]
+        emit_all(broker, settings, intents)
+        runner = start_writer(statement_timeout_ms=100)
+
+        # Then the writer does not retry forever: each intent ends alone in the dead letters
+        wait_until(lambda: len(_dead(settings)) == 2, message="both intents dead-lettered")
+        wait_until(lambda: _drained(broker, settings), message="both messages acked")
+    finally:
+        blocker.rollback()
+        blocker.close()
+    stats = runner.writer.get_stats()
+    runner.stop()
+    reasons = [row[1] for row in _dead(settings)]
+    assert all("statement timeout" in r for r in reasons), reasons
+    assert {row[4] for row in _dead(settings)} == {i.intent_id for i in intents}
+    assert stats["bisections"] == 1
