@@ -45,9 +45,9 @@ def test_dead_list_show_retry_and_drop(
 
     # Then each is there with its reason, and show includes the body
     assert listed.exit_code == 0, listed.output
-    assert [row["id"] for row in json.loads(listed.output)] == [junk, ids[1], ids[0]]
+    assert [row["id"] for row in json.loads(listed.stdout)] == [junk, ids[1], ids[0]]
     assert shown.exit_code == 0, shown.output
-    assert json.loads(json.loads(shown.output)["body"])["intent_id"] == str(intents[0].intent_id)
+    assert json.loads(json.loads(shown.stdout)["body"])["intent_id"] == str(intents[0].intent_id)
     assert "lock timeout (since fixed)" in text.output
 
     # When one is re-driven, then the rest with --all, and a writer runs

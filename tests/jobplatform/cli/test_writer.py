@@ -34,7 +34,7 @@ def test_writer_stats_prints_what_the_active_writer_published(
         result = CliRunner().invoke(cli, ["writer", "stats"], env=env)
         if result.exit_code != 0:
             return None
-        stats: dict[str, Any] = json.loads(result.output)
+        stats: dict[str, Any] = json.loads(result.stdout)
         return stats if stats.get("applied") == 30 else None
 
     stats = wait_until(published, message="stats published with the 30 intents")
