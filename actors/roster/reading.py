@@ -150,6 +150,7 @@ class Roster:
 
 
 _FIELDS_SET = frozenset(StudentRow.model_fields)
+_EARLIEST = date(1900, 1, 1)
 _new = object.__new__
 _set = object.__setattr__
 
@@ -175,18 +176,22 @@ class _RowValidator:
     _CACHE_LIMIT = 4096
 
     def __init__(self, index: dict[str, int], names: tuple[str, ...]) -> None:
-        self.index = index
         self.names = names
+        self.name_at = index["name"]
+        self.phone_at = index["phone"]
+        self.school_at = index["school"]
+        self.parent_at = index["parent_phone"]
+        self.grade_at = index["grade"]
+        self.birth_at = index["birth_date"]
         self.today = date.today()
         self._levels: dict[str, int | None] = {}
         self._grades: dict[tuple[Any, int | None], int | str | None] = {}
 
     def __call__(self, number: int, cells: list[Any]) -> StudentRow | list[Problem] | None:
         """A row validated: a :class:`StudentRow`, its problems, or ``None`` for an empty row."""
-        index = self.index
         names = self.names
-        name_at = index["name"]
-        phone_at = index["phone"]
+        name_at = self.name_at
+        phone_at = self.phone_at
         raw_name = cells[name_at]
         raw_phone = cells[phone_at]
         if (
@@ -196,7 +201,7 @@ class _RowValidator:
         ):
             return None
         problems: list[Problem] | None = None
-        name = raw_name.strip() if isinstance(raw_name, str) else normalise.text(raw_name)
+        name = raw_name.strip() if type(raw_name) is str else normalise.text(raw_name)
         if not name:
             problems = [Problem(number, names[name_at], "name is missing")]
         elif len(name) > 100:
@@ -211,33 +216,38 @@ class _RowValidator:
         except ValueError as exc:
             problems = _add(problems, Problem(number, names[phone_at], str(exc)))
         school: str | None = None
-        at = index["school"]
+        at = self.school_at
         if at >= 0:
-            school = normalise.text(cells[at]) or None
+            raw = cells[at]
+            school = (raw.strip() if type(raw) is str else normalise.text(raw)) or None
             if school is not None and len(school) > 100:
                 problems = _add(
                     problems, Problem(number, names[at], "school is longer than 100 characters")
                 )
         parent_phone = grade = birth_date = None
-        at = index["parent_phone"]
+        at = self.parent_at
         if at >= 0:
             try:
                 parent_phone = normalise.phone(cells[at])
             except ValueError as exc:
                 problems = _add(problems, Problem(number, names[at], str(exc)))
-        at = index["grade"]
+        at = self.grade_at
         if at >= 0:
             found = self._grade(cells[at], school)
             if isinstance(found, str):
                 problems = _add(problems, Problem(number, names[at], found))
             else:
                 grade = found
-        at = index["birth_date"]
+        at = self.birth_at
         if at >= 0:
-            try:
-                birth_date = normalise.birth_date(cells[at], self.today)
-            except ValueError as exc:
-                problems = _add(problems, Problem(number, names[at], str(exc)))
+            raw = cells[at]
+            if type(raw) is date and _EARLIEST <= raw <= self.today:
+                birth_date = raw
+            else:
+                try:
+                    birth_date = normalise.birth_date(raw, self.today)
+                except ValueError as exc:
+                    problems = _add(problems, Problem(number, names[at], str(exc)))
         if problems:
             return problems
         return _student({
