@@ -9,7 +9,7 @@ job re-sends the same intents and the writer applies each once):
 3. the whole-file checks (:func:`actors.roster.open_roster`): a file rejected here sends
    ``RosterStatus(failed)`` with the reason and no chunk;
 4. ``RosterChunk`` intents to ``writes.bulk`` as rows are validated;
-5. the error report, when some row was rejected, to ``<source key>.errors.xlsx``;
+5. the error report, when some row was rejected or repeated, to ``<source key>.errors.xlsx``;
 6. ``RosterStatus(writing)`` with the counts, the number of chunks and the report's key.
 
 S3 and Redis faults raise :class:`~jobplatform.errors.TransientJobError`, which dramatiq's
