@@ -306,13 +306,14 @@ def overlap(a: Span, b: Span) -> bool:
     return max(a[0], b[0]) < min(a[1], b[1])
 
 
-def mean_bound_ms(p99: float, largest: float, count: int) -> float:
-    """An upper bound of the mean of ``count`` samples from their p99 (nearest rank) and max:
-    at least ceil(0.99 n) samples are at most p99, the others at most the max."""
+def mean_bound_ms(p50: float, p99: float, largest: float, count: int) -> float:
+    """An upper bound of the mean of ``count`` samples from their p50 and p99 (nearest rank)
+    and their max: at least ceil(n/2) samples are at most p50, at least ceil(0.99 n) at most
+    p99, and the others at most the max."""
     if count <= 0:
         return 0.0
-    under = math.ceil(0.99 * count)
-    return (under * p99 + (count - under) * largest) / count
+    half, most = math.ceil(0.5 * count), math.ceil(0.99 * count)
+    return (half * p50 + (most - half) * p99 + (count - most) * largest) / count
 
 @dataclass
 class Check:

@@ -212,7 +212,8 @@ def _summary(publisher: Publisher, monitor: Monitor, sampler: PeakSampler, jobs:
     concurrent = any(overlap((v["started_at"], v["finished_at"]), roster_span) for v in vids)
     written = sum(int(record.get(k) or 0) for k in ("created", "updated", "unchanged"))
     count = int(stats.get("commit_ms_count", 0))
-    p99, largest = float(stats.get("commit_ms_p99", 0.0)), float(stats.get("commit_ms_max", 0.0))
+    p50, p99 = float(stats.get("commit_ms_p50", 0.0)), float(stats.get("commit_ms_p99", 0.0))
+    largest = float(stats.get("commit_ms_max", 0.0))
     return DemoSummary(
         rows=roster.rows,
         videos=len(jobs.videos),
@@ -228,10 +229,10 @@ def _summary(publisher: Publisher, monitor: Monitor, sampler: PeakSampler, jobs:
         hls_master_keys=[v["hls_key"] for v in vids if v["hls_key"]],
         writer_batches=int(stats.get("batches", 0)),
         rows_per_s=round(written / elapsed, 1) if elapsed > 0 else 0.0,
-        p50_txn_ms=float(stats.get("commit_ms_p50", 0.0)),
+        p50_txn_ms=p50,
         p99_txn_ms=p99,
         max_txn_ms=largest,
-        avg_txn_ms_bound=round(mean_bound_ms(p99, largest, count), 2),
+        avg_txn_ms_bound=round(mean_bound_ms(p50, p99, largest, count), 2),
         avg_txn_ms=float(stats["commit_ms_mean"]) if "commit_ms_mean" in stats else None,
         peak_db_connections=sampler.peak,
         max_connections=monitor.max_connections(),

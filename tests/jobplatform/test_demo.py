@@ -61,12 +61,12 @@ def test_overlap_of_spans() -> None:
 
 
 @pytest.mark.parametrize(
-    ("p99", "largest", "count", "bound"),
-    [(10.0, 10.0, 50, 10.0), (10.0, 1010.0, 100, 20.0), (10.0, 500.0, 1, 10.0),
-     (0.0, 0.0, 0, 0.0)],
+    ("p50", "p99", "largest", "count", "bound"),
+    [(10.0, 10.0, 10.0, 50, 10.0), (10.0, 10.0, 1010.0, 100, 20.0),
+     (60.0, 120.0, 120.0, 30, 90.0), (4.0, 10.0, 500.0, 1, 4.0), (0.0, 0.0, 0.0, 0, 0.0)],
 )
-def test_mean_bound(p99: float, largest: float, count: int, bound: float) -> None:
-    assert mean_bound_ms(p99, largest, count) == pytest.approx(bound)
+def test_mean_bound(p50: float, p99: float, largest: float, count: int, bound: float) -> None:
+    assert mean_bound_ms(p50, p99, largest, count) == pytest.approx(bound)
 
 
 def test_peak_sampler_keeps_the_largest_value() -> None:
