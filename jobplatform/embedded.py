@@ -21,6 +21,7 @@ import json
 import os
 import pwd
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -32,8 +33,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobplatform.errors import StackError
+
+if TYPE_CHECKING:
+    import redis
 
 POSTGRES = "postgres"
 REDIS = "redis"
@@ -45,7 +50,15 @@ S3_ACCESS_KEY_ID = "jobplatform"
 S3_SECRET_ACCESS_KEY = "jobplatform-dev-secret"  # noqa: S105 - fixed key of the in-memory moto
 _HOST = "127.0.0.1"
 _SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; PostgreSQL appends /.s.PGSQL.<port>
-_LAUNCH = '"$@" </dev/null >>"$0" 2>&1 & echo $!'
+# $0 log, $1 folder to watch, $2 signal that stops the server, then the server's argv.
+_LAUNCH = """
+watch=$1; stop=$2; shift 2
+"$@" </dev/null >>"$0" 2>&1 &
+server=$!
+echo "$server"
+(while kill -0 "$server" 2>/dev/null && [ -d "$watch" ]; do sleep 2; done
+ kill -s "$stop" "$server" 2>/dev/null) </dev/null >/dev/null 2>&1 &
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,22 +186,27 @@ def wait_exit(pid: int, timeout: float) -> bool:
     return True
 
 
-def spawn_detached(argv: list[str], log: Path, *, cwd: Path, env: dict[str, str]) -> int:
+def spawn_detached(argv: list[str], log: Path, *, cwd: Path, env: dict[str, str],
+                   watch: Path, stop_signal: str = "TERM") -> int:
     """Start ``argv`` in its own session, output appended to ``log``; returns its pid.
 
     A short-lived shell starts the server in the background and exits, so the server is not
-    this process's child: it outlives us and is never left a zombie here.
+    this process's child: it outlives us and is never left a zombie here. A watcher sends
+    ``stop_signal`` to the server once the folder ``watch`` (its state folder) is deleted,
+    so a server whose records went with its folder does not run on, unreachable by
+    ``stack down``.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        ["sh", "-c", _LAUNCH, str(log), *argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=30, start_new_session=True, check=False,
+        ["sh", "-c", _LAUNCH, str(log), str(watch), stop_signal, *argv], cwd=cwd, env=env,
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+        start_new_session=True, check=False,
     )
     try:
         return int(done.stdout.strip())
     except ValueError:
         raise StackError(
-            f"could not start {argv[-1] if argv else '?'}: {done.stderr.strip() or 'no pid'}"
+            f"could not start {shlex.join(argv)[:200]}: {done.stderr.strip() or 'no pid'}"
         ) from None
 
 
@@ -259,10 +277,20 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
+def _redis_client(port: int, timeout: float) -> redis.Redis:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # No retries: a server that closes the connection on SHUTDOWN is the expected outcome.
+    return redis.Redis(host=_HOST, port=port, socket_timeout=timeout,
+                       socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+
+
 def _redis_shutdown(port: int) -> None:
     import redis
 
-    client = redis.Redis(host=_HOST, port=port, socket_timeout=5, socket_connect_timeout=2)
+    client = _redis_client(port, timeout=5)
     try:
         client.shutdown(nosave=True)
     except redis.RedisError:
@@ -460,7 +488,7 @@ def start_embedded_postgres(
     pid = spawn_detached(
         [*as_user, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port),
          "-c", f"listen_addresses={_HOST}", "-c", f"unix_socket_directories={sockets}"],
-        log, cwd=home, env=env,
+        log, cwd=home, env=env, watch=state_dir, stop_signal="INT",
     )
     server = EmbeddedServer(
         name=POSTGRES, url=f"postgresql://postgres@{_HOST}:{port}/{EMBEDDED_DATABASE}",
@@ -494,7 +522,7 @@ def redis_binary() -> Path:
 def _redis_pings(port: int) -> bool:
     import redis
 
-    client = redis.Redis(host=_HOST, port=port, socket_timeout=1, socket_connect_timeout=1)
+    client = _redis_client(port, timeout=1)
     try:
         return bool(client.ping())
     except redis.RedisError:
@@ -513,7 +541,7 @@ def start_embedded_redis(
     pid = spawn_detached(
         [str(redis_binary()), "--port", str(port), "--bind", _HOST, "--save", "",
          "--appendonly", "no", "--dir", str(home), "--daemonize", "no"],
-        log, cwd=home, env=_server_env(),
+        log, cwd=home, env=_server_env(), watch=state_dir,
     )
     server = EmbeddedServer(
         name=REDIS, url=f"redis://{_HOST}:{port}/0", port=port, pid=pid, log=str(log),
@@ -536,7 +564,7 @@ def start_embedded_s3(
     port = free_port(preferred_port)
     pid = spawn_detached(
         [sys.executable, "-m", "moto.server", "-H", _HOST, "-p", str(port)],
-        log, cwd=state_dir, env=_server_env(),
+        log, cwd=state_dir, env=_server_env(), watch=state_dir,
     )
     server = EmbeddedServer(
         name=S3, url=f"http://{_HOST}:{port}", port=port, pid=pid, log=str(log),

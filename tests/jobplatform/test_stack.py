@@ -31,6 +31,8 @@ from jobplatform.embedded import (
     redis_binary,
     runnable_postgres_bin,
     spawn_detached,
+    start_embedded_redis,
+    stop_embedded,
     wait_exit,
     wait_ready,
 )
@@ -132,7 +134,7 @@ def test_production_refuses_to_start_embedded_servers(tmp_path: Path, clean_env:
 def test_a_server_that_exits_while_starting_names_its_log(tmp_path: Path) -> None:
     log = tmp_path / "logs" / "broken.log"
     pid = spawn_detached(["sh", "-c", "echo 'FATAL: no such option'; exit 3"], log,
-                         cwd=tmp_path, env=dict(os.environ))
+                         cwd=tmp_path, env=dict(os.environ), watch=tmp_path)
     server = EmbeddedServer("broken", "x://", 1, pid, str(log), ("sh",))
 
     with pytest.raises(StackError) as caught:
@@ -382,6 +384,19 @@ def test_servers_claimed_by_stack_up_outlive_the_session(
         assert answers(record)
     finally:
         stop_services(state)
+
+
+def test_a_server_whose_state_folder_is_deleted_stops(tmp_path: Path) -> None:
+    # Given an embedded Redis
+    state = tmp_path / "state"
+    server = start_embedded_redis(state)
+    try:
+        # When its state folder is deleted without `stack down`
+        shutil.rmtree(state)
+        # Then it stops by itself rather than run on where no record can find it
+        assert wait_exit(server.pid, 30)
+    finally:
+        stop_embedded(server)
 
 
 def _pid(settings: Settings, name: str) -> int:
