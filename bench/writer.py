@@ -1,4 +1,4 @@
-"""``jobplatform bench writer``: the writer's sink against the baselines of DESIGN section 6.
+"""``jobplatform bench writer``: the writer against the baselines of DESIGN section 6.
 
 One generated roster (``--rows``, one tenant, one lecture, 10% of the students already present
 - half of them identical, half with another school - and 2% of the rows repeated in the file)
@@ -8,17 +8,34 @@ is written by each method into a fresh database (``jp_bench_*``, dropped afterwa
   student and per enrollment), one long transaction, client-side binding, no prepared statements;
 - ``C``: multi-row ``INSERT ... ON CONFLICT``, 1,000 rows a statement and a transaction;
 - ``E``: plain COPY of the deduplicated rows into empty students and enrollments (the floor);
-- ``writer``: the roster as intents of 500 rows (plus its status intents), applied by
-  :func:`writer.sink.apply_batch` in batches of ``WRITER_BATCH_MAX_ROWS`` rows, one transaction
-  each with the writer's advisory lock and batch sequence (``--feed direct``);
+- ``writer``: the roster as the AI actor emits it (status intents and RosterChunk intents of
+  500 rows), enqueued on ``writes.fast`` / ``writes.bulk`` of a fresh broker namespace by
+  ``--producers`` threads (8; each its own Redis connections) and applied by a real
+  :class:`~writer.consumer.Writer` running in this process with the settings' limits and the
+  write-intent log. The writer is started (connected, holding its lock, idle) before the clock
+  starts; the clock runs from the first enqueue to the return of the COMMIT that settled the
+  last intent. ``--feed direct`` instead calls :func:`writer.sink.apply_batch` in a loop;
 - ``writer_reimport``: the same roster again, as a new import, on the writer's database.
+
+Under load, on a fresh database each (``--backlog-rows``, 100,000 rows):
+
+- ``fast_p99_ms``: video status intents sent 20 a second from their own thread while the
+  producers enqueue the roster and the writer (default budget) drains it; latency is the wall
+  clock when the writer's COMMIT returned minus the intent's ``occurred_at``, for intents that
+  occurred from the first roster enqueue to the roster's last commit. (The shared server has
+  ``track_commit_timestamp`` off, so the database cannot date commits.)
+- ``budget_share``: the roster queued first, then a writer with ``WRITER_DB_BUDGET=0.25``
+  drains it; its backend's utime+stime (its whole life) over the wall time from the writer's
+  start to its last commit.
 
 Server CPU is the utime+stime of the backends serving the measured connections, from /proc (the
 server must be local). WAL is what pg_walinspect shows of records touching the method's database
 and of the transactions that wrote them (autovacuum is off on the measured tables);
 ``wal_mb_server`` is the whole server's ``pg_current_wal_lsn()`` difference, other sessions'
 work included, used for ``wal_mb`` when pg_walinspect is not available. Statements are counted
-by the client (BEGIN and COMMIT included; a COPY counts as one).
+by the client (BEGIN and COMMIT included; a COPY counts as one; the writer's from its batch
+results). Peak connections are the sessions seen in the method's database other than the
+monitor's own: nothing but the method connects to it.
 """
 
 from __future__ import annotations
