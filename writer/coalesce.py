@@ -102,6 +102,8 @@ class StageRow:
     birth_date: date | None
     student_at: datetime | None
     """The winning row's ``occurred_at``; set on exactly one row per student, else None."""
+    student_import: UUID | None
+    """The import the student's winning row came from; set with ``student_at``."""
     lecture_id: int
     import_id: UUID
     enrolled_at: datetime
@@ -365,6 +367,7 @@ class _RosterRows:
                 grade=row.grade,
                 birth_date=row.birth_date,
                 student_at=student.at if first else None,
+                student_import=student.import_id if first else None,
                 lecture_id=lecture,
                 import_id=enrollment.import_id,
                 enrolled_at=enrollment.at,

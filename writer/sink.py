@@ -6,8 +6,9 @@ an error). The statements live in ``sql/sink.sql``.
 
 Order of work: the ledger (ids already applied are skipped), then the coalesced plan
 (:mod:`writer.coalesce`): videos, roster import statuses, roster rows (binary COPY into a
-temporary staging table, lectures ensured, students upserted after skipping identical rows,
-enrollments joined), per-import counters, and ``done`` marking.
+temporary staging table, lectures ensured, then one statement that looks each student up once,
+inserts the new, updates the changed, leaves the identical untouched and enrolls them all
+without joining ``students`` again), per-import counters, and ``done`` marking.
 """
 
 from __future__ import annotations
@@ -40,13 +41,9 @@ Conn = psycopg.Connection[Any]
 STAGE_TABLE = "writer_stage"
 
 _STAGE_TYPES = (
-    "int8", "text", "text", "text", "text", "int2", "date", "timestamptz", "int8", "uuid",
-    "timestamptz",
+    "int8", "text", "text", "text", "text", "int2", "date", "timestamptz", "uuid", "int8",
+    "uuid", "timestamptz",
 )
-_COUNT_RESULT = sql.SQL(
-    "SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM upserted"
-)
-_ROWS_RESULT = sql.SQL("SELECT tenant_id, phone, created FROM upserted")
 
 
 @cache
@@ -215,12 +212,25 @@ class _Batch:
             for r in work.stage:
                 copy.write_row((
                     r.tenant_id, r.phone, r.name, r.parent_phone, r.school, r.grade,
-                    r.birth_date, r.student_at, r.lecture_id, r.import_id, r.enrolled_at,
+                    r.birth_date, r.student_at, r.student_import, r.lecture_id, r.import_id,
+                    r.enrolled_at,
                 ))
-        self.upsert_students(work)
-        for import_id, enrolled in self.run(_query("insert_enrollments")):
-            self.counts(import_id).enrolled += int(enrolled)
-            self.result.enrolled += int(enrolled)
+        for import_id, created, updated, enrolled in self.run(_query("upsert_roster")):
+            counts = self.counts(import_id)
+            counts.created, counts.updated = int(created), int(updated)
+            counts.enrolled += int(enrolled)
+        if len(work.stage) > work.students:
+            for import_id, enrolled in self.run(_query("enroll_more")):
+                self.counts(import_id).enrolled += int(enrolled)
+        result = self.result
+        for import_id, tally in work.imports.items():
+            counts = self.counts(import_id)
+            counts.chunks = tally.chunks
+            counts.unchanged = tally.students - counts.created - counts.updated
+            result.students_created += counts.created
+            result.students_updated += counts.updated
+            result.students_unchanged += counts.unchanged
+            result.enrolled += counts.enrolled
 
     def check_lectures(self, work: Plan) -> None:
         for lecture_id, intent_ids in work.lecture_conflicts:
@@ -242,31 +252,6 @@ class _Batch:
                 f"lecture {lecture_id} belongs to tenant {owner}, not to tenant {wanted} "
                 "named by the roster chunk", ids
             )
-
-    def upsert_students(self, work: Plan) -> None:
-        result = self.result
-        single = len(work.imports) == 1
-        rows = self.run(_query(
-            "upsert_students", result=_COUNT_RESULT if single else _ROWS_RESULT
-        ))
-        if single:
-            [(created, updated)] = rows
-            counts = self.counts(next(iter(work.imports)))
-            counts.created, counts.updated = int(created), int(updated)
-        else:
-            for tenant_id, phone, created in rows:
-                counts = self.counts(work.student_import[(tenant_id, phone)])
-                if created:
-                    counts.created += 1
-                else:
-                    counts.updated += 1
-        for import_id, tally in work.imports.items():
-            counts = self.counts(import_id)
-            counts.chunks = tally.chunks
-            counts.unchanged = tally.students - counts.created - counts.updated
-            result.students_created += counts.created
-            result.students_updated += counts.updated
-            result.students_unchanged += counts.unchanged
 
     def counts(self, import_id: UUID) -> ImportCounts:
         found = self.result.imports.get(import_id)

@@ -248,6 +248,27 @@ def test_two_imports_in_one_batch_are_counted_apart(conn: Conn) -> None:
     assert (got[one]["enrolled"], got[two]["enrolled"]) == (0, 3)
 
 
+def test_a_student_in_two_lectures_of_one_batch_is_enrolled_in_both(conn: Conn) -> None:
+    # Given student 0 present and enrolled
+    apply(conn, chunks(uuid.uuid4(), roster(1), 1))
+    # When one batch enrolls students 0-2 in two lectures, through two imports
+    one, two = uuid.uuid4(), uuid.uuid4()
+    result = apply(conn, [*chunks(one, roster(3), 3),
+                          *chunks(two, roster(3), 3, lecture=LECTURE + 1)])
+    # Then each student exists once and is enrolled in both lectures
+    assert table(conn, "SELECT count(*) FROM students") == [(3,)]
+    assert table(conn, "SELECT lecture_id, count(DISTINCT student_id) FROM enrollments"
+                       " GROUP BY lecture_id ORDER BY lecture_id") == [(LECTURE, 3),
+                                                                      (LECTURE + 1, 3)]
+    # And the students count for the import whose rows won (the later one), the enrollments
+    # for the import that brought them
+    got = {i: import_row(conn, i) for i in (one, two)}
+    assert [(got[i]["created"], got[i]["unchanged"], got[i]["enrolled"]) for i in (one, two)] == [
+        (0, 0, 2), (2, 1, 3)
+    ]
+    assert (result.students_created, result.students_unchanged, result.enrolled) == (2, 1, 5)
+
+
 def test_done_when_writing_comes_after_the_chunks(conn: Conn) -> None:
     imp = uuid.uuid4()
     apply(conn, [roster_status(imp, "queued", seconds=0, source_key="rosters/x.xlsx")])

@@ -27,6 +27,7 @@ CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (
     grade         smallint,
     birth_date    date,
     student_at    timestamptz,
+    student_import uuid,
     lecture_id    bigint NOT NULL,
     import_id     uuid NOT NULL,
     enrolled_at   timestamptz NOT NULL
@@ -34,7 +35,7 @@ CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (
 
 -- name: copy_stage
 COPY {stage} (tenant_id, phone, name, parent_phone, school, grade, birth_date, student_at,
-              lecture_id, import_id, enrolled_at)
+              student_import, lecture_id, import_id, enrolled_at)
 FROM STDIN (FORMAT BINARY)
 
 -- name: ensure_lectures
@@ -52,43 +53,75 @@ SELECT w.id, w.tenant_id, l.tenant_id
 FROM wanted AS w JOIN lectures AS l ON l.id = w.id
 WHERE l.tenant_id <> w.tenant_id
 
--- name: upsert_students
--- Rows present and identical are skipped before the upsert: ON CONFLICT ... WHERE alone would
--- still lock, and so write WAL for, every conflicting row. `{result}` chooses what is returned.
-WITH upserted AS (
-    INSERT INTO students AS s
-        (tenant_id, phone, name, parent_phone, school, grade, birth_date, created_at, updated_at)
+-- name: upsert_roster
+-- Students and enrollments of the staged rows in one statement, one index probe per student:
+-- `found` looks each student up once and takes an id from the identity sequence for the new
+-- ones, so neither insert joins `students` again. New students are inserted plainly (the
+-- writer's lock makes it the only one inserting them; a student inserted by someone else
+-- meanwhile fails the batch, whose split halves then find it); changed ones are updated by id;
+-- present and identical ones are not touched at all (no lock, no WAL). A new student has no
+-- enrollment yet: its rows are inserted plainly; only existing students' rows go through ON
+-- CONFLICT. Rows without `student_at` (a student's second lecture in the batch) are left to
+-- `enroll_more`. Returns, per import: students created, updated, and enrollments added.
+WITH found AS (
     SELECT st.tenant_id, st.phone, st.name, st.parent_phone, st.school, st.grade, st.birth_date,
-           st.student_at, st.student_at
+           st.student_at, st.student_import, st.lecture_id, st.import_id, st.enrolled_at,
+           s.id AS old_id,
+           coalesce(s.id, nextval((SELECT pg_get_serial_sequence('students', 'id')::regclass)))
+               AS student_id,
+           s.id IS NOT NULL
+               AND (s.name, s.parent_phone, s.school, s.grade, s.birth_date)
+                   IS NOT DISTINCT FROM (st.name, st.parent_phone, st.school, st.grade,
+                                         st.birth_date) AS same
     FROM {stage} AS st
+    LEFT JOIN students AS s ON s.tenant_id = st.tenant_id AND s.phone = st.phone
     WHERE st.student_at IS NOT NULL
-      AND NOT EXISTS (
-          SELECT FROM students AS x
-          WHERE x.tenant_id = st.tenant_id AND x.phone = st.phone
-            AND (x.name, x.parent_phone, x.school, x.grade, x.birth_date)
-                IS NOT DISTINCT FROM (st.name, st.parent_phone, st.school, st.grade, st.birth_date)
-      )
-    ON CONFLICT (tenant_id, phone) DO UPDATE SET
-        name = EXCLUDED.name,
-        parent_phone = EXCLUDED.parent_phone,
-        school = EXCLUDED.school,
-        grade = EXCLUDED.grade,
-        birth_date = EXCLUDED.birth_date,
-        updated_at = EXCLUDED.updated_at
-    WHERE (s.name, s.parent_phone, s.school, s.grade, s.birth_date)
-          IS DISTINCT FROM
-          (EXCLUDED.name, EXCLUDED.parent_phone, EXCLUDED.school, EXCLUDED.grade,
-           EXCLUDED.birth_date)
-    RETURNING s.tenant_id, s.phone, s.xmax = 0 AS created
+), created AS (
+    INSERT INTO students
+        (id, tenant_id, phone, name, parent_phone, school, grade, birth_date, created_at,
+         updated_at)
+    OVERRIDING SYSTEM VALUE
+    SELECT student_id, tenant_id, phone, name, parent_phone, school, grade, birth_date,
+           student_at, student_at
+    FROM found
+    WHERE old_id IS NULL
+), changed AS (
+    UPDATE students AS s
+    SET (name, parent_phone, school, grade, birth_date, updated_at)
+        = (f.name, f.parent_phone, f.school, f.grade, f.birth_date, f.student_at)
+    FROM found AS f
+    WHERE f.old_id IS NOT NULL AND NOT f.same AND s.id = f.old_id
+      AND (s.name, s.parent_phone, s.school, s.grade, s.birth_date)
+          IS DISTINCT FROM (f.name, f.parent_phone, f.school, f.grade, f.birth_date)
+    RETURNING f.student_import
+), enrolled AS (
+    INSERT INTO enrollments (lecture_id, student_id, import_id, enrolled_at)
+    SELECT lecture_id, student_id, import_id, enrolled_at FROM found WHERE old_id IS NULL
+    RETURNING import_id
+), reenrolled AS (
+    INSERT INTO enrollments (lecture_id, student_id, import_id, enrolled_at)
+    SELECT lecture_id, student_id, import_id, enrolled_at FROM found WHERE old_id IS NOT NULL
+    ON CONFLICT (lecture_id, student_id) DO NOTHING
+    RETURNING import_id
 )
-{result}
+SELECT import_id, sum(created), sum(updated), sum(enrolled)
+FROM (
+    SELECT student_import, 1, 0, 0 FROM found WHERE old_id IS NULL
+    UNION ALL SELECT student_import, 0, 1, 0 FROM changed
+    UNION ALL SELECT import_id, 0, 0, 1 FROM enrolled
+    UNION ALL SELECT import_id, 0, 0, 1 FROM reenrolled
+) AS n (import_id, created, updated, enrolled)
+GROUP BY import_id
 
--- name: insert_enrollments
+-- name: enroll_more
+-- Enrollments of staged rows that are not a student's first row in the batch (its other
+-- lectures); runs after `upsert_roster`, so new students are found too.
 WITH added AS (
     INSERT INTO enrollments (lecture_id, student_id, import_id, enrolled_at)
     SELECT st.lecture_id, s.id, st.import_id, st.enrolled_at
     FROM {stage} AS st
     JOIN students AS s ON s.tenant_id = st.tenant_id AND s.phone = st.phone
+    WHERE st.student_at IS NULL
     ON CONFLICT (lecture_id, student_id) DO NOTHING
     RETURNING import_id
 )
