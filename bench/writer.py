@@ -186,6 +186,9 @@ class Measured:
     p99_txn_ms: float = 0.0
     peak_connections: int = 0
     transactions: int = 0
+    txn_s: float = 0.0
+    """Time inside the transactions; the rest of ``wall_s`` is the client's (fetching, acks,
+    the writer's pacing to its database time budget)."""
 
 
 @dataclass
@@ -324,7 +327,7 @@ def measure(admin_url: str, url: str, pids: Sequence[int], rows: int,
         wal_mb=(server_wal if wal is None else wal) / 1024**2, wal_mb_server=server_wal / 1024**2,
         max_txn_ms=max(run.txn_ms, default=0.0),
         p99_txn_ms=percentile(run.txn_ms, 99) or 0.0, peak_connections=monitor.peak,
-        transactions=len(run.txn_ms),
+        transactions=len(run.txn_ms), txn_s=sum(run.txn_ms) / 1000,
     )
 
 
@@ -800,7 +803,7 @@ def _report(rows: int, feed: str, results: dict[str, Measured], source: str,
 def _table(report: dict[str, Any]) -> str:
     names = [n for n in ("A", "C", "E", "writer", "writer_reimport") if n in report]
     columns = ("wall_s", "rows_per_s", "statements", "server_cpu_s", "wal_mb", "max_txn_ms",
-               "p99_txn_ms", "peak_connections", "transactions")
+               "p99_txn_ms", "peak_connections", "transactions", "txn_s")
     feed = report["writer_feed"]
     if report.get("producers"):
         feed += f" ({report['producers']} producers)"
