@@ -60,14 +60,10 @@ def database_url(services: Services, template_database: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url(services: Services) -> Iterator[str]:
-    """A Redis database of its own for this test, flushed before and after."""
-    url = _redis_db(services.redis_url, 15)
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
+def redis_url(services: Services) -> str:
+    """Redis database 15. Tests keep apart by key prefix (see ``settings``), not by flushing,
+    so test sessions running side by side do not wipe each other's queues."""
+    return _redis_db(services.redis_url, 15)
 
 
 def _redis_db(url: str, db: int) -> str:
@@ -88,11 +84,23 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
+def redis_namespace(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    namespace = f"jptest-{uuid.uuid4().hex[:8]}"
+    yield namespace
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
 def settings(
-    tmp_path: Path, database_url: str, redis_url: str, s3_endpoint: str,
+    tmp_path: Path, database_url: str, redis_url: str, redis_namespace: str, s3_endpoint: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Settings:
-    """Settings for one test: its own database, Redis db, broker namespace, bucket, state dir."""
+    """Settings for one test: its own database, broker namespace, bucket and state dir."""
     for key in ("S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(key, "testing")
     monkeypatch.setenv("S3_ENDPOINT_URL", s3_endpoint)
@@ -100,7 +108,7 @@ def settings(
     return load_settings(
         database_url=database_url,
         redis_url=redis_url,
-        broker_namespace=f"jptest-{uuid.uuid4().hex[:8]}",
+        broker_namespace=redis_namespace,
         jobplatform_state_dir=tmp_path / "state",
     )
 

@@ -5,8 +5,8 @@ import redis
 from jobplatform.progress import ProgressStore
 
 
-def test_progress_round_trip_and_throttle(redis_url: str) -> None:
-    store = ProgressStore(redis.Redis.from_url(redis_url), "jptest")
+def test_progress_round_trip_and_throttle(redis_url: str, redis_namespace: str) -> None:
+    store = ProgressStore(redis.Redis.from_url(redis_url), redis_namespace)
     reporter = store.reporter("video:1", interval_s=60)
 
     assert reporter.report(percent=10.0, step="encode")
