@@ -96,21 +96,27 @@ def redis_namespace(redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(
-    tmp_path: Path, database_url: str, redis_url: str, redis_namespace: str, s3_endpoint: str,
+def bus_settings(
+    tmp_path: Path, redis_url: str, redis_namespace: str, s3_endpoint: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Settings:
-    """Settings for one test: its own database, broker namespace, bucket and state dir."""
+    """Settings with Redis and S3 only (its own key prefix, bucket and state dir): for code that
+    needs no database, such as the publish client and the actors."""
     for key in ("S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(key, "testing")
     monkeypatch.setenv("S3_ENDPOINT_URL", s3_endpoint)
     monkeypatch.setenv("S3_BUCKET", f"jp-test-{uuid.uuid4().hex[:10]}")
     return load_settings(
-        database_url=database_url,
         redis_url=redis_url,
         broker_namespace=redis_namespace,
         jobplatform_state_dir=tmp_path / "state",
     )
+
+
+@pytest.fixture
+def settings(bus_settings: Settings, database_url: str) -> Settings:
+    """``bus_settings`` plus a fresh database of this test's own."""
+    return bus_settings.model_copy(update={"database_url": database_url})
 
 
 @pytest.fixture

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -11,7 +9,7 @@ import pytest
 from jobplatform.broker import build_broker
 from jobplatform.publish import Publisher
 from jobplatform.s3 import ensure_bucket, s3_client
-from jobplatform.settings import Settings, load_settings
+from jobplatform.settings import Settings
 
 
 def drain(broker: dramatiq.Broker, queue: str) -> list[dramatiq.Message[Any]]:
@@ -25,22 +23,6 @@ def drain(broker: dramatiq.Broker, queue: str) -> list[dramatiq.Message[Any]]:
     finally:
         consumer.close()
     return messages
-
-
-@pytest.fixture
-def bus_settings(
-    tmp_path: Path, redis_url: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
-) -> Settings:
-    """Settings with Redis and S3 only: the publish client needs no database."""
-    for key in ("S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(key, "testing")
-    monkeypatch.setenv("S3_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("S3_BUCKET", f"jp-test-{uuid.uuid4().hex[:10]}")
-    return load_settings(
-        redis_url=redis_url,
-        broker_namespace=f"jptest-{uuid.uuid4().hex[:8]}",
-        jobplatform_state_dir=tmp_path / "state",
-    )
 
 
 @pytest.fixture
