@@ -37,6 +37,10 @@ class WriterSettings(BaseSettings):
 
     batch_max_intents: Positive = 2000
     batch_max_rows: Positive = 2000
+    batch_min_rows: Positive = 100
+    """Smallest row cap the batch sizer sets (``WRITER_TARGET_TXN_MS``); one intent always fits."""
+    target_txn_ms: Positive = 80
+    """Transaction time the writer sizes its batches for, from the time its commits took."""
     batch_max_bytes: Positive = 4 * 1024 * 1024
     batch_max_age_ms: Positive = 50
     poll_timeout_ms: Positive = 20

@@ -1,10 +1,11 @@
-"""What goes into one batch: limits by intents, rows and bytes, and the bulk lane's share."""
+"""What goes into one batch: limits by intents, rows and bytes, the bulk lane's share, and the
+row cap that keeps a batch's transaction near ``WRITER_TARGET_TXN_MS``."""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from jobplatform.settings import WriterSettings
 from writer.lanes import Item
@@ -20,9 +21,57 @@ class Limits:
     def from_settings(cls, settings: WriterSettings) -> Limits:
         return cls(settings.batch_max_intents, settings.batch_max_rows, settings.batch_max_bytes)
 
+    def with_rows(self, rows: int) -> Limits:
+        return replace(self, rows=rows)
+
     def scaled(self, share: float) -> Limits:
         return Limits(*(max(1, math.floor(v * share)) for v in (self.intents, self.rows,
                                                                 self.bytes)))
+
+
+class BatchSizer:
+    """Caps the rows of the next batch so that its transaction takes about ``target_ms``.
+
+    Pure: fed the rows and the transaction time of each committed batch (a status intent
+    counts as one row, as in the batch limits). The time per row is the ratio of two moving
+    averages, of milliseconds and of rows, so a batch weighs by its size: a lone status change
+    barely moves it. A fixed cost per transaction is amortised: with ``ms = fixed + per_row *
+    rows`` the cap settles at ``(target_ms - fixed) / per_row``. The cap starts at ``max_rows``
+    and stays within ``[min_rows, max_rows]``.
+    """
+
+    def __init__(self, target_ms: float, min_rows: int, max_rows: int, *,
+                 weight: float = 0.25) -> None:
+        if target_ms <= 0 or max_rows < 1 or not 0 < weight <= 1:
+            raise ValueError(f"invalid sizer: target_ms={target_ms}, max_rows={max_rows}, "
+                             f"weight={weight}")
+        self.target_ms = target_ms
+        self.max_rows = max_rows
+        self.min_rows = max(1, min(min_rows, max_rows))
+        self.weight = weight
+        self.rows = max_rows
+        """The row cap of the next batch."""
+        self._ms = 0.0
+        self._rows = 0.0
+
+    @property
+    def ms_per_row(self) -> float | None:
+        """Transaction milliseconds per row, as learned; None before the first batch."""
+        return self._ms / self._rows if self._rows else None
+
+    def observe(self, rows: int, ms: float) -> int:
+        """Learn from a committed batch of ``rows`` rows that took ``ms``; the new cap."""
+        rows = max(1, rows)
+        ms = max(0.0, ms)
+        if not self._rows:
+            self._ms, self._rows = ms, float(rows)
+        else:
+            self._ms += self.weight * (ms - self._ms)
+            self._rows += self.weight * (rows - self._rows)
+        per_row = self._ms / self._rows
+        fits = self.target_ms / per_row if per_row > 0 else float(self.max_rows)
+        self.rows = int(min(self.max_rows, max(self.min_rows, fits)))
+        return self.rows
 
 
 @dataclass(slots=True)

@@ -42,7 +42,7 @@ from jobplatform.logging import get_logger
 from jobplatform.settings import Settings, WriterSettings
 from schemas.intents import AnyIntent
 from writer import dead, lock
-from writer.batcher import Batch, Limits
+from writer.batcher import Batch, BatchSizer, Limits
 from writer.db import APPLICATION_NAME
 from writer.errors import DataApplyError, DatabaseUnavailable
 from writer.lanes import Item, Lane, requeue_unacked
@@ -138,7 +138,10 @@ class Writer:
         self.standby_poll_s = standby_poll_s
         self.heartbeat_s = heartbeat_s
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        self.limits = Limits.from_settings(settings)
+        self.base_limits = Limits.from_settings(settings)
+        self.sizer = BatchSizer(settings.target_txn_ms, settings.batch_min_rows,
+                                settings.batch_max_rows)
+        self.limits = self.base_limits
         self.bulk_limits = self.limits.scaled(settings.bulk_share)
         self.budget = DbBudget(settings.db_budget)
 
@@ -152,7 +155,7 @@ class Writer:
         self._bulk: Lane | None = None
         self._redis_dirty = False
         self._bulk_rows_avg = float(max(1, self.limits.rows))
-        self._stats = WriterStats(db_budget=settings.db_budget)
+        self._stats = WriterStats(db_budget=settings.db_budget, batch_rows_cap=self.sizer.rows)
         self._stats_lock = threading.Lock()
         self._alive = time.monotonic()
         self._next_stats = time.monotonic() + settings.stats_interval_s
@@ -263,7 +266,8 @@ class Writer:
         ``lag_ms`` (age of the oldest message of the last batch at commit), ``lag_max_ms``,
         ``db_share`` (measured share of wall time in transactions), ``db_budget``,
         ``backlog_fast`` / ``backlog_bulk``, ``commit_ms_p50|p99|max|count`` (transaction
-        time of the last 4,096 batches).
+        time of the last 4,096 batches), ``batch_rows_cap`` (row cap of the next batch, sized
+        for ``WRITER_TARGET_TXN_MS``) and ``ms_per_row`` (transaction time per row it learned).
         """
         with self._stats_lock:
             self._stats.db_share = self.budget.used()
@@ -491,6 +495,7 @@ class Writer:
         """
         assert self._fast is not None
         assert self._bulk is not None
+        self._size_limits()
         fast, bulk, limits = self._fast, self._bulk, self.limits
         batch = Batch()
         bulk_blocked = False
@@ -531,6 +536,13 @@ class Writer:
         except REDIS_ERRORS as exc:
             self._redis_failed(exc)
             return batch
+
+    def _size_limits(self) -> None:
+        """The row limit of the next batch: the sizer's cap (``WRITER_TARGET_TXN_MS``)."""
+        rows = self.sizer.rows
+        if rows != self.limits.rows:
+            self.limits = self.base_limits.with_rows(rows)
+            self.bulk_limits = self.limits.scaled(self.settings.bulk_share)
 
     def _bulk_want(self, batch: Batch, bulk_limits: Limits) -> int:
         room = min(self.limits.intents - len(batch), bulk_limits.intents - batch.bulk.intents)
@@ -670,8 +682,12 @@ class Writer:
         finally:
             end = time.monotonic()
             self.budget.spent(start, end)
+        ms = (end - start) * 1000
+        cap = self.sizer.observe(sum(item.rows for item in items if item.intent is not None), ms)
         with self._stats_lock:
-            self._stats.commit_ms.add((end - start) * 1000)
+            self._stats.commit_ms.add(ms)
+            self._stats.batch_rows_cap = cap
+            self._stats.ms_per_row = self.sizer.ms_per_row or 0.0
         return result
 
     def _account(self, result: BatchResult) -> None:

@@ -80,6 +80,10 @@ class WriterStats:
     db_budget: float = 1.0
     backlog_fast: int = -1
     backlog_bulk: int = -1
+    batch_rows_cap: int = 0
+    """Row cap of the next batch, sized for ``WRITER_TARGET_TXN_MS``."""
+    ms_per_row: float = 0.0
+    """Transaction milliseconds per row the batch sizer learned (0 before the first commit)."""
     commit_ms: Histogram = field(default_factory=Histogram)
     """Duration of each batch transaction, BEGIN to COMMIT."""
 
@@ -94,6 +98,7 @@ class WriterStats:
         out["lag_ms"] = round(self.lag_ms, 1)
         out["lag_max_ms"] = round(self.lag_max_ms, 1)
         out["db_share"] = round(self.db_share, 3)
+        out["ms_per_row"] = round(self.ms_per_row, 4)
         return out
 
     def pop(self) -> dict[str, Any]:

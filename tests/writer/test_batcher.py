@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from dramatiq.broker import MessageProxy
 
 from jobplatform.broker import WRITE_INTENT, make_message
 from schemas.intents import encode_intent
 from tests.writer.intent_factory import chunk, queued, student
-from writer.batcher import Batch, Limits
+from writer.batcher import Batch, BatchSizer, Limits
 from writer.lanes import Item, inspect_message
 
 
@@ -78,3 +79,49 @@ def test_rejected_items_do_not_count_rows() -> None:
     assert [i.reason is None for i in batch.items] == [True, False]
     assert len(batch.valid) == 1
     assert len(batch.rejected) == 1
+
+
+def _run_sizer(sizer: BatchSizer, fixed_ms: float, per_row_ms: float, batches: int) -> list[int]:
+    """Feed ``sizer`` batches of its own cap on a database where a batch takes
+    ``fixed_ms + per_row_ms * rows``; the caps it chose."""
+    caps = []
+    for _ in range(batches):
+        rows = sizer.rows
+        sizer.observe(rows, fixed_ms + per_row_ms * rows)
+        caps.append(sizer.rows)
+    return caps
+
+
+def test_sizer_starts_at_the_limit_and_settles_where_a_batch_fits_the_target() -> None:
+    sizer = BatchSizer(80, 100, 2000)
+    assert (sizer.rows, sizer.ms_per_row) == (2000, None)
+    # A small instance: 2,000 rows take 605 ms; (80 - 5) / 0.3 = 250 rows fit
+    caps = _run_sizer(sizer, 5, 0.3, 40)
+    assert caps[0] < 600
+    assert caps[-1] == pytest.approx(250, rel=0.03)
+    assert all(100 <= c <= 2000 for c in caps)
+
+
+def test_sizer_grows_back_when_the_database_gets_faster() -> None:
+    sizer = BatchSizer(80, 100, 5000)
+    _run_sizer(sizer, 5, 0.3, 30)
+    caps = _run_sizer(sizer, 5, 0.03, 40)
+    assert caps[-1] == pytest.approx(2500, rel=0.03)
+
+
+def test_sizer_keeps_to_its_bounds() -> None:
+    slow = BatchSizer(80, 100, 2000)
+    assert _run_sizer(slow, 200, 1.0, 5)[-1] == 100  # the fixed cost alone exceeds the target
+    fast = BatchSizer(80, 100, 2000)
+    assert _run_sizer(fast, 1, 0.001, 5)[-1] == 2000
+    assert BatchSizer(80, 500, 200).min_rows == 200
+    with pytest.raises(ValueError, match="target_ms"):
+        BatchSizer(0, 100, 2000)
+
+
+def test_a_lone_status_change_barely_moves_the_cap() -> None:
+    sizer = BatchSizer(80, 100, 5000)
+    settled = _run_sizer(sizer, 5, 0.03, 40)[-1]
+    # One status intent (one row) whose transaction took 5 ms: 5 ms a row on its own
+    sizer.observe(1, 5.0)
+    assert sizer.rows >= 0.7 * settled

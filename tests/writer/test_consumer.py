@@ -399,3 +399,27 @@ def test_a_batch_that_keeps_timing_out_is_split_and_dead_lettered(
     assert all("statement timeout" in r for r in reasons), reasons
     assert {row[4] for row in _dead(settings)} == {i.intent_id for i in intents}
     assert stats["bisections"] == 1
+
+
+def test_batches_shrink_when_transactions_exceed_the_target(
+    settings: Settings, broker: Any, start_writer: Callable[..., WriterThread]
+) -> None:
+    # Given 12 roster chunks of 200 rows queued, and a target no transaction can meet
+    import_id = uuid.uuid4()
+    roster = chunks(import_id, [student(n) for n in range(2400)], 200)
+    emit_all(broker, settings, roster)
+
+    # When a writer sized for 1 ms transactions drains them
+    runner = start_writer(target_txn_ms=1, batch_min_rows=100, batch_max_rows=2000)
+    wait_until(lambda: _ledger(settings) == len(roster), message="the roster applied")
+    stats = runner.writer.get_stats()
+    runner.stop()
+
+    # Then after the first commit every batch held one chunk: the cap fell to its floor
+    url = settings.database_url
+    assert url is not None
+    sizes = [n for (n,) in query(url, "SELECT count(*) FROM writer_ledger GROUP BY batch_seq"
+                                      " ORDER BY batch_seq")]
+    assert sizes[1:] == [1] * (len(sizes) - 1)
+    assert stats["batch_rows_cap"] == 100
+    assert stats["ms_per_row"] > 0
