@@ -11,6 +11,11 @@ One batch::
     BEGIN; pg_try_advisory_xact_lock; SET LOCAL statement_timeout; nextval('writer_batch_seq')
     apply_batch -> intent log append (durable) -> COMMIT -> ack (one pipelined round trip)
 
+Batch rows are capped so that a transaction takes about ``WRITER_TARGET_TXN_MS``
+(:class:`writer.batcher.BatchSizer`, learned from the commits). The database time budget
+(``WRITER_DB_BUDGET``) paces bulk work only: while it is spent, the bulk lane waits and a few
+status changes are still applied at once (their time is charged to the budget too).
+
 A batch failing on data is split in halves until the failing intent is alone; that intent goes
 to the dead letters and the rest commit. On a database outage the batch is held (neither acked
 nor requeued), retried in order after a backoff with jitter; a thread keeps the broker's
@@ -245,9 +250,9 @@ class Writer:
                 self._tick()
                 if not self._ensure_active():
                     continue
-                self._pace()
-                batch = self._collect()
+                batch = self._collect(bulk_after=time.monotonic() + self.budget.delay())
                 if batch.items:
+                    self._pace(batch)
                     self._process(batch)
                 elif self._redis_dirty:
                     self._recover_redis()
@@ -471,7 +476,15 @@ class Writer:
                 if self._stop.is_set():
                     raise _Abandoned from exc
 
-    def _pace(self) -> None:
+    def _pace(self, batch: Batch) -> None:
+        """Wait out the database time budget, unless the batch is a few fast intents.
+
+        Only bulk work is paced: status changes (fast intents only, at most
+        ``WRITER_BATCH_MIN_ROWS`` rows) are applied at once, their time charged to the budget
+        like any other, so the bulk work after them waits that much longer.
+        """
+        if batch.bulk.intents == 0 and batch.total.rows <= self.sizer.min_rows:
+            return
         delay = self.budget.delay()
         if delay > 0:
             self._wait(delay)
@@ -487,11 +500,13 @@ class Writer:
 
     # --- batches ---------------------------------------------------------------------------
 
-    def _collect(self) -> Batch:
+    def _collect(self, *, bulk_after: float = 0.0) -> Batch:
         """Natural batching: take what is there now, fast lane first, up to the limits.
 
         An idle writer waits up to the poll timeout on the fast lane; a batch is closed when
         both lanes come back empty, a limit is reached or it is ``batch_max_age_ms`` old.
+        The bulk lane is left alone until ``bulk_after`` (monotonic): while the database time
+        budget is spent, fast intents still come through.
         """
         assert self._fast is not None
         assert self._bulk is not None
@@ -508,7 +523,7 @@ class Writer:
                     fast.put_back(left)
                     return batch
                 progress = bool(got)
-                if not bulk_blocked:
+                if not bulk_blocked and time.monotonic() >= bulk_after:
                     capped = batch.fast_count > 0 or fast.has_pending
                     bulk_limits = self.bulk_limits if capped else limits
                     want = self._bulk_want(batch, bulk_limits)

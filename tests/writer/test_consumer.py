@@ -28,6 +28,7 @@ from tests.writer.conftest import (
 from tests.writer.intent_factory import at, chunks, queued, ready, roster_status, student
 from writer import lock
 from writer.db import connect
+from writer.pacing import DbBudget
 
 
 def _ledger(settings: Settings) -> int:
@@ -423,3 +424,37 @@ def test_batches_shrink_when_transactions_exceed_the_target(
     assert sizes[1:] == [1] * (len(sizes) - 1)
     assert stats["batch_rows_cap"] == 100
     assert stats["ms_per_row"] > 0
+
+
+def test_status_changes_do_not_wait_for_the_budget_pause_behind_bulk_work(
+    settings: Settings, broker: Any, start_writer: Callable[..., WriterThread]
+) -> None:
+    # Given a writer held to 1% of the database's time, with no burst allowance, whose batches
+    # have room for a roster chunk beside a status change
+    runner = start_writer(db_budget=0.01, batch_max_rows=1000, target_txn_ms=60_000)
+    wait_until(lambda: runner.writer.active, message="the writer active")
+    runner.writer.budget = DbBudget(0.01, burst_s=0.0)
+    # And a roster backlog: after its first batch the budget holds bulk work back for seconds
+    roster = chunks(uuid.uuid4(), [student(n) for n in range(5000)], 500)
+    emit_all(broker, settings, roster)
+    wait_until(lambda: _ledger(settings) >= 1, message="the first roster batch applied")
+
+    # When a video status change arrives during that pause
+    status = queued(uuid.uuid4())
+    emit_all(broker, settings, [status])
+    wait_until(lambda: query(settings.database_url or "", "SELECT batch_seq FROM writer_ledger"
+                             " WHERE intent_id = %s", [status.intent_id]),
+               message="the status change applied")
+    stats = runner.writer.get_stats()
+    runner.stop()
+
+    # Then it was applied in a batch of its own, while the roster still waited
+    url = settings.database_url
+    assert url is not None
+    [(seq,)] = query(url, "SELECT batch_seq FROM writer_ledger WHERE intent_id = %s",
+                     [status.intent_id])
+    assert scalar(url, "SELECT count(*) FROM writer_ledger WHERE batch_seq = %s", [seq]) == 1
+    assert _ledger(settings) < len(roster) + 1
+    # And its time still counts in the measured share
+    assert stats["batches"] >= 2
+    assert stats["db_share"] > 0
