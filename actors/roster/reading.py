@@ -101,24 +101,28 @@ class Roster:
     ) -> Counts:
         """Validate every row; hand each full chunk of valid rows to ``on_chunk`` at once.
 
-        Within a chunk, a phone repeated by a later row keeps only the later row; across chunks
-        the later chunk is applied later, so the last row wins either way.
+        A phone carried by several valid rows is sent once, with the last of those rows: a first
+        pass over the sheet (already in memory) finds the last row carrying each phone, and this
+        pass skips valid rows a later row supersedes. When that later row turns out invalid, the
+        last valid row before it is sent instead, in a final chunk (a third pass reads it again).
         """
         counts = Counts()
         columns = self.header.columns
-        names = self.header.names
         chunk_rows = self.limits.chunk_rows
-        pending: dict[str, StudentRow] = {}
-        seen: dict[str, int] = {}
+        phones, last = self._phones()
+        pending: list[StudentRow] = []
+        held: dict[str, list[int]] = {}
+        recover: dict[int, list[int]] = {}
         total = self.data_rows
-        validate_row = _RowValidator({f: columns.get(f, -1) for f in FIELDS}, names)
+        validate_row = _RowValidator({f: columns.get(f, -1) for f in FIELDS}, self.header.names)
         width = max(columns.values()) + 1
         rows = self.raw_rows()
         next(rows, None)
-        for number, cells in rows:
+        for index, (number, cells) in enumerate(rows):
             if len(cells) < width:
                 cells = cells + [""] * (width - len(cells))
-            result = validate_row(number, cells)
+            phone = phones[index]
+            result = validate_row(number, cells, phone)
             if result is None:
                 continue
             counts.total += 1
@@ -126,27 +130,80 @@ class Roster:
                 counts.invalid += 1
                 counts.problems.extend(result)
                 counts.notes[number] = "; ".join(f"{p.column}: {p.reason}" for p in result)
+                if phone is not None and last[phone] == number and phone in held:
+                    earlier = held.pop(phone)
+                    recover[earlier[-1]] = earlier[:-1]
                 continue
             counts.valid += 1
-            earlier = seen.get(result.phone)
-            seen[result.phone] = number
-            if earlier is not None:
-                counts.duplicates += 1
-                counts.notes[number] = f"same phone as row {earlier}; this row is kept"
-                pending.pop(result.phone, None)
-            pending[result.phone] = result
+            if last[result.phone] != number:
+                held.setdefault(result.phone, []).append(number)
+                continue
+            if result.phone in held:
+                _supersede(counts, number, held.pop(result.phone))
+            pending.append(result)
             if len(pending) >= chunk_rows:
-                on_chunk(tuple(pending.values()))
+                on_chunk(tuple(pending))
                 counts.chunks += 1
-                pending = {}
+                pending = []
                 if on_progress is not None:
                     on_progress(number - self.header_row, total)
-        if pending:
-            on_chunk(tuple(pending.values()))
+        for earlier in held.values():  # none unless a last row read as empty: send, not lose
+            recover[earlier[-1]] = earlier[:-1]
+        if recover:
+            pending.extend(self._recover(validate_row, phones, recover, counts))
+        for at in range(0, len(pending), chunk_rows):
+            on_chunk(tuple(pending[at : at + chunk_rows]))
             counts.chunks += 1
         if on_progress is not None:
             on_progress(total, total)
         return counts
+
+    def _phones(self) -> tuple[list[str | None], dict[str, int]]:
+        """Each data row's phone (``None`` where it does not normalise) and, for each phone, the
+        last row carrying it."""
+        phones: list[str | None] = []
+        last: dict[str, int] = {}
+        at = self.header.columns["phone"]
+        normal = normalise.phone
+        rows = self.raw_rows()
+        next(rows, None)
+        for number, cells in rows:
+            try:
+                phone = normal(cells[at]) if at < len(cells) else None
+            except ValueError:
+                phone = None
+            if phone is not None:
+                last[phone] = number
+            phones.append(phone)
+        return phones, last
+
+    def _recover(
+        self, validate_row: _RowValidator, phones: list[str | None],
+        recover: dict[int, list[int]], counts: Counts,
+    ) -> Iterator[StudentRow]:
+        """The valid rows in ``recover``, whose phone's last row was invalid, read again."""
+        width = max(self.header.columns.values()) + 1
+        rows = self.raw_rows()
+        next(rows, None)
+        for index, (number, cells) in enumerate(rows):
+            if number not in recover:
+                continue
+            if len(cells) < width:
+                cells = cells + [""] * (width - len(cells))
+            result = validate_row(number, cells, phones[index])
+            assert isinstance(result, StudentRow), f"row {number} was valid on the first read"
+            if recover[number]:
+                _supersede(counts, number, recover[number])
+            yield result
+
+
+def _supersede(counts: Counts, number: int, earlier: list[int]) -> None:
+    """Count the valid rows ``earlier`` that row ``number`` replaces, and note it on that row."""
+    counts.duplicates += len(earlier)
+    rows = ", ".join(str(n) for n in earlier)
+    counts.notes[number] = (
+        f"same phone as row{'s' if len(earlier) > 1 else ''} {rows}; this row is kept"
+    )
 
 
 _FIELDS_SET = frozenset(StudentRow.model_fields)
@@ -187,8 +244,13 @@ class _RowValidator:
         self._levels: dict[str, int | None] = {}
         self._grades: dict[tuple[Any, int | None], int | str | None] = {}
 
-    def __call__(self, number: int, cells: list[Any]) -> StudentRow | list[Problem] | None:
-        """A row validated: a :class:`StudentRow`, its problems, or ``None`` for an empty row."""
+    def __call__(
+        self, number: int, cells: list[Any], phone: str | None
+    ) -> StudentRow | list[Problem] | None:
+        """A row validated: a :class:`StudentRow`, its problems, or ``None`` for an empty row.
+
+        ``phone`` is the row's phone already normalised, or ``None`` to normalise it here.
+        """
         names = self.names
         name_at = self.name_at
         phone_at = self.phone_at
@@ -208,13 +270,13 @@ class _RowValidator:
             problems = [Problem(number, names[name_at], "name is longer than 100 characters")]
         elif "  " in name or "\t" in name or "\n" in name:
             name = " ".join(name.split())
-        phone: str | None = None
-        try:
-            phone = normalise.phone(raw_phone)
-            if phone is None:
-                raise ValueError("phone is missing")
-        except ValueError as exc:
-            problems = _add(problems, Problem(number, names[phone_at], str(exc)))
+        if phone is None:
+            try:
+                phone = normalise.phone(raw_phone)
+                if phone is None:
+                    raise ValueError("phone is missing")
+            except ValueError as exc:
+                problems = _add(problems, Problem(number, names[phone_at], str(exc)))
         school: str | None = None
         at = self.school_at
         if at >= 0:

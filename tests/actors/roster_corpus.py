@@ -185,6 +185,29 @@ def write_many_rows_xlsx(folder: Path, rows: int, name: str = "many.xlsx") -> Pa
     return path
 
 
+def write_far_duplicates_xlsx(folder: Path, rows: int = 30) -> Path:
+    """``rows`` rows with distinct phones, then rows repeating some of them far below.
+
+    Row 2's phone comes again on the last two rows, the latter with other values; row 3's comes
+    again on an invalid row (no name), so row 3 stays; row 4's comes again on a row whose phone
+    is spelled differently.
+    """
+    from openpyxl import Workbook
+
+    workbook = Workbook(write_only=True)
+    sheet = workbook.create_sheet("명단")
+    sheet.append(HEADER)
+    for i in range(rows):
+        sheet.append([f"학생{i}", f"010-2000-{i:04d}", None, None, None, None])
+    sheet.append([None, "010-2000-0001", None, None, "고1", None])
+    sheet.append(["다른학생", "+82 10 2000 0002", None, None, None, None])
+    sheet.append(["학생0 다시", "01020000000", None, "한국고등학교", 11, None])
+    sheet.append(["학생0 마지막", "010 2000 0000", None, "한국고등학교", "고3", None])
+    path = folder / "far-duplicates.xlsx"
+    workbook.save(path)
+    return path
+
+
 # --- hostile and broken files -----------------------------------------------------------------
 
 def write_not_spreadsheet(folder: Path) -> Path:

@@ -81,19 +81,19 @@ def test_import_emits_chunks_status_and_report(
     # When it is imported
     import_roster(job, services_for(roster_settings, s3, progress, sink), final_attempt=False)
     # Then: parsing, chunks of at most 2 rows as they are read, writing with counts; row 11
-    # repeats row 4's phone and comes in a later chunk, so it is applied later and wins
+    # repeats row 4's phone, so row 4 is never sent and row 11 is sent once
     assert [s.status for s in statuses(sink)] == ["parsing", "writing"]
     assert isinstance(sink[0], RosterStatus)
     emitted = chunks(sink)
-    assert [c.chunk_index for c in emitted] == [0, 1, 2]
-    assert [[r.source_row for r in c.rows] for c in emitted] == [[4, 5], [6, 8], [11]]
+    assert [c.chunk_index for c in emitted] == [0, 1]
+    assert [[r.source_row for r in c.rows] for c in emitted] == [[5, 6], [8, 11]]
     assert [c.intent_id for c in emitted] == [
-        intent_id(job.import_id, f"chunk:{i}") for i in range(3)
+        intent_id(job.import_id, f"chunk:{i}") for i in range(2)
     ]
     assert all((c.tenant_id, c.lecture_id, c.import_id) == (TENANT, LECTURE, job.import_id)
                for c in emitted)
     done = statuses(sink)[-1]
-    assert (done.total, done.valid, done.invalid, done.duplicates, done.chunks) == (7, 5, 2, 1, 3)
+    assert (done.total, done.valid, done.invalid, done.duplicates, done.chunks) == (7, 5, 2, 1, 2)
     assert done.report_key == report_key(job.source_key) == job.source_key + ".errors.xlsx"
     assert [(e.row, e.column) for e in done.sample_errors] == [
         (9, "학생 이름"), (10, "휴대폰 번호"), (10, "학년"), (10, "생일")
@@ -111,7 +111,7 @@ def test_import_emits_chunks_status_and_report(
     ]
     # And the progress in Redis says where it ended
     seen = progress.get(job.job_id)
-    assert (seen["step"], seen["rows"], seen["total"], seen["chunks"]) == ("writing", 8, 8, 3)
+    assert (seen["step"], seen["rows"], seen["total"], seen["chunks"]) == ("writing", 8, 8, 2)
 
 
 def test_clean_import_has_no_report(
@@ -265,5 +265,5 @@ def test_rows_land_in_postgresql_through_the_writer_sink(
     ]
     assert enrolled == (4,)
     assert imported is not None
-    assert imported[1:] == (7, 5, 2, 1, 3, report_key(job.source_key))
+    assert imported[1:] == (7, 5, 2, 1, 2, report_key(job.source_key))
     assert imported[0] in ("writing", "done")

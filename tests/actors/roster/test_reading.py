@@ -101,3 +101,54 @@ def test_chunks_stream_and_duplicates_across_chunks_are_counted(tmp_path: Path) 
     assert counts.chunks == 3
     assert progress[-1] == (25, 25)
     assert [r.source_row for r in chunks[0]] == list(range(2, 12))
+
+
+def test_duplicates_far_apart_are_sent_once_with_the_last_row(tmp_path: Path) -> None:
+    # Given 30 distinct rows (2-31) in chunks of 10, then rows 32-35 repeating phones of rows
+    # 2, 3 and 4: row 32 is invalid (no name), so row 3 stays; rows 34 and 35 repeat row 2
+    path = corpus.write_far_duplicates_xlsx(tmp_path)
+    chunks, counts = read_all(path, Limits(chunk_rows=10))
+    rows = [r for c in chunks for r in c]
+    by_phone: dict[str, list[StudentRow]] = {}
+    for row in rows:
+        by_phone.setdefault(row.phone, []).append(row)
+    # Then each phone is sent exactly once, with the values of its last valid row
+    assert all(len(found) == 1 for found in by_phone.values())
+    assert len(rows) == 30
+    assert fields(by_phone["010-2000-0000"][0]) == (
+        "학생0 마지막", "010-2000-0000", None, "한국고등학교", 12, None
+    )
+    assert by_phone["010-2000-0000"][0].source_row == 35
+    assert by_phone["010-2000-0001"][0].source_row == 3
+    assert by_phone["010-2000-0002"][0].source_row == 33
+    # And the rows superseded (2 twice over, 4) are counted once each
+    assert (counts.total, counts.valid, counts.invalid, counts.duplicates) == (34, 33, 1, 3)
+    assert counts.valid - counts.duplicates == len(rows)
+    assert counts.notes[35] == "same phone as rows 2, 34; this row is kept"
+    assert counts.notes[33] == "same phone as row 4; this row is kept"
+    assert not {2, 34} & set(counts.notes)
+    assert counts.notes[32] == "이름: name is missing"
+
+
+def test_a_row_whose_later_repeats_are_all_invalid_is_sent(tmp_path: Path) -> None:
+    # Given row 3's phone repeated only on invalid rows further down
+    from openpyxl import Workbook
+
+    workbook = Workbook(write_only=True)
+    sheet = workbook.create_sheet("명단")
+    sheet.append(corpus.HEADER)
+    sheet.append(["가", "010-3000-0001"])
+    sheet.append(["나", "010-3000-0002"])
+    sheet.append(["다", "010-3000-0002", None, None, "고1"])
+    sheet.append(["", "010-3000-0002"])
+    sheet.append(["라", "010-3000-0003"])
+    sheet.append(["마", "010-3000-0002", None, None, "고9"])
+    path = tmp_path / "invalid-repeats.xlsx"
+    workbook.save(path)
+    # When it is read in chunks of 2
+    chunks, counts = read_all(path, Limits(chunk_rows=2))
+    # Then row 4 (the last valid row with that phone) is sent, in the final chunk, once
+    assert [[r.source_row for r in c] for c in chunks] == [[2, 6], [4]]
+    assert chunks[1][0].grade == 10
+    assert (counts.valid, counts.invalid, counts.duplicates) == (4, 2, 1)
+    assert counts.notes[4] == "same phone as row 3; this row is kept"
