@@ -11,8 +11,9 @@ is checked first, cheaply and without building anything:
   size it declares, ``ROSTER_MAX_UNCOMPRESSED_BYTES`` and ``ROSTER_MAX_COMPRESSION_RATIO``
   (checked on members over 1 MiB), and its CRC; a member cut short means a truncated file;
 - no XML part may declare a DOCTYPE or ENTITY (entity expansion is refused, not defused);
-- sheet XML: cell and row references past ``ROSTER_MAX_COLUMNS`` or the row limit, and a grid
-  larger than ``ROSTER_MAX_CELLS``, are refused before the reader allocates it.
+- sheet XML: cell and row references past ``ROSTER_MAX_COLUMNS`` or the row limit (read as the
+  reader reads them: column letters in either case, leading zeros skipped), and a grid larger
+  than ``ROSTER_MAX_CELLS``, are refused before the reader allocates it.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def _check_zip(path: Path, limits: Limits) -> Format:
                 inflated += len(piece)
                 if scanner is not None:
                     scanner.feed(piece)
-                elif b"<!" in piece and any(m in piece for m in _ENTITY_MARKERS):
+                elif _declares_entities(piece):
                     raise RosterRejected(_entity_message(member.filename))
             if scanner is not None:
                 scanner.finish()
@@ -213,6 +214,11 @@ def _too_large(verb: str, size: int, limits: Limits | None) -> str:
     )
 
 
+def _declares_entities(data: bytes) -> bool:
+    # "!" alone is found at memchr speed; "<!" would be looked for at every "<".
+    return b"!" in data and b"<!" in data and any(m in data for m in _ENTITY_MARKERS)
+
+
 def _entity_message(part: str) -> str:
     return f"part {part!r} declares XML entities (DOCTYPE/ENTITY), which are refused"
 
@@ -244,7 +250,7 @@ class _Scanner:
 
     def _scan(self, data: bytes, end: int) -> None:
         """Look at matches starting before ``end`` (the rest comes again with the next piece)."""
-        if b"<!" in data and any(marker in data for marker in _ENTITY_MARKERS):
+        if _declares_entities(data):
             raise RosterRejected(_entity_message(self.part))
         self.scan(data, end)
 
@@ -274,19 +280,30 @@ class _Scanner:
 
 
 def _column_number(letters: bytes) -> int:
+    """A column's number from its letters, in either case (the reader accepts both)."""
     number = 0
-    for letter in letters:
+    for letter in letters.upper():
         number = number * 26 + letter - 64
     return number
+
+
+def _row_number(digits: bytes) -> int:
+    """A row's number; leading zeros are read past, as the reader does, and a number too long
+    to matter counts as 10**12."""
+    digits = digits.lstrip(b"0")
+    return int(digits) if 0 < len(digits) <= 12 else (0 if not digits else 10**12)
+
+
+_ODD_EQUALS = re.compile(rb'=[^"]')
 
 
 def _unusual_attributes(data: bytes) -> bool:
     """Whether some attribute is not written ``name="value"`` after a single space."""
     return (
-        data.count(b"=", 0, len(data) - 1) != data.count(b'="')
-        or b"\t" in data
+        b"\t" in data
         or data.find(b"\n", 256) != -1
         or data.find(b"\r", 256) != -1
+        or _ODD_EQUALS.search(data) is not None
     )
 
 
@@ -304,18 +321,23 @@ def _greater_than(number: int) -> bytes:
 class _XlsxSheetScanner(_Scanner):
     """Refuses references past the limits and estimates the grid a worksheet spans.
 
-    The regex matches only references that are wide (two or more column letters) or past the
-    row limit, so a normal sheet costs one pass that matches almost nothing. The grid's height is
-    taken from the row elements (their count and the last one's number); parts with unusual
-    attribute quoting take a slower path that reads every reference.
+    The regex matches only references worth a closer look: wide (two or more column letters,
+    in either case), with a leading zero, or past the row limit; so a normal sheet costs one
+    pass that matches almost nothing (the possessive letter and a lookahead on the number's
+    length keep each reference's test short). The grid's height is taken from the row elements
+    (their count and the last one's number); parts with unusual attribute quoting take a slower
+    path that reads every reference.
     """
 
     def __init__(self, part: str, limits: Limits) -> None:
         super().__init__(part, limits)
+        row_limit = limits.max_row_number
         self._fast = re.compile(
-            rb' r="(?:([A-Z]{2,})[0-9]*|[A-Z]?(%s))"' % _greater_than(limits.max_row_number)
+            rb' r="[A-Za-z]?+(?:[A-Za-z0]|(?=[0-9]{%d})%s")'
+            % (len(str(row_limit)), _greater_than(row_limit))
         )
-        self._exact = re.compile(rb"\sr\s*=\s*[\"']([A-Z]*)([0-9]+)")
+        self._ref = re.compile(rb' r="([A-Za-z]*)([0-9]*)')
+        self._exact = re.compile(rb"\sr\s*=\s*[\"']([A-Za-z]*)([0-9]+)")
         self._last_row = re.compile(rb'<row r="([0-9]+)"')
         self.rows = 0
         self.max_row = 1
@@ -325,17 +347,16 @@ class _XlsxSheetScanner(_Scanner):
         self.rows += data.count(b"<row", 0, end)
         if _unusual_attributes(data):
             for found in self._exact.finditer(data, 0, end):
-                self._note(_column_number(found.group(1) or b"A"), int(found.group(2)[:12]))
+                self._note(_column_number(found.group(1) or b"A"), _row_number(found.group(2)))
             return
         for found in self._fast.finditer(data, 0, end):
-            if found.group(2):
-                self._note(1, int(found.group(2)[:12]))
-            else:
-                self._note(_column_number(found.group(1)), 1)
+            ref = self._ref.match(data, found.start())
+            assert ref is not None  # the same prefix matched
+            self._note(_column_number(ref.group(1) or b"A"), _row_number(ref.group(2)) or 1)
         last = data.rfind(b"<row r=", 0, end)
         row = self._last_row.match(data, last) if last != -1 else None
         if row is not None:
-            self._note(1, int(row.group(1)[:12]))
+            self._note(1, _row_number(row.group(1)))
 
     def _note(self, column: int, row: int) -> None:
         self.max_column = max(self.max_column, column)

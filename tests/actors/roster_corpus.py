@@ -322,6 +322,26 @@ def write_far_cell_xlsx(folder: Path) -> Path:
     return path
 
 
+def write_disguised_far_cell_xlsx(folder: Path, ref: str = 'r="xfd01048576"') -> Path:
+    """A far cell whose reference the reader takes in lower case and with leading zeros."""
+    rows = [
+        _row(1, [_text("A1", "이름"), _text("B1", "전화번호")]),
+        _row(2, [f"<c {ref}><v>1</v></c>"]),
+    ]
+    path = folder / "disguised-far.xlsx"
+    write_raw_xlsx(path, [("Sheet1", _sheet(rows))])
+    return path
+
+
+def write_leading_zeros_far_row_xlsx(folder: Path) -> Path:
+    return write_disguised_far_cell_xlsx(folder, 'r="a0001048576"')
+
+
+def write_quoted_far_cell_xlsx(folder: Path) -> Path:
+    """A far cell in lower case, its reference quoted the other way, with spaces."""
+    return write_disguised_far_cell_xlsx(folder, "r = 'xfd1048576'")
+
+
 def write_repeated_rows_ods(folder: Path) -> Path:
     """One .ods row repeated three million times (a few bytes of XML)."""
     path = folder / "repeated.ods"
