@@ -36,8 +36,9 @@ class BatchSizer:
     counts as one row, as in the batch limits). The time per row is the ratio of two moving
     averages, of milliseconds and of rows, so a batch weighs by its size: a lone status change
     barely moves it. A fixed cost per transaction is amortised: with ``ms = fixed + per_row *
-    rows`` the cap settles at ``(target_ms - fixed) / per_row``. The cap starts at ``max_rows``
-    and stays within ``[min_rows, max_rows]``.
+    rows`` the cap settles at ``(target_ms - fixed) / per_row``. The cap starts at ``min_rows``
+    (a writer that starts on a backlog does not begin with its longest transaction) and stays
+    within ``[min_rows, max_rows]``.
     """
 
     def __init__(self, target_ms: float, min_rows: int, max_rows: int, *,
@@ -49,7 +50,7 @@ class BatchSizer:
         self.max_rows = max_rows
         self.min_rows = max(1, min(min_rows, max_rows))
         self.weight = weight
-        self.rows = max_rows
+        self.rows = self.min_rows
         """The row cap of the next batch."""
         self._ms = 0.0
         self._rows = 0.0

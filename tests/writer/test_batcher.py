@@ -92,21 +92,24 @@ def _run_sizer(sizer: BatchSizer, fixed_ms: float, per_row_ms: float, batches: i
     return caps
 
 
-def test_sizer_starts_at_the_limit_and_settles_where_a_batch_fits_the_target() -> None:
-    sizer = BatchSizer(80, 100, 2000)
-    assert (sizer.rows, sizer.ms_per_row) == (2000, None)
-    # A small instance: 2,000 rows take 605 ms; (80 - 5) / 0.3 = 250 rows fit
-    caps = _run_sizer(sizer, 5, 0.3, 40)
-    assert caps[0] < 600
-    assert caps[-1] == pytest.approx(250, rel=0.03)
-    assert all(100 <= c <= 2000 for c in caps)
-
-
-def test_sizer_grows_back_when_the_database_gets_faster() -> None:
+def test_sizer_starts_at_the_floor_and_settles_where_a_batch_fits_the_target() -> None:
     sizer = BatchSizer(80, 100, 5000)
-    _run_sizer(sizer, 5, 0.3, 30)
+    assert (sizer.rows, sizer.ms_per_row) == (100, None)
+    # A big instance: (80 - 5) / 0.03 = 2,500 rows fit
     caps = _run_sizer(sizer, 5, 0.03, 40)
+    assert caps[0] >= 1000  # 100 rows in 8 ms: room for ten times as many
     assert caps[-1] == pytest.approx(2500, rel=0.03)
+    # A small one: 2,000 rows take 605 ms; (80 - 5) / 0.3 = 250 rows fit
+    small = _run_sizer(BatchSizer(80, 100, 2000), 5, 0.3, 40)
+    assert small[-1] == pytest.approx(250, rel=0.03)
+    assert all(100 <= c <= 2000 for c in small)
+
+
+def test_sizer_follows_the_database_when_it_gets_slower_and_faster() -> None:
+    sizer = BatchSizer(80, 100, 5000)
+    _run_sizer(sizer, 5, 0.03, 40)
+    assert _run_sizer(sizer, 5, 0.3, 40)[-1] == pytest.approx(250, rel=0.03)
+    assert _run_sizer(sizer, 5, 0.03, 40)[-1] == pytest.approx(2500, rel=0.03)
 
 
 def test_sizer_keeps_to_its_bounds() -> None:

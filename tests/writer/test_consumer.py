@@ -402,25 +402,32 @@ def test_a_batch_that_keeps_timing_out_is_split_and_dead_lettered(
     assert stats["bisections"] == 1
 
 
-def test_batches_shrink_when_transactions_exceed_the_target(
+def test_batches_grow_while_they_fit_the_target_and_shrink_when_they_do_not(
     settings: Settings, broker: Any, start_writer: Callable[..., WriterThread]
 ) -> None:
-    # Given 12 roster chunks of 200 rows queued, and a target no transaction can meet
-    import_id = uuid.uuid4()
-    roster = chunks(import_id, [student(n) for n in range(2400)], 200)
-    emit_all(broker, settings, roster)
+    url = settings.database_url
+    assert url is not None
 
-    # When a writer sized for 1 ms transactions drains them
-    runner = start_writer(target_txn_ms=1, batch_min_rows=100, batch_max_rows=2000)
-    wait_until(lambda: _ledger(settings) == len(roster), message="the roster applied")
+    # Given a writer sized for transactions of a minute: every batch fits
+    runner = start_writer(target_txn_ms=60_000, batch_min_rows=100, batch_max_rows=2000)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    waves = {first: chunks(first, [student(n) for n in range(2400)], 200),
+             second: chunks(second, [student(n) for n in range(5000, 7400)], 200)}
+    # When 12 chunks of 200 rows come, its cap grows from the floor to the row limit
+    emit_all(broker, settings, waves[first])
+    wait_until(lambda: _ledger(settings) == 12, message="the first roster applied")
+    assert runner.writer.get_stats()["batch_rows_cap"] == 2000
+    # And when no transaction can meet the target any more (1 ms), it falls to the floor
+    runner.writer.sizer.target_ms = 1
+    emit_all(broker, settings, waves[second])
+    wait_until(lambda: _ledger(settings) == 24, message="the second roster applied")
     stats = runner.writer.get_stats()
     runner.stop()
 
-    # Then after the first commit every batch held one chunk: the cap fell to its floor
-    url = settings.database_url
-    assert url is not None
-    sizes = [n for (n,) in query(url, "SELECT count(*) FROM writer_ledger GROUP BY batch_seq"
-                                      " ORDER BY batch_seq")]
+    # Then after its first batch every batch of the second roster held one chunk
+    sizes = [n for (n,) in query(
+        url, "SELECT count(*) FROM writer_ledger WHERE intent_id = ANY(%s)"
+        " GROUP BY batch_seq ORDER BY batch_seq", [[c.intent_id for c in waves[second]]])]
     assert sizes[1:] == [1] * (len(sizes) - 1)
     assert stats["batch_rows_cap"] == 100
     assert stats["ms_per_row"] > 0
