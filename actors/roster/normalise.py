@@ -18,6 +18,9 @@ _CANONICAL_PHONE = re.compile(r"01[016789]-[0-9]{3,4}-[0-9]{4}")
 _PHONE_NOISE = str.maketrans("", "", " -.()/\t\u00a0\u2010\u2011\u2012\u2013\u2014\u2212")
 _DIGITS = re.compile(r"[0-9]+")
 _MOBILE = re.compile(r"01[016789][0-9]{7,8}")
+# The spellings most cells use, read in one match: an optional +82, the prefix with or without
+# its 0, then the two groups, each after an optional space, hyphen or dot.
+_COMMON_PHONE = re.compile(r"(?:\+82[ -]?)?0?1([016789])[ .-]?([0-9]{3,4})[ .-]?([0-9]{4})")
 
 
 def text(value: Cell) -> str:
@@ -42,8 +45,6 @@ def phone(value: Cell) -> str | None:
         raw = value.strip()
         if _CANONICAL_PHONE.fullmatch(raw):
             return raw
-        if len(raw) == 11 and raw.isascii() and raw.isdigit() and _MOBILE.fullmatch(raw):
-            return f"{raw[:3]}-{raw[3:7]}-{raw[7:]}"
         if not raw:
             return None
     elif isinstance(value, bool):
@@ -58,6 +59,11 @@ def phone(value: Cell) -> str | None:
         return None
     else:
         raise ValueError(f"not a phone number ({value!r})")
+    common = _COMMON_PHONE.fullmatch(raw)
+    if common is not None:
+        kind, middle, last = common.groups()
+        if kind != "0" or len(middle) == 4:
+            return f"01{kind}-{middle}-{last}"
     digits = unicodedata.normalize("NFKC", raw).translate(_PHONE_NOISE)
     if digits.startswith("+82"):
         digits = digits[3:]

@@ -10,7 +10,8 @@ from actors.roster import normalise
 @pytest.mark.parametrize("value", [
     "010-1234-5678", "01012345678", "010 1234 5678", "010.1234.5678", "+82 10-1234-5678",
     "+82-10-1234-5678", "82 10 1234 5678", "０１０－１２３４－５６７８", "(010) 1234-5678",
-    1012345678, 1012345678.0, " 010-1234-5678 ",
+    1012345678, 1012345678.0, " 010-1234-5678 ", "+82 010-1234-5678", "10-1234-5678",
+    "+8210 1234 5678",
 ])
 def test_phone_spellings_become_canonical(value: object) -> None:
     assert normalise.phone(value) == "010-1234-5678"
@@ -19,11 +20,13 @@ def test_phone_spellings_become_canonical(value: object) -> None:
 def test_phone_old_prefixes_keep_their_length() -> None:
     assert normalise.phone("0113456789") == "011-345-6789"
     assert normalise.phone("016-1234-5678") == "016-1234-5678"
+    assert normalise.phone("011 345 6789") == "011-345-6789"
 
 
 @pytest.mark.parametrize(("value", "reason"), [
     ("02-123-4567", "not a Korean mobile number"),
     ("0101234567", "an 010 number has 11 digits"),
+    ("010 123 4567", "an 010 number has 11 digits"),
     ("abc", "not a phone number"),
     (10.5, "not a phone number"),
     (True, "not a phone number"),
