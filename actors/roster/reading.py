@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
+from itertools import count, islice
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import python_calamine as calamine
+from pydantic import BaseModel
 
 from actors.roster import normalise
 from actors.roster.columns import FIELDS, LABELS, HeaderMatch, looks_like_header, match_header
@@ -89,10 +91,15 @@ class Roster:
 
     def raw_rows(self) -> Iterator[tuple[int, list[Any]]]:
         """The header and every row below it, with 1-based sheet row numbers."""
-        rows = self.sheet.iter_rows()
-        for _ in range(self._header_index):
-            next(rows, None)
-        yield from enumerate(rows, self.header_row)
+        return enumerate(islice(self.sheet.iter_rows(), self._header_index, None), self.header_row)
+
+    def _cells(self) -> Iterator[list[Any]]:
+        """The rows below the header, each at least as wide as the header's last field."""
+        rows = islice(self.sheet.iter_rows(), self._header_index + 1, None)
+        width = max(self.header.columns.values()) + 1
+        if self.sheet.width >= width:  # every row the reader gives is as wide as the sheet
+            return rows
+        return (r + [""] * (width - len(r)) if len(r) < width else r for r in rows)
 
     def validate(
         self,
@@ -115,31 +122,26 @@ class Roster:
         recover: dict[int, list[int]] = {}
         total = self.data_rows
         validate_row = _RowValidator({f: columns.get(f, -1) for f in FIELDS}, self.header.names)
-        width = max(columns.values()) + 1
-        rows = self.raw_rows()
-        next(rows, None)
-        for index, (number, cells) in enumerate(rows):
-            if len(cells) < width:
-                cells = cells + [""] * (width - len(cells))
-            phone = phones[index]
+        valid = invalid = 0
+        for number, phone, cells in zip(count(self.header_row + 1), phones, self._cells()):
             result = validate_row(number, cells, phone)
             if result is None:
                 continue
-            counts.total += 1
             if isinstance(result, list):
-                counts.invalid += 1
+                invalid += 1
                 counts.problems.extend(result)
                 counts.notes[number] = "; ".join(f"{p.column}: {p.reason}" for p in result)
                 if phone is not None and last[phone] == number and phone in held:
                     earlier = held.pop(phone)
                     recover[earlier[-1]] = earlier[:-1]
                 continue
-            counts.valid += 1
-            if last[result.phone] != number:
-                held.setdefault(result.phone, []).append(number)
+            valid += 1
+            key = phone or result.phone  # the same: the row's phone is the one read first
+            if last[key] != number:
+                held.setdefault(key, []).append(number)
                 continue
-            if result.phone in held:
-                _supersede(counts, number, held.pop(result.phone))
+            if held and key in held:
+                _supersede(counts, number, held.pop(key))
             pending.append(result)
             if len(pending) >= chunk_rows:
                 on_chunk(tuple(pending))
@@ -147,6 +149,7 @@ class Roster:
                 pending = []
                 if on_progress is not None:
                     on_progress(number - self.header_row, total)
+        counts.valid, counts.invalid, counts.total = valid, invalid, valid + invalid
         for earlier in held.values():  # none unless a last row read as empty: send, not lose
             recover[earlier[-1]] = earlier[:-1]
         if recover:
@@ -158,39 +161,30 @@ class Roster:
             on_progress(total, total)
         return counts
 
-    def _phones(self) -> tuple[list[str | None], dict[str, int]]:
+    def _phones(self) -> tuple[list[str | None], dict[str | None, int]]:
         """Each data row's phone (``None`` where it does not normalise) and, for each phone, the
         last row carrying it."""
-        phones: list[str | None] = []
-        last: dict[str, int] = {}
         at = self.header.columns["phone"]
+        raws = [cells[at] for cells in self._cells()]  # faster than normalising as rows come
+        phones: list[str | None] = []
+        add = phones.append
         normal = normalise.phone
-        rows = self.raw_rows()
-        next(rows, None)
-        for number, cells in rows:
+        for raw in raws:
             try:
-                phone = normal(cells[at]) if at < len(cells) else None
+                add(normal(raw))
             except ValueError:
-                phone = None
-            if phone is not None:
-                last[phone] = number
-            phones.append(phone)
-        return phones, last
+                add(None)
+        return phones, dict(zip(phones, count(self.header_row + 1)))
 
     def _recover(
         self, validate_row: _RowValidator, phones: list[str | None],
         recover: dict[int, list[int]], counts: Counts,
     ) -> Iterator[StudentRow]:
         """The valid rows in ``recover``, whose phone's last row was invalid, read again."""
-        width = max(self.header.columns.values()) + 1
-        rows = self.raw_rows()
-        next(rows, None)
-        for index, (number, cells) in enumerate(rows):
+        for number, phone, cells in zip(count(self.header_row + 1), phones, self._cells()):
             if number not in recover:
                 continue
-            if len(cells) < width:
-                cells = cells + [""] * (width - len(cells))
-            result = validate_row(number, cells, phones[index])
+            result = validate_row(number, cells, phone)
             assert isinstance(result, StudentRow), f"row {number} was valid on the first read"
             if recover[number]:
                 _supersede(counts, number, recover[number])
@@ -206,24 +200,33 @@ def _supersede(counts: Counts, number: int, earlier: list[int]) -> None:
     )
 
 
-_FIELDS_SET = frozenset(StudentRow.model_fields)
+# Every row sets every field; one frozen set serves them all (rows are frozen: pydantic never
+# adds to it, and copies it where a copy could change).
+_FIELDS = frozenset(StudentRow.model_fields)
 _EARLIEST = date(1900, 1, 1)
+_NOT_CACHED = object()
 _new = object.__new__
-_set = object.__setattr__
+_slots = BaseModel.__dict__
+_set_dict = _slots["__dict__"].__set__
+_set_fields = _slots["__pydantic_fields_set__"].__set__
+_set_extra = _slots["__pydantic_extra__"].__set__
+_set_private = _slots["__pydantic_private__"].__set__
+_phone = normalise.phone
+_text = normalise.text
 
 
 def _student(values: dict[str, Any]) -> StudentRow:
     """A :class:`StudentRow` from values already validated here, without validating again.
 
     It is what ``model_construct`` does, minus its per-field defaults handling (every field is
-    given), which made it the costliest step per row; a test checks the result equals a
-    validated row.
+    given) and its attribute lookups, which made it the costliest step per row; a test checks
+    the result equals a validated row.
     """
     row: StudentRow = _new(StudentRow)
-    _set(row, "__dict__", values)
-    _set(row, "__pydantic_fields_set__", set(_FIELDS_SET))
-    _set(row, "__pydantic_extra__", None)
-    _set(row, "__pydantic_private__", None)
+    _set_dict(row, values)
+    _set_fields(row, _FIELDS)
+    _set_extra(row, None)
+    _set_private(row, None)
     return row
 
 
@@ -234,15 +237,14 @@ class _RowValidator:
 
     def __init__(self, index: dict[str, int], names: tuple[str, ...]) -> None:
         self.names = names
-        self.name_at = index["name"]
-        self.phone_at = index["phone"]
-        self.school_at = index["school"]
-        self.parent_at = index["parent_phone"]
-        self.grade_at = index["grade"]
-        self.birth_at = index["birth_date"]
         self.today = date.today()
+        self._at = (
+            index["name"], index["phone"], index["school"], index["parent_phone"],
+            index["grade"], index["birth_date"],
+        )
         self._levels: dict[str, int | None] = {}
         self._grades: dict[tuple[Any, int | None], int | str | None] = {}
+        self._school_grades: dict[tuple[Any, str | None], int | str | None] = {}
 
     def __call__(
         self, number: int, cells: list[Any], phone: str | None
@@ -251,9 +253,7 @@ class _RowValidator:
 
         ``phone`` is the row's phone already normalised, or ``None`` to normalise it here.
         """
-        names = self.names
-        name_at = self.name_at
-        phone_at = self.phone_at
+        name_at, phone_at, school_at, parent_at, grade_at, birth_at = self._at
         raw_name = cells[name_at]
         raw_phone = cells[phone_at]
         if (
@@ -262,8 +262,9 @@ class _RowValidator:
             and all(c == "" or c is None or (isinstance(c, str) and not c.strip()) for c in cells)
         ):
             return None
+        names = self.names
         problems: list[Problem] | None = None
-        name = raw_name.strip() if type(raw_name) is str else normalise.text(raw_name)
+        name = raw_name.strip() if type(raw_name) is str else _text(raw_name)
         if not name:
             problems = [Problem(number, names[name_at], "name is missing")]
         elif len(name) > 100:
@@ -272,44 +273,50 @@ class _RowValidator:
             name = " ".join(name.split())
         if phone is None:
             try:
-                phone = normalise.phone(raw_phone)
+                phone = _phone(raw_phone)
                 if phone is None:
                     raise ValueError("phone is missing")
             except ValueError as exc:
                 problems = _add(problems, Problem(number, names[phone_at], str(exc)))
         school: str | None = None
-        at = self.school_at
-        if at >= 0:
-            raw = cells[at]
-            school = (raw.strip() if type(raw) is str else normalise.text(raw)) or None
+        if school_at >= 0:
+            raw = cells[school_at]
+            school = (raw.strip() if type(raw) is str else _text(raw)) or None
             if school is not None and len(school) > 100:
                 problems = _add(
-                    problems, Problem(number, names[at], "school is longer than 100 characters")
+                    problems,
+                    Problem(number, names[school_at], "school is longer than 100 characters"),
                 )
         parent_phone = grade = birth_date = None
-        at = self.parent_at
-        if at >= 0:
-            try:
-                parent_phone = normalise.phone(cells[at])
-            except ValueError as exc:
-                problems = _add(problems, Problem(number, names[at], str(exc)))
-        at = self.grade_at
-        if at >= 0:
-            found = self._grade(cells[at], school)
-            if isinstance(found, str):
-                problems = _add(problems, Problem(number, names[at], found))
+        if parent_at >= 0:
+            raw = cells[parent_at]
+            if raw != "" and raw is not None:
+                try:
+                    parent_phone = _phone(raw)
+                except ValueError as exc:
+                    problems = _add(problems, Problem(number, names[parent_at], str(exc)))
+        if grade_at >= 0:
+            raw = cells[grade_at]
+            found = (
+                self._school_grades.get((raw, school), _NOT_CACHED)
+                if type(raw) is not bool else _NOT_CACHED
+            )
+            if found is _NOT_CACHED:
+                found = self._grade(raw, school)
+            if type(found) is str:
+                problems = _add(problems, Problem(number, names[grade_at], found))
             else:
                 grade = found
-        at = self.birth_at
-        if at >= 0:
-            raw = cells[at]
-            if type(raw) is date and _EARLIEST <= raw <= self.today:
+        if birth_at >= 0:
+            raw = cells[birth_at]
+            today = self.today
+            if type(raw) is date and _EARLIEST <= raw <= today:
                 birth_date = raw
-            else:
+            elif raw != "" and raw is not None:
                 try:
-                    birth_date = normalise.birth_date(raw, self.today)
+                    birth_date = normalise.birth_date(raw, today)
                 except ValueError as exc:
-                    problems = _add(problems, Problem(number, names[at], str(exc)))
+                    problems = _add(problems, Problem(number, names[birth_at], str(exc)))
         if problems:
             return problems
         return _student({
@@ -333,8 +340,11 @@ class _RowValidator:
             found: int | str | None = normalise.grade(value, level)
         except ValueError as exc:
             found = str(exc)
-        if len(self._grades) < self._CACHE_LIMIT:
-            self._grades[key] = found
+        if type(value) is not bool:
+            if len(self._grades) < self._CACHE_LIMIT:
+                self._grades[key] = found
+            if len(self._school_grades) < self._CACHE_LIMIT:
+                self._school_grades[(value, school)] = found
         return found
 
 

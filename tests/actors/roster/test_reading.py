@@ -152,3 +152,20 @@ def test_a_row_whose_later_repeats_are_all_invalid_is_sent(tmp_path: Path) -> No
     assert chunks[1][0].grade == 10
     assert (counts.valid, counts.invalid, counts.duplicates) == (4, 2, 1)
     assert counts.notes[4] == "same phone as row 3; this row is kept"
+
+
+def test_a_bool_grade_is_refused_without_affecting_the_grade_1(tmp_path: Path) -> None:
+    # Given a TRUE cell in the grade column, then the grade 1 (equal to True in Python)
+    from openpyxl import Workbook
+
+    workbook = Workbook(write_only=True)
+    sheet = workbook.create_sheet("명단")
+    sheet.append(corpus.HEADER)
+    sheet.append(["가", "010-3000-0001", None, None, True])
+    sheet.append(["나", "010-3000-0002", None, None, 1])
+    path = tmp_path / "bool-grade.xlsx"
+    workbook.save(path)
+    chunks, counts = read_all(path)
+    # Then the TRUE is refused and the 1 is read as grade 1
+    assert [p.reason for p in counts.problems] == ["not a grade (True)"]
+    assert [(r.source_row, r.grade) for c in chunks for r in c] == [(3, 1)]
