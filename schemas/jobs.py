@@ -63,7 +63,7 @@ class EncodeVideo(_Job):
 
     @property
     def job_id(self) -> str:
-        return f"video:{self.video_id}"
+        return video_job_id(self.video_id)
 
 
 class ImportRoster(_Job):
@@ -76,7 +76,17 @@ class ImportRoster(_Job):
 
     @property
     def job_id(self) -> str:
-        return f"roster:{self.import_id}"
+        return roster_job_id(self.import_id)
+
+
+def video_job_id(video_id: UUID) -> str:
+    """The id a video job's progress and status go by."""
+    return f"video:{video_id}"
+
+
+def roster_job_id(import_id: UUID) -> str:
+    """The id a roster import's progress and status go by."""
+    return f"roster:{import_id}"
 
 
 Job = Annotated[EncodeVideo | ImportRoster, Field(discriminator="kind")]

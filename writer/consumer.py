@@ -44,8 +44,10 @@ from psycopg_pool import NullConnectionPool
 
 from jobplatform.broker import Queues
 from jobplatform.logging import get_logger
+from jobplatform.progress import ProgressStore
 from jobplatform.settings import Settings, WriterSettings
 from schemas.intents import AnyIntent
+from schemas.jobs import roster_job_id
 from writer import dead, lock
 from writer.batcher import Batch, BatchSizer, Limits
 from writer.db import APPLICATION_NAME
@@ -655,6 +657,20 @@ class Writer:
             self._isolate(items, exc)
             return
         self._account(result)
+        if result.finished_imports:
+            self._report_finished(result.finished_imports)
+
+    def _report_finished(self, imports: list[dict[str, Any]]) -> None:
+        """Mark finished imports ``done`` in their progress records, so a job's status needs no
+        database read. Best effort: the database already says ``done``."""
+        store = ProgressStore(self.broker.client, self.broker.namespace)
+        for counts in imports:
+            job_id = roster_job_id(counts.pop("import_id"))
+            try:
+                store.update(job_id, step="done", percent=100.0, **counts)
+            except REDIS_ERRORS as exc:
+                log.warning("could not record a finished import's status", job_id=job_id,
+                            error=str(exc))
 
     def _isolate(self, items: list[Item], exc: Exception) -> None:
         reason = exc.reason if isinstance(exc, DataApplyError) else (

@@ -95,6 +95,8 @@ class BatchResult:
     statements: int = 0
     """Statements sent to the server (a COPY counts as one)."""
     imports: dict[UUID, ImportCounts] = field(default_factory=dict)
+    finished_imports: list[dict[str, Any]] = field(default_factory=list)
+    """Imports this batch marked ``done``, with their final counts (for the job's status)."""
 
 
 def apply_batch(conn: Conn, intents: Iterable[AnyIntent], *, batch_seq: int) -> BatchResult:
@@ -168,9 +170,12 @@ class _Batch:
             self.roster_counts(work)
         touched = {s.import_id for s in work.roster_statuses} | set(work.imports)
         if touched:
-            self.run(_query("mark_roster_done"), {
+            done = self.run(_query("mark_roster_done"), {
                 "ids": list(touched), "done_rank": ROSTER_DONE_RANK,
             })
+            names = ("import_id", "tenant_id", "total", "valid", "invalid", "duplicates",
+                     "created", "updated", "unchanged", "enrolled")
+            result.finished_imports = [dict(zip(names, row, strict=True)) for row in done]
         return result
 
     def videos(self, work: Plan) -> None:

@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 from jobplatform.broker import WRITE_INTENT, make_message
+from jobplatform.progress import ProgressStore
 from jobplatform.settings import Settings
 from schemas.intents import AnyIntent, VideoFailed, encode_intent
+from schemas.jobs import roster_job_id
 from tests.writer.conftest import (
     TcpProxy,
     WriterProcess,
@@ -72,6 +74,10 @@ def test_applies_status_and_roster_intents_then_acks(
     assert scalar(url, "SELECT count(*) FROM videos WHERE status = 'ready'") == 20
     assert scalar(url, "SELECT count(*) FROM students") == 1200
     assert scalar(url, "SELECT status FROM roster_imports WHERE id = %s", [import_id]) == "done"
+    # and the import's progress record says so too, for a status read without the database
+    record = ProgressStore(broker.client, settings.broker_namespace).get(roster_job_id(import_id))
+    assert record["step"] == "done"
+    assert (record["created"], record["enrolled"], record["valid"]) == (1200, 1200, 1200)
     assert stats["role"] == "active"
     assert stats["applied"] == len(intents)
     assert stats["intents"] == len(intents)

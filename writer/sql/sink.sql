@@ -221,3 +221,4 @@ ON CONFLICT (id) DO UPDATE SET
 UPDATE roster_imports
 SET status = 'done', status_rank = %(done_rank)s, finished_at = updated_at
 WHERE id = ANY(%(ids)s::uuid[]) AND status = 'writing' AND chunks_applied >= chunks_expected
+RETURNING id, tenant_id, total, valid, invalid, duplicates, created, updated, unchanged, enrolled
