@@ -16,6 +16,11 @@ from redis.typing import EncodableT, FieldT
 PROGRESS_TTL_S = 7 * 24 * 3600
 
 
+def writer_stats_key(namespace: str) -> str:
+    """Where the active writer publishes its stats (JSON); it expires when the writer stops."""
+    return f"{namespace}:writer:stats"
+
+
 class ProgressStore:
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         self.client = client

@@ -19,17 +19,12 @@ from rich.table import Table
 from rich.text import Text
 
 from jobplatform.broker import Queues
-from jobplatform.progress import ProgressStore
+from jobplatform.progress import ProgressStore, writer_stats_key
 from jobplatform.publish import JobStatus, status_from_record
 from jobplatform.settings import Settings
 
 #: Finished jobs stay on screen this long after their last update.
 DEFAULT_RECENT_S = 120.0
-
-
-def writer_stats_key(namespace: str) -> str:
-    """Where the active writer publishes its stats (JSON); it expires when the writer stops."""
-    return f"{namespace}:writer:stats"
 
 
 @dataclass(frozen=True, slots=True)

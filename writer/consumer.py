@@ -44,7 +44,7 @@ from psycopg_pool import NullConnectionPool
 
 from jobplatform.broker import Queues
 from jobplatform.logging import get_logger
-from jobplatform.progress import ProgressStore
+from jobplatform.progress import ProgressStore, writer_stats_key
 from jobplatform.settings import Settings, WriterSettings
 from schemas.intents import AnyIntent
 from schemas.jobs import roster_job_id
@@ -110,11 +110,6 @@ def _timed_out(exc: BaseException) -> bool:
 
 class _Abandoned(Exception):
     """A stop was requested while the database was down: the held batch goes back to Redis."""
-
-
-def stats_key(namespace: str) -> str:
-    """The Redis key holding the active writer's latest stats as JSON."""
-    return f"{namespace}:writer:stats"
 
 
 def _consumers_key(namespace: str) -> str:
@@ -308,7 +303,7 @@ class Writer:
                     "at": time.time()}
         ttl = max(60, int(self.settings.stats_interval_s * 3))
         try:
-            self.broker.client.set(stats_key(self.broker.namespace), json.dumps(document),
+            self.broker.client.set(writer_stats_key(self.broker.namespace), json.dumps(document),
                                    ex=ttl)
         except REDIS_ERRORS as exc:
             log.warning("could not publish stats", error=str(exc))

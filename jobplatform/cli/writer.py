@@ -63,14 +63,14 @@ def stats() -> None:
     """Print the active writer's latest stats (published to Redis every interval)."""
     import redis
 
+    from jobplatform.progress import writer_stats_key
     from jobplatform.stack import ensure_services
-    from writer.consumer import stats_key
 
     settings = settings_from_env()
     services = ensure_services(settings)
     client = redis.Redis.from_url(services.redis_url)
     try:
-        raw = client.get(stats_key(settings.broker_namespace))
+        raw = client.get(writer_stats_key(settings.broker_namespace))
     finally:
         client.close()
     if raw is None:

@@ -8,8 +8,7 @@ import redis
 from click.testing import CliRunner
 
 from jobplatform.cli import cli
-from jobplatform.progress import ProgressStore
-from jobplatform.watch import writer_stats_key
+from jobplatform.progress import ProgressStore, writer_stats_key
 
 
 def test_watch_once_shows_jobs_queues_and_writer(redis_url: str) -> None:
