@@ -2,7 +2,10 @@
 # they create the virtualenv, and services that are neither configured nor running locally are
 # started embedded under .jobplatform/.
 
-PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || command -v python3)
+# The first interpreter that runs and is 3.11 or 3.12 (pyenv may list shims that do not run).
+PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
+	$$p -c 'import sys; assert (3, 11) <= sys.version_info[:2] <= (3, 12)' 2>/dev/null \
+	&& { command -v $$p; break; }; done)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
@@ -10,7 +13,7 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: run test lint typecheck imports check clean stack-down
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] <= (3, 12), "Python 3.11 or 3.12 is needed (the embedded PostgreSQL and Redis wheels stop at 3.12); set PYTHON="' 
+	@test -n "$(PYTHON)" || { echo "Python 3.11 or 3.12 is needed (the embedded PostgreSQL and Redis wheels stop at 3.12); set PYTHON=/path/to/python3.12" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
