@@ -83,8 +83,9 @@ class TimedWriter(Writer):
 
     phases: _Phases
 
-    def _collect(self) -> Batch:
-        return self.phases.timed("collect", super()._collect)
+    def _collect(self, *, bulk_after: float = 0.0) -> Batch:
+        return self.phases.timed(
+            "collect", lambda: super(TimedWriter, self)._collect(bulk_after=bulk_after))
 
     def _commit(self, conn: Conn, items: list[Item]) -> BatchResult:
         return self.phases.timed("commit", lambda: super(TimedWriter, self)._commit(conn, items))
@@ -92,8 +93,8 @@ class TimedWriter(Writer):
     def _ack(self, items: list[Item]) -> None:
         self.phases.timed("ack", lambda: super(TimedWriter, self)._ack(items))
 
-    def _pace(self) -> None:
-        self.phases.timed("pace", super()._pace)
+    def _pace(self, batch: Batch) -> None:
+        self.phases.timed("pace", lambda: super(TimedWriter, self)._pace(batch))
 
 
 def small_intents(count: int) -> Iterator[AnyIntent]:
