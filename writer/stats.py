@@ -48,6 +48,9 @@ class Histogram:
     def max(self) -> float:
         return max(self._samples, default=0.0)
 
+    def mean(self) -> float:
+        return sum(self._samples) / len(self._samples) if self._samples else 0.0
+
     def clear(self) -> None:
         self._samples.clear()
 
@@ -92,6 +95,7 @@ class WriterStats:
             f.name: getattr(self, f.name) for f in fields(self) if f.name != "commit_ms"
         }
         out["commit_ms_count"] = len(self.commit_ms)
+        out["commit_ms_mean"] = round(self.commit_ms.mean(), 2)
         out["commit_ms_p50"] = round(self.commit_ms.percentile(50), 2)
         out["commit_ms_p99"] = round(self.commit_ms.percentile(99), 2)
         out["commit_ms_max"] = round(self.commit_ms.max(), 2)
