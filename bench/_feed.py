@@ -32,6 +32,7 @@ from jobplatform.broker import Queues, build_broker
 from jobplatform.emit import IntentEmitter
 from jobplatform.settings import Settings
 from schemas.intents import AnyIntent, VideoProcessing, VideoReady, VideoRendition
+from writer.coalesce import Plan
 from writer.consumer import Conn, IntentLogWriter, Writer
 from writer.lanes import Item
 from writer.sink import BatchResult
@@ -100,9 +101,9 @@ class ClockedWriter(Writer):
 
     clock: CommitLog
 
-    def _commit(self, conn: Conn, items: list[Item]) -> BatchResult:
+    def _commit(self, conn: Conn, items: list[Item], work: Plan) -> BatchResult:
         start = time.perf_counter()
-        result = super()._commit(conn, items)
+        result = super()._commit(conn, items, work)
         end = time.perf_counter()
         self.clock.record(Commit(
             intent_ids=tuple(i.intent.intent_id for i in items if i.intent is not None),

@@ -37,6 +37,7 @@ from jobplatform.settings import Settings
 from schemas import RosterChunk
 from schemas.intents import AnyIntent, VideoProcessing, VideoReady, VideoRendition
 from writer.batcher import Batch
+from writer.coalesce import Plan
 from writer.consumer import Conn, IntentLogWriter, Writer
 from writer.lanes import Item
 from writer.sink import BatchResult
@@ -87,8 +88,9 @@ class TimedWriter(Writer):
         return self.phases.timed(
             "collect", lambda: super(TimedWriter, self)._collect(bulk_after=bulk_after))
 
-    def _commit(self, conn: Conn, items: list[Item]) -> BatchResult:
-        return self.phases.timed("commit", lambda: super(TimedWriter, self)._commit(conn, items))
+    def _commit(self, conn: Conn, items: list[Item], work: Plan) -> BatchResult:
+        return self.phases.timed(
+            "commit", lambda: super(TimedWriter, self)._commit(conn, items, work))
 
     def _ack(self, items: list[Item]) -> None:
         self.phases.timed("ack", lambda: super(TimedWriter, self)._ack(items))

@@ -99,8 +99,13 @@ class BatchResult:
     """Imports this batch marked ``done``, with their final counts (for the job's status)."""
 
 
-def apply_batch(conn: Conn, intents: Iterable[AnyIntent], *, batch_seq: int) -> BatchResult:
+def apply_batch(conn: Conn, intents: Iterable[AnyIntent] | Plan, *,
+                batch_seq: int) -> BatchResult:
     """Apply ``intents`` (in arrival order) in the caller's open transaction.
+
+    ``intents`` may be their :func:`writer.coalesce.plan`, made before the transaction began
+    (coalescing needs no database): it is used as is when the ledger claims every intent, and
+    made again from the fresh ones otherwise (a redelivery).
 
     Raises :class:`DataApplyError` when the data is wrong for the database (roll back and split
     the batch; ``intent_ids`` names the culprits when known), :class:`DatabaseUnavailable` when
@@ -142,8 +147,13 @@ class _Batch:
         self.cur.execute(query, params)
         return self.cur.fetchall() if self.cur.description is not None else []
 
-    def apply(self, intents: Iterable[AnyIntent]) -> BatchResult:
-        unique, repeated = unique_intents(intents)
+    def apply(self, intents: Iterable[AnyIntent] | Plan) -> BatchResult:
+        prepared: Plan | None = None
+        if isinstance(intents, Plan):
+            prepared = intents
+            unique, repeated = list(intents.intents), intents.duplicates
+        else:
+            unique, repeated = unique_intents(intents)
         result = self.result
         result.duplicates = repeated
         if not unique:
@@ -156,7 +166,7 @@ class _Batch:
         fresh = [i for i in unique if i.intent_id in claimed]
         result.duplicates += len(unique) - len(fresh)
         result.applied = [i.intent_id for i in fresh]
-        work = plan(fresh)
+        work = prepared if prepared is not None and len(fresh) == len(unique) else plan(fresh)
         result.coalesced = work.coalesced
         result.rows = work.rows
         result.row_duplicates = work.row_duplicates

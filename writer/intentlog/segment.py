@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from jobplatform.errors import JobPlatformError
-from schemas import DecodeError, decode_intent, encode_intent
-from schemas.intents import AnyIntent
+from schemas import DecodeError, decode_intent
+from schemas.intents import AnyIntent, intent_json
 
 OPEN_SUFFIX = ".jsonl"
 CLOSED_SUFFIX = ".jsonl.gz"
@@ -75,16 +76,22 @@ def is_segment(name: str) -> bool:
     return name.endswith((OPEN_SUFFIX, CLOSED_SUFFIX))
 
 
-def encode_record(seq: int, writer_id: str, at: datetime, intents: Sequence[AnyIntent]) -> bytes:
-    """One record as a complete line, newline included."""
-    body = {
+def encode_record(seq: int, writer_id: str, at: datetime, intents: Sequence[AnyIntent], *,
+                  encoded: Mapping[UUID, bytes] | None = None) -> bytes:
+    """One record as a complete line, newline included.
+
+    ``encoded`` holds intents already encoded by :func:`schemas.intents.intent_json` (made
+    ahead of time); the others are encoded here. The line is the same either way.
+    """
+    head = json.dumps({
         "seq": seq,
         "writer": writer_id,
         "at": at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
         "n": len(intents),
-        "intents": [encode_intent(intent) for intent in intents],
-    }
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    }, separators=(",", ":"), ensure_ascii=False).encode()
+    known = encoded or {}
+    texts = [known.get(intent.intent_id) or intent_json(intent) for intent in intents]
+    return b"".join((head[:-1], b',"intents":[', b",".join(texts), b"]}\n"))
 
 
 def decode_record(line: bytes, *, source: str = "", line_no: int = 0) -> LogRecord:
