@@ -30,35 +30,48 @@ class Limits:
 
 
 class BatchSizer:
-    """Caps the rows of the next batch so that its transaction takes about ``target_ms``.
+    """Caps the rows of the next batch so that its transaction stays under ``target_ms``.
 
     Pure: fed the rows and the transaction time of each committed batch (a status intent
     counts as one row, as in the batch limits). The time per row is the ratio of two moving
     averages, of milliseconds and of rows, so a batch weighs by its size: a lone status change
     barely moves it. A fixed cost per transaction is amortised: with ``ms = fixed + per_row *
-    rows`` the cap settles at ``(target_ms - fixed) / per_row``. The cap starts at ``min_rows``
-    (a writer that starts on a backlog does not begin with its longest transaction) and stays
-    within ``[min_rows, max_rows]``.
+    rows`` the cap settles at ``(target_ms - fixed) / per_row``.
+
+    The cap is sized on an upper estimate, not the mean: a moving average of how far batches
+    ran over the mean's prediction (relative, upward only, at most 100%, weighed by batch
+    size) is added ``spread`` times, so the slow batches - not the typical one - land near the
+    target. A database that never varies has no excess and the cap settles as above.
+
+    The cap starts at ``min_rows`` (a writer that starts on a backlog does not begin with its
+    longest transaction) and stays within ``[min_rows, max_rows]``.
     """
 
     def __init__(self, target_ms: float, min_rows: int, max_rows: int, *,
-                 weight: float = 0.25) -> None:
-        if target_ms <= 0 or max_rows < 1 or not 0 < weight <= 1:
+                 weight: float = 0.25, spread: float = 3.0) -> None:
+        if target_ms <= 0 or max_rows < 1 or not 0 < weight <= 1 or spread < 0:
             raise ValueError(f"invalid sizer: target_ms={target_ms}, max_rows={max_rows}, "
-                             f"weight={weight}")
+                             f"weight={weight}, spread={spread}")
         self.target_ms = target_ms
         self.max_rows = max_rows
         self.min_rows = max(1, min(min_rows, max_rows))
         self.weight = weight
+        self.spread = spread
         self.rows = self.min_rows
         """The row cap of the next batch."""
         self._ms = 0.0
         self._rows = 0.0
+        self._excess = 0.0
 
     @property
     def ms_per_row(self) -> float | None:
-        """Transaction milliseconds per row, as learned; None before the first batch."""
+        """Transaction milliseconds per row, as learned (the mean); None before a batch."""
         return self._ms / self._rows if self._rows else None
+
+    @property
+    def excess(self) -> float:
+        """How far batches ran over the mean's prediction, as a moving average (0.5: 50%)."""
+        return self._excess
 
     def observe(self, rows: int, ms: float) -> int:
         """Learn from a committed batch of ``rows`` rows that took ``ms``; the new cap."""
@@ -67,9 +80,13 @@ class BatchSizer:
         if not self._rows:
             self._ms, self._rows = ms, float(rows)
         else:
+            predicted = self._ms / self._rows * rows
+            over = min(1.0, max(0.0, ms / predicted - 1)) if predicted > 0 else 0.0
+            share = self.weight * min(1.0, rows / self._rows)
+            self._excess += share * (over - self._excess)
             self._ms += self.weight * (ms - self._ms)
             self._rows += self.weight * (rows - self._rows)
-        per_row = self._ms / self._rows
+        per_row = self._ms / self._rows * (1 + self.spread * self._excess)
         fits = self.target_ms / per_row if per_row > 0 else float(self.max_rows)
         self.rows = int(min(self.max_rows, max(self.min_rows, fits)))
         return self.rows

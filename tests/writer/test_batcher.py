@@ -128,3 +128,33 @@ def test_a_lone_status_change_barely_moves_the_cap() -> None:
     # One status intent (one row) whose transaction took 5 ms: 5 ms a row on its own
     sizer.observe(1, 5.0)
     assert sizer.rows >= 0.7 * settled
+
+
+def _run_noisy(sizer: BatchSizer, per_row_ms: float, batches: int) -> list[float]:
+    """Like :func:`_run_sizer` on a database where every fifth batch takes twice as long;
+    the transaction times."""
+    times = []
+    for n in range(batches):
+        ms = per_row_ms * sizer.rows * (2.0 if n % 5 == 4 else 1.0)
+        sizer.observe(sizer.rows, ms)
+        times.append(ms)
+    return times
+
+
+def test_sizer_keeps_the_slow_batches_near_the_target_not_the_mean() -> None:
+    upper = BatchSizer(80, 100, 20_000)
+    times = _run_noisy(upper, 0.03, 200)[100:]
+    mean_only = BatchSizer(80, 100, 20_000, spread=0)
+    mean_times = _run_noisy(mean_only, 0.03, 200)[100:]
+    # On the mean alone, the slow batches run far over the target (the mean sits under it)
+    assert max(mean_times) > 1.4 * 80
+    # On the upper estimate they run over by much less, the cap smaller by the spread it saw
+    assert max(times) < 1.4 * 80
+    assert max(times) < 0.85 * max(mean_times)
+    assert upper.excess > 0.1
+    assert upper.rows < 0.8 * mean_only.rows
+
+
+def test_spread_rejects_a_negative_value() -> None:
+    with pytest.raises(ValueError, match="spread"):
+        BatchSizer(80, 100, 2000, spread=-1)
