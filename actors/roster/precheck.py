@@ -12,8 +12,9 @@ is checked first, cheaply and without building anything:
   (checked on members over 1 MiB), and its CRC; a member cut short means a truncated file;
 - no XML part may declare a DOCTYPE or ENTITY (entity expansion is refused, not defused);
 - sheet XML: cell and row references past ``ROSTER_MAX_COLUMNS`` or the row limit (read as the
-  reader reads them: column letters in either case, leading zeros skipped), and a grid larger
-  than ``ROSTER_MAX_CELLS``, are refused before the reader allocates it.
+  reader reads them: column letters in either case, leading zeros skipped), cells and rows
+  without a reference (placed after the ones before, as the reader places them), and a grid
+  larger than ``ROSTER_MAX_CELLS``, are refused before the reader allocates it.
 """
 
 from __future__ import annotations
@@ -318,45 +319,98 @@ def _greater_than(number: int) -> bytes:
     return b"(?:" + b"|".join(options) + b")"
 
 
+_TAG = re.compile(
+    rb"<(?:[A-Za-z_][\w.-]*:)?(row|c)(?=[\s/>])((?:[^>\"']++|\"[^\"]*+\"|'[^']*+')*+)>"
+)
+_REF_ATTRIBUTE = re.compile(rb"\sr\s*=\s*[\"']([A-Za-z]*)([0-9]*)")
+_PREFIXED = re.compile(rb":(?:c|row)[\s/>]")
+
+
 class _XlsxSheetScanner(_Scanner):
     """Refuses references past the limits and estimates the grid a worksheet spans.
 
-    The regex matches only references worth a closer look: wide (two or more column letters,
-    in either case), with a leading zero, or past the row limit; so a normal sheet costs one
-    pass that matches almost nothing (the possessive letter and a lookahead on the number's
-    length keep each reference's test short). The grid's height is taken from the row elements
-    (their count and the last one's number); parts with unusual attribute quoting take a slower
-    path that reads every reference.
+    The regex matches only cells worth a closer look: a reference that is wide (two or more
+    column letters, in either case), has a leading zero or is past the row limit, or a cell
+    whose first attribute is not its reference; so a normal sheet costs one pass that matches
+    almost nothing (a lookahead on the number's length keeps each test short). The grid's
+    height is taken from the row elements (their count and the last one's number).
+
+    The reader places a cell without a reference just after the cell before it, and a row
+    without one just below the row before it. A part with such a cell, with elements under a
+    namespace prefix, or with unusual attribute quoting takes an exact path from there on: it
+    reads every row and cell element and follows the reader's placement.
     """
 
     def __init__(self, part: str, limits: Limits) -> None:
         super().__init__(part, limits)
         row_limit = limits.max_row_number
         self._fast = re.compile(
-            rb' r="[A-Za-z]?+(?:[A-Za-z0]|(?=[0-9]{%d})%s")'
+            rb'<c(?! r="[A-Za-z](?![A-Za-z0]|(?=[0-9]{%d})%s"))'
             % (len(str(row_limit)), _greater_than(row_limit))
         )
         self._ref = re.compile(rb' r="([A-Za-z]*)([0-9]*)')
-        self._exact = re.compile(rb"\sr\s*=\s*[\"']([A-Za-z]*)([0-9]+)")
         self._last_row = re.compile(rb'<row r="([0-9]+)"')
         self.rows = 0
         self.max_row = 1
         self.max_column = 1
+        self._exact = False
+        self._row = 0
+        self._column = 0
 
     def scan(self, data: bytes, end: int) -> None:
-        self.rows += data.count(b"<row", 0, end)
-        if _unusual_attributes(data):
-            for found in self._exact.finditer(data, 0, end):
-                self._note(_column_number(found.group(1) or b"A"), _row_number(found.group(2)))
+        if not self._exact and (
+            _unusual_attributes(data) or (b":" in data and _PREFIXED.search(data) is not None)
+        ):
+            self._start_exact()
+        if self._exact:
+            self._scan_exact(data, end)
             return
-        for found in self._fast.finditer(data, 0, end):
-            ref = self._ref.match(data, found.start())
-            assert ref is not None  # the same prefix matched
-            self._note(_column_number(ref.group(1) or b"A"), _row_number(ref.group(2)) or 1)
-        last = data.rfind(b"<row r=", 0, end)
+        last = data.rfind(b"<row r=", 0, end + 6)
         row = self._last_row.match(data, last) if last != -1 else None
         if row is not None:
             self._note(1, _row_number(row.group(1)))
+        for found in self._fast.finditer(data):
+            if found.start() >= end:
+                break
+            ref = self._ref.match(data, found.start() + 2)
+            if ref is None:  # a cell whose first attribute is not its reference
+                self._start_exact()
+                self._scan_exact(data, end)
+                return
+            self._note(_column_number(ref.group(1) or b"A"), _row_number(ref.group(2)) or 1)
+        self.rows += data.count(b"<row", 0, end + 3)
+
+    def _start_exact(self) -> None:
+        """Go on exactly, from a position no smaller than where the reader is."""
+        self._exact = True
+        if self.rows:
+            self._row = max(self.rows, self.max_row)
+            self._column = max(self.max_column, 26)
+
+    def _scan_exact(self, data: bytes, end: int) -> None:
+        row, column = self._row, self._column
+        rows, max_row, max_column = self.rows, self.max_row, self.max_column
+        for tag in _TAG.finditer(data):
+            if tag.start() >= end:
+                break
+            attributes = tag.group(2)
+            ref = _REF_ATTRIBUTE.search(attributes) if b"r" in attributes else None
+            if tag.group(1) == b"row":
+                rows += 1
+                row = _row_number(ref.group(2)) if ref is not None else row + 1
+                column = 0
+            elif ref is not None:
+                column = _column_number(ref.group(1) or b"A")
+                max_row = max(max_row, _row_number(ref.group(2)) or 1)
+            else:
+                column += 1
+            if column > max_column:
+                max_column = column
+            if row > max_row:
+                max_row = row
+        self._row, self._column = row, column
+        self.rows, self.max_row, self.max_column = rows, max_row, max_column
+        self.refuse_grid(max(rows, max_row), max_column, f"sheet part {self.part!r}")
 
     def _note(self, column: int, row: int) -> None:
         self.max_column = max(self.max_column, column)
@@ -384,8 +438,10 @@ class _OdsContentScanner(_Scanner):
         self.widest = 1
 
     def scan(self, data: bytes, end: int) -> None:
-        self.rows += data.count(b"<table:table-row", 0, end)
-        for found in self._REPEAT.finditer(data, 0, end):
+        self.rows += data.count(b"<table:table-row", 0, end + 15)
+        for found in self._REPEAT.finditer(data):
+            if found.start() >= end:
+                break
             count = int(found.group(2)) if len(found.group(2)) < 12 else 10**12
             if count <= 1:
                 continue

@@ -342,6 +342,88 @@ def write_quoted_far_cell_xlsx(folder: Path) -> Path:
     return write_disguised_far_cell_xlsx(folder, "r = 'xfd1048576'")
 
 
+def write_unreferenced_wide_row_xlsx(
+    folder: Path, cells: int = 20_000, far_row: int = 100_000
+) -> Path:
+    """A row of ``cells`` cells without references (the reader places each after the one before)
+    and one cell on row ``far_row``: read as is, a grid of ``cells`` x ``far_row``."""
+    rows = [
+        _row(1, [_text("A1", "이름"), _text("B1", "전화번호")]),
+        _row(2, ["<c><v>1</v></c>" * cells]),
+        _row(far_row, [f'<c r="A{far_row}"><v>1</v></c>']),
+    ]
+    path = folder / "unreferenced-wide.xlsx"
+    write_raw_xlsx(path, [("Sheet1", _sheet(rows))])
+    return path
+
+
+def write_unreferenced_rows_xlsx(folder: Path) -> Path:
+    """Row 40 has a reference; the 60 rows after it have none, so they are rows 41 to 100."""
+    rows = [_row(1, [_text("A1", "이름"), _text("B1", "전화번호")]), _row(40, [])]
+    rows += ["<row><c><v>1</v></c></row>"] * 60
+    path = folder / "unreferenced-rows.xlsx"
+    write_raw_xlsx(path, [("Sheet1", _sheet(rows))])
+    return path
+
+
+def write_prefixed_wide_row_xlsx(folder: Path) -> Path:
+    """Row and cell elements under a namespace prefix (the reader ignores prefixes), 300 cells
+    without references in one row."""
+    rows = [
+        _row(1, [_text("A1", "이름"), _text("B1", "전화번호")]),
+        "<x:row>" + "<x:c><v>1</v></x:c>" * 300 + "</x:row>",
+    ]
+    path = folder / "prefixed-wide.xlsx"
+    write_raw_xlsx(path, [("Sheet1", _sheet(rows))])
+    return path
+
+
+def write_unreferenced_clean_xlsx(folder: Path) -> Path:
+    """The clean roster with no references on its rows or cells, as some writers save it."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "<c/>"
+        if isinstance(value, int):
+            return f"<c><v>{value}</v></c>"
+        text = value.isoformat() if isinstance(value, date) else str(value)
+        return f'<c t="inlineStr"><is><t>{escape(text)}</t></is></c>'
+
+    rows = ["<row>" + "".join(cell(v) for v in row) + "</row>" for row in (HEADER, *CLEAN)]
+    path = folder / "unreferenced-clean.xlsx"
+    write_raw_xlsx(path, [("Sheet1", _sheet(rows))])
+    return path
+
+
+def write_straddling_far_cell_xlsx(folder: Path, at: int) -> Path:
+    """Plain rows, then a cell at the last column whose reference starts at byte ``at`` of the
+    sheet XML, then more plain rows (over 1 MiB in all, compressing like real data)."""
+    head = _sheet([]).split("<sheetData>")[0] + "<sheetData>"
+    parts: list[str] = [head]
+    size = len(head)
+    number = 1
+    while True:
+        row = f'<row r="{number}"><c r="A{number}"><v>{number * 7919 % 100_003}</v></c></row>'
+        if size + len(row) + 64 > at:
+            break
+        parts.append(row)
+        size += len(row)
+        number += 1
+    opening = f'<row r="{number}">'
+    padding = " " * (at - size - len(opening))
+    parts.append(f'{opening}{padding}<c r="XFD{number}"><v>1</v></c></row>')
+    parts += [
+        f'<row r="{n}"><c r="A{n}"><v>{n * 7919 % 100_003}</v></c></row>'
+        for n in range(number + 1, number + 20_000)
+    ]
+    parts.append("</sheetData></worksheet>")
+    xml = "".join(parts)
+    assert xml.encode().find(b'<c r="XFD') == at
+    path = folder / "straddling-far.xlsx"
+    write_raw_xlsx(path, [("Sheet1", xml)])
+    return path
+
+
 def write_repeated_rows_ods(folder: Path) -> Path:
     """One .ods row repeated three million times (a few bytes of XML)."""
     path = folder / "repeated.ods"

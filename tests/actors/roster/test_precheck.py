@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from actors.roster import Format, Limits, RosterRejected, open_roster, precheck
+from actors.roster.precheck import _KEEP, _READ_CHUNK
+from schemas import StudentRow
 from tests.actors import roster_corpus as corpus
 
 SMALL = Limits(max_rows=50, max_uncompressed_bytes=2 << 20)
@@ -33,6 +36,10 @@ HOSTILE: list[tuple[Callable[[Path], Path], str]] = [
     (corpus.write_quoted_far_cell_xlsx,
      "column 16384 is past the limit of 200 columns (ROSTER_MAX_COLUMNS)"),
     (corpus.write_repeated_rows_ods, "past the limit of 50 rows (ROSTER_MAX_ROWS)"),
+    (corpus.write_unreferenced_rows_xlsx,
+     "row 100 is past the limit of 50 rows (ROSTER_MAX_ROWS)"),
+    (corpus.write_prefixed_wide_row_xlsx,
+     "is past the limit of 200 columns (ROSTER_MAX_COLUMNS)"),
     (corpus.write_missing_column_xlsx,
      "required column 전화번호/phone is missing (sheet 'Sheet'); columns found: 이름, 학교, 학년"),
 ]
@@ -73,3 +80,46 @@ def test_formats_are_recognised_by_content(tmp_path: Path) -> None:
     assert precheck(corpus.write_clean_xlsx(tmp_path), Limits()) is Format.XLSX
     assert precheck(corpus.write_clean_xls(tmp_path), Limits()) is Format.XLS
     assert precheck(corpus.write_clean_ods(tmp_path), Limits()) is Format.ODS
+
+
+def test_cells_without_references_are_placed_as_the_reader_places_them(tmp_path: Path) -> None:
+    # Given a row of 20,000 cells without references and a cell on row 100,000: the reader would
+    # build a 2e9-cell grid and abort the process. The pre-check refuses it, so the reader never
+    # opens the file.
+    path = corpus.write_unreferenced_wide_row_xlsx(tmp_path)
+    limit = re.escape("is past the limit of 200 columns (ROSTER_MAX_COLUMNS)")
+    with pytest.raises(RosterRejected, match=limit):
+        precheck(path, Limits())
+    with pytest.raises(RosterRejected, match=r"sheet part 'xl/worksheets/sheet1\.xml'"):
+        open_roster(path, Limits())
+
+
+def test_cells_without_references_count_towards_the_grid(tmp_path: Path) -> None:
+    # 200 columns is allowed; 200 columns down to row 100,000 is not.
+    path = corpus.write_unreferenced_wide_row_xlsx(tmp_path, cells=200)
+    with pytest.raises(RosterRejected, match=r"100000 rows x 200 columns.*\(ROSTER_MAX_CELLS\)"):
+        precheck(path, Limits())
+    assert precheck(path, Limits(max_cells=20_000_000)) is Format.XLSX
+
+
+def test_a_roster_without_references_imports(tmp_path: Path) -> None:
+    path = corpus.write_unreferenced_clean_xlsx(tmp_path)
+    assert precheck(path, SMALL) is Format.XLSX
+    rows: list[StudentRow] = []
+    with open_roster(path, SMALL) as roster:
+        counts = roster.validate(rows.extend)
+    assert counts.invalid == 0
+    assert [
+        (r.name, r.phone, r.parent_phone, r.school, r.grade, r.birth_date)
+        for r in rows
+    ] == list(corpus.CLEAN_EXPECTED)
+
+
+def test_a_reference_across_the_scan_boundary_is_seen(tmp_path: Path) -> None:
+    # The sheet is scanned in pieces; a reference starting just before where one piece's scan
+    # stops is read whole with the next.
+    boundary = _READ_CHUNK - _KEEP
+    for before in (3, 5, 7):
+        path = corpus.write_straddling_far_cell_xlsx(tmp_path, boundary - before)
+        with pytest.raises(RosterRejected, match="column 16384 is past the limit"):
+            precheck(path, Limits())
