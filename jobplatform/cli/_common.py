@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from typing import Any
 
 import click
@@ -38,6 +40,14 @@ def run_cli(group: click.Group, argv: list[str] | None) -> int:
     except (JobPlatformError, OSError) as exc:
         click.echo(f"error: {describe_chain(exc)}", err=True)
         return 2 if isinstance(exc, ConfigError) else 1
+    except Exception as exc:
+        # A driver's error (PostgreSQL unreachable...) or a bug: the chain of causes, and the
+        # traceback when debugging.
+        if os.environ.get("LOG_LEVEL", "").upper() == "DEBUG":
+            traceback.print_exc()
+        click.echo(f"error: {type(exc).__name__}: {describe_chain(exc)}", err=True)
+        click.echo("(set LOG_LEVEL=DEBUG for the traceback)", err=True)
+        return 1
     return code if isinstance(code, int) else 0
 
 

@@ -31,13 +31,15 @@ def replay(log: tuple[str, ...], database_url: str, until: int | None, tenant: i
     from writer.migrate import upgrade
 
     settings = settings_from_env()
-    upgrade(database_url)
     console = Console(stderr=True)
     columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
                TextColumn("seq {task.fields[seq]}"), TimeElapsedColumn())
+    # The log is opened first: a wrong path is reported before the database is touched.
     with LogReader(list(log), settings=settings) as reader, Progress(
         *columns, console=console, disable=as_json
     ) as progress:
+        reader.segments()
+        upgrade(database_url)
         task = progress.add_task("replay", total=None, seq="-")
         summary = replay_log(
             database_url,
