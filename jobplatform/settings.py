@@ -44,7 +44,7 @@ class WriterSettings(BaseSettings):
     batch_max_bytes: Positive = 4 * 1024 * 1024
     batch_max_age_ms: Positive = 50
     poll_timeout_ms: Positive = 20
-    bulk_share: Share = 0.8
+    bulk_share: Share = 0.1
     """Largest share of a batch's intents taken from ``writes.bulk`` when fast intents wait."""
     db_budget: Share = 0.5
     """Largest share of wall time the writer may keep PostgreSQL busy; past it, commits wait."""

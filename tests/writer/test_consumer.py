@@ -64,7 +64,10 @@ def test_applies_status_and_roster_intents_then_acks(
     # When a writer runs until both lanes are empty
     runner = start_writer()
     wait_until(lambda: _ledger(settings) == len(intents), message="every intent applied")
-    wait_until(lambda: _drained(broker, settings), message="every message acked")
+    # (an empty queue means every message was fetched; the acks follow the commit)
+    wait_until(lambda: _drained(broker, settings)
+               and runner.writer.get_stats()["acks"] == len(intents),
+               message="every message acked")
     stats = runner.writer.get_stats()
     runner.stop()
 
