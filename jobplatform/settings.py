@@ -52,6 +52,10 @@ class WriterSettings(BaseSettings):
     lock_key: int = 0x6A6F62706C6174
     statement_timeout_ms: Positive = 30_000
     stats_interval_s: Annotated[float, Field(gt=0)] = 30.0
+    ledger_retention_days: Annotated[int, Field(ge=1)] = 30
+    """Ledger ids older than this are deleted; a message redelivered later is applied again."""
+    ledger_prune_interval_s: Annotated[float, Field(gt=0)] = 300.0
+    """How often the active writer deletes expired ledger ids (more at once while many are due)."""
     log_dir: Path | None = None
     """Folder of the write-intent log; defaults to ``<state dir>/intent-log``."""
     log_segment_bytes: Positive = 64 * 1024 * 1024

@@ -49,7 +49,7 @@ from jobplatform.progress import ProgressStore, writer_stats_key
 from jobplatform.settings import Settings, WriterSettings
 from schemas.intents import AnyIntent
 from schemas.jobs import roster_job_id
-from writer import dead, lock
+from writer import dead, ledger, lock
 from writer.batcher import Batch, BatchSizer, Limits
 from writer.coalesce import Plan, plan
 from writer.db import APPLICATION_NAME
@@ -165,6 +165,7 @@ class Writer:
         self._next_stats = time.monotonic() + settings.stats_interval_s
         self._last_emit: tuple[float, int, int] = (time.monotonic(), 0, 0)
         self._heartbeat: threading.Thread | None = None
+        self._next_prune = time.monotonic()
 
     @classmethod
     def from_settings(cls, settings: Settings, broker: RedisBroker, *,
@@ -255,6 +256,7 @@ class Writer:
                     self._process(batch)
                 elif self._redis_dirty:
                     self._recover_redis()
+                self._prune_ledger()
         finally:
             self._shutdown()
         log.info("writer stopped", name=self.name, **self._stats.snapshot())
@@ -266,9 +268,9 @@ class Writer:
 
         Counters: ``batches``, ``intents``, ``applied``, ``rows``, ``coalesced``,
         ``skipped_duplicate``, ``skipped_unchanged``, ``dead``, ``rejected``, ``bisections``,
-        ``db_retries``, ``redis_retries``, ``lost_lock``, ``acks``. Gauges: ``role``,
-        ``lag_ms`` (age of the oldest message of the last batch at commit), ``lag_max_ms``,
-        ``db_share`` (measured share of wall time in transactions), ``db_budget``,
+        ``db_retries``, ``redis_retries``, ``lost_lock``, ``acks``, ``ledger_pruned``. Gauges:
+        ``role``, ``lag_ms`` (age of the oldest message of the last batch at commit),
+        ``lag_max_ms``, ``db_share`` (measured share of wall time in transactions), ``db_budget``,
         ``backlog_fast`` / ``backlog_bulk``, ``commit_ms_mean|p50|p99|max|count`` (transaction
         time of the last 4,096 batches), ``batch_rows_cap`` (row cap of the next batch, sized
         for ``WRITER_TARGET_TXN_MS``) and ``ms_per_row`` (transaction time per row it learned).
@@ -500,6 +502,47 @@ class Writer:
             self._stop.wait(min(left, 0.25))
             self._tick()
 
+    # --- ledger retention ------------------------------------------------------------------
+
+    def _prune_due(self) -> bool:
+        return self.active and not self._stop.is_set() and time.monotonic() >= self._next_prune
+
+    def _prune_ledger(self) -> None:
+        """Delete one small batch of expired ledger ids when it is due.
+
+        Due every ``WRITER_LEDGER_PRUNE_INTERVAL_S``, and again right away after a prune that
+        deleted a full batch; never while the queues hold a backlog (as the heartbeat last saw
+        them, or before it saw them) or the database time budget is spent. Its transaction is
+        charged to the budget like a batch's.
+        """
+        if not self._prune_due():
+            return
+        with self._stats_lock:
+            backlog = self._stats.backlog_fast != 0 or self._stats.backlog_bulk != 0
+        if backlog or self.budget.delay() > 0:
+            return
+        settings = self.settings
+        start = time.monotonic()
+        try:
+            deleted = ledger.prune(self._owned_connection(), lock_key=settings.lock_key,
+                                   retention_days=settings.ledger_retention_days,
+                                   statement_timeout_ms=settings.statement_timeout_ms)
+        except lock.LockLost as exc:
+            self._step_down(str(exc))
+            return
+        except DB_OUTAGES as exc:
+            log.warning("could not prune the ledger; trying again later", error=str(exc))
+            deleted = 0
+        finally:
+            end = time.monotonic()
+            self.budget.spent(start, end)
+        more = deleted >= ledger.PRUNE_ROWS
+        self._next_prune = end + (0.0 if more else settings.ledger_prune_interval_s)
+        if deleted:
+            with self._stats_lock:
+                self._stats.ledger_pruned += deleted
+            log.info("ledger pruned", rows=deleted, more=more)
+
     # --- batches ---------------------------------------------------------------------------
 
     def _collect(self, *, bulk_after: float = 0.0) -> Batch:
@@ -508,7 +551,8 @@ class Writer:
         An idle writer waits up to the poll timeout on the fast lane; a batch is closed when
         both lanes come back empty, a limit is reached or it is ``batch_max_age_ms`` old.
         The bulk lane is left alone until ``bulk_after`` (monotonic): while the database time
-        budget is spent, fast intents still come through.
+        budget is spent, fast intents still come through. An idle writer returns an empty batch
+        when the ledger's pruning is due.
         """
         assert self._fast is not None
         assert self._bulk is not None
@@ -548,7 +592,8 @@ class Writer:
                     self._tick()
                     idle = fast.take(limits.intents, wait=True)
                     batch.add_all(idle, limits)
-                    if not idle and (self._stop.is_set() or self._redis_dirty):
+                    if not idle and (self._stop.is_set() or self._redis_dirty
+                                     or self._prune_due()):
                         return batch
         except REDIS_ERRORS as exc:
             self._redis_failed(exc)

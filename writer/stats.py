@@ -23,6 +23,7 @@ COUNTERS = (
     "redis_retries",    # Redis calls retried after a connection error
     "lost_lock",        # times another writer held the lock when a batch began
     "acks",             # messages acknowledged
+    "ledger_pruned",    # ledger ids deleted past WRITER_LEDGER_RETENTION_DAYS
 )
 
 
@@ -73,6 +74,7 @@ class WriterStats:
     redis_retries: int = 0
     lost_lock: int = 0
     acks: int = 0
+    ledger_pruned: int = 0
     # gauges
     role: str = "starting"
     lag_ms: float = 0.0
