@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     """Redis; unset means the local server on 127.0.0.1:6379 if it answers, else embedded."""
     jobplatform_env: Literal["development", "production"] = "development"
     jobplatform_state_dir: Path = PROJECT_ROOT / ".jobplatform"
+    jobplatform_kinds: str = ""
+    """Modules of plug-in kinds, comma-separated, besides those of the ``jobplatform.kinds``
+    entry points (see :mod:`jobplatform.kinds`)."""
     log_format: Literal["json", "console"] | None = None
     """Unset: JSON lines in production, console in development."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

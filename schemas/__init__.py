@@ -4,7 +4,7 @@ This package imports nothing else of the project, so API services, actors and th
 can all depend on it.
 """
 
-from schemas._base import SCHEMA_VERSION, Contract
+from schemas._base import SCHEMA_VERSION, BaseIntent, BaseJob, Contract, Lane
 from schemas.errors import DecodeError, FieldError
 from schemas.intents import (
     INTENT_KINDS,
@@ -28,6 +28,7 @@ from schemas.jobs import (
     ImportRoster,
     Job,
     Rendition,
+    SourceJob,
     decode_job,
 )
 
@@ -35,6 +36,8 @@ __all__ = [
     "DEFAULT_LADDER",
     "INTENT_KINDS",
     "SCHEMA_VERSION",
+    "BaseIntent",
+    "BaseJob",
     "Contract",
     "DecodeError",
     "EncodeVideo",
@@ -42,10 +45,12 @@ __all__ = [
     "ImportRoster",
     "Intent",
     "Job",
+    "Lane",
     "Rendition",
     "RosterChunk",
     "RosterStatus",
     "RosterStatusName",
+    "SourceJob",
     "StudentRow",
     "VideoFailed",
     "VideoProcessing",

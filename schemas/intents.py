@@ -1,22 +1,25 @@
-"""Write intents: what actors ask the writer to apply to PostgreSQL.
+"""The built-in write intents (video and roster): what actors ask the writer to apply.
 
 Every intent carries a unique ``intent_id`` (the writer applies each id at most once), the
 tenant, and ``occurred_at``: the moment it happened, written to the rows as their timestamp so
 that replaying the intent log is deterministic. State changes are ordered by
 :func:`intent_rank` and never move backwards.
+
+:func:`decode_intent` reads these built-in families only; the platform's processes decode
+through the registry of kinds (:mod:`jobplatform.kinds`), which holds plug-in kinds too.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from datetime import date
-from typing import Annotated, Any, Literal
-from uuid import UUID, uuid4
+from typing import Annotated, Any, ClassVar, Literal, Self
+from uuid import UUID
 
-from pydantic import AwareDatetime, Field, TypeAdapter
+from pydantic import Field, TypeAdapter
 
-from schemas._base import Contract, EntityId, S3Key, ShortText, TenantId
+from schemas._base import BaseIntent, Contract, EntityId, Lane, S3Key, ShortText
 from schemas.jobs import _decode
 
 #: A Korean mobile number in its canonical form.
@@ -24,18 +27,27 @@ PHONE_PATTERN = r"^01[016789]-\d{3,4}-\d{4}$"
 Phone = Annotated[str, Field(pattern=PHONE_PATTERN)]
 
 
-class _Intent(Contract):
-    schema_version: Literal[1] = 1
-    intent_id: UUID = Field(default_factory=uuid4)
-    tenant_id: TenantId
-    occurred_at: AwareDatetime
-
-
 # --- video ---------------------------------------------------------------------------------
 
-class _VideoIntent(_Intent):
+_VIDEO_RANK = {"video.queued": 0, "video.processing": 1, "video.ready": 2, "video.failed": 2}
+
+
+class _VideoIntent(BaseIntent):
     video_id: UUID
     attempt: Annotated[int, Field(ge=1, le=1000)] = 1
+
+    def entity_key(self) -> tuple[Hashable, ...]:
+        return ("video", self.video_id)
+
+    def rank(self) -> tuple[int, ...]:
+        return (self.attempt, _VIDEO_RANK[self.kind])
+
+    def describe(self) -> str:
+        head = f"{self.kind:<16} tenant {self.tenant_id}  {self.occurred_at.isoformat()}"
+        return f"{head}  video {self.video_id}  attempt {self.attempt}{self._detail()}"
+
+    def _detail(self) -> str:
+        return ""
 
 
 class VideoQueued(_VideoIntent):
@@ -43,6 +55,9 @@ class VideoQueued(_VideoIntent):
 
     kind: Literal["video.queued"] = "video.queued"
     source_key: S3Key
+
+    def _detail(self) -> str:
+        return f"  {self.source_key}"
 
 
 class VideoProcessing(_VideoIntent):
@@ -67,12 +82,18 @@ class VideoReady(_VideoIntent):
     duration_s: Annotated[float, Field(gt=0, lt=86_400)]
     renditions: Annotated[tuple[VideoRendition, ...], Field(min_length=1, max_length=10)]
 
+    def _detail(self) -> str:
+        return f"  {self.hls_key}  {self.duration_s:.1f}s"
+
 
 class VideoFailed(_VideoIntent):
     """Encoding failed for a reason a person can read."""
 
     kind: Literal["video.failed"] = "video.failed"
     reason: Annotated[str, Field(min_length=1, max_length=2000)]
+
+    def _detail(self) -> str:
+        return f"  {self.reason[:80]}"
 
 
 # --- roster --------------------------------------------------------------------------------
@@ -89,14 +110,40 @@ class StudentRow(Contract):
     birth_date: date | None = None
 
 
-class RosterChunk(_Intent):
+class RosterChunk(BaseIntent):
     """A chunk of valid rows of one import: upsert the students, enroll them in the lecture."""
+
+    lane: ClassVar[Lane] = "bulk"
 
     kind: Literal["roster.chunk"] = "roster.chunk"
     import_id: UUID
     lecture_id: EntityId
     chunk_index: Annotated[int, Field(ge=0)]
     rows: Annotated[tuple[StudentRow, ...], Field(min_length=1, max_length=5000)]
+
+    def weight(self) -> int:
+        return len(self.rows)
+
+    def entity_key(self) -> tuple[Hashable, ...]:
+        return ("roster.chunk", self.import_id, self.chunk_index)
+
+    def rank(self) -> tuple[int, ...]:
+        return (0, self.chunk_index)
+
+    def matches(self, entity: str) -> Self | None:
+        """The chunk for its import id; for a phone, the chunk narrowed to that student."""
+        entity = entity.strip()
+        if str(self.import_id) == entity.lower():
+            return self
+        rows = tuple(r for r in self.rows if entity in (r.phone, r.parent_phone))
+        return self.model_copy(update={"rows": rows}) if rows else None
+
+    def describe(self) -> str:
+        head = f"{self.kind:<16} tenant {self.tenant_id}  {self.occurred_at.isoformat()}"
+        phones = ", ".join(r.phone for r in self.rows[:3])
+        more = ", ..." if len(self.rows) > 3 else ""
+        return (f"{head}  import {self.import_id}  lecture {self.lecture_id}  "
+                f"chunk {self.chunk_index}  {len(self.rows)} rows ({phones}{more})")
 
 
 class RowError(Contract):
@@ -108,7 +155,10 @@ class RowError(Contract):
 RosterStatusName = Literal["queued", "parsing", "writing", "failed"]
 
 
-class RosterStatus(_Intent):
+_ROSTER_RANK = {"queued": 0, "parsing": 1, "writing": 2, "failed": 3}
+
+
+class RosterStatus(BaseIntent):
     """A roster import changed state.
 
     ``writing`` means every row is parsed and ``chunks`` chunks were sent; the writer marks the
@@ -129,6 +179,17 @@ class RosterStatus(_Intent):
     error: Annotated[str | None, Field(max_length=2000)] = None
     sample_errors: Annotated[tuple[RowError, ...], Field(max_length=100)] = ()
 
+    def entity_key(self) -> tuple[Hashable, ...]:
+        return ("roster", self.import_id)
+
+    def rank(self) -> tuple[int, ...]:
+        return (0, _ROSTER_RANK[self.status])
+
+    def describe(self) -> str:
+        head = f"{self.kind:<16} tenant {self.tenant_id}  {self.occurred_at.isoformat()}"
+        counts = "" if self.total is None else f"  {self.valid}/{self.total} valid"
+        return f"{head}  import {self.import_id}  {self.status}{counts}"
+
 
 Intent = Annotated[
     VideoQueued | VideoProcessing | VideoReady | VideoFailed | RosterChunk | RosterStatus,
@@ -142,29 +203,21 @@ INTENT_KINDS: frozenset[str] = frozenset(
     for m in (VideoQueued, VideoProcessing, VideoReady, VideoFailed, RosterChunk, RosterStatus)
 )
 
-_VIDEO_RANK = {"video.queued": 0, "video.processing": 1, "video.ready": 2, "video.failed": 2}
-_ROSTER_RANK = {"queued": 0, "parsing": 1, "writing": 2, "failed": 3}
-
-
-def intent_rank(intent: AnyIntent) -> tuple[int, int]:
+def intent_rank(intent: BaseIntent) -> tuple[int, ...]:
     """Order of a state change within its entity: a change of lower rank never overwrites."""
-    if isinstance(intent, VideoQueued | VideoProcessing | VideoReady | VideoFailed):
-        return (intent.attempt, _VIDEO_RANK[intent.kind])
-    if isinstance(intent, RosterStatus):
-        return (0, _ROSTER_RANK[intent.status])
-    return (0, intent.chunk_index)
+    return intent.rank()
 
 
 def decode_intent(data: bytes | str | Mapping[str, Any]) -> AnyIntent:
-    """Decode a write intent; raise :class:`~schemas.DecodeError` naming each bad field."""
+    """Decode a built-in write intent; raise :class:`~schemas.DecodeError` naming each bad field."""
     result: AnyIntent = _decode(_intent_adapter, "intent", data)
     return result
 
 
-def encode_intent(intent: AnyIntent) -> dict[str, Any]:
+def encode_intent(intent: BaseIntent) -> dict[str, Any]:
     """The JSON-compatible form of an intent, as it travels and as the log stores it."""
     return intent.model_dump(mode="json")
 
 
-def intent_json(intent: AnyIntent) -> bytes:
+def intent_json(intent: BaseIntent) -> bytes:
     return json.dumps(encode_intent(intent), separators=(",", ":"), ensure_ascii=False).encode()

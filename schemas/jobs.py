@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator
 
-from schemas._base import SCHEMA_VERSION, Contract, EntityId, S3Key, TenantId
+from schemas._base import SCHEMA_VERSION, BaseJob, Contract, EntityId, S3Key
 from schemas.errors import DecodeError, FieldError
 
 
@@ -41,11 +40,10 @@ DEFAULT_LADDER: tuple[Rendition, ...] = (
 )
 
 
-class _Job(Contract):
-    schema_version: Literal[1] = 1
-    tenant_id: TenantId
+class SourceJob(BaseJob):
+    """A job whose input is a file already in S3 at ``source_key``, under its tenant's prefix."""
+
     source_key: S3Key
-    requested_at: AwareDatetime = Field(default_factory=lambda: datetime.now().astimezone())
 
     @field_validator("source_key")
     @classmethod
@@ -53,7 +51,7 @@ class _Job(Contract):
         return check_key(key)
 
 
-class EncodeVideo(_Job):
+class EncodeVideo(SourceJob):
     """Encode an uploaded video (already in S3 at ``source_key``) to HLS."""
 
     kind: Literal["video.encode"] = "video.encode"
@@ -66,7 +64,7 @@ class EncodeVideo(_Job):
         return video_job_id(self.video_id)
 
 
-class ImportRoster(_Job):
+class ImportRoster(SourceJob):
     """Import a roster spreadsheet (already in S3 at ``source_key``) into a lecture."""
 
     kind: Literal["roster.import"] = "roster.import"
@@ -94,7 +92,7 @@ _job_adapter: TypeAdapter[EncodeVideo | ImportRoster] = TypeAdapter(Job)
 
 
 def decode_job(data: bytes | str | Mapping[str, Any]) -> EncodeVideo | ImportRoster:
-    """Decode a job message; raise :class:`DecodeError` naming each bad field."""
+    """Decode a built-in job message; raise :class:`DecodeError` naming each bad field."""
     job: EncodeVideo | ImportRoster = _decode(_job_adapter, "job", data)
     return job
 
