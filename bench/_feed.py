@@ -2,12 +2,13 @@
 
 Producers are threads of this process, each with its own broker (its own Redis connections, as
 separate actor processes have), enqueueing with :class:`~jobplatform.emit.IntentEmitter` on a
-fresh broker namespace. ONE :class:`~writer.consumer.Writer` runs in a thread of this process,
+fresh broker namespace. ONE :class:`~writer.engine.Writer` runs in a thread of this process,
 composed as ``jobplatform writer`` composes it (the settings' writer limits and budget, the
 write-intent log, here under a temporary folder).
 
-The writer's commits are clocked in-process: :class:`ClockedWriter` notes, when each batch
-transaction's COMMIT has returned, its duration, its statements and the intents it settled.
+The writer's commits are clocked in-process: :class:`CommitClock` (a writer hook) notes, when
+each batch transaction's COMMIT has returned, its duration, its statements and the intents it
+settled.
 The shared server has ``track_commit_timestamp`` off (it cannot be restarted for a benchmark),
 so the database cannot tell commit times; the moment COMMIT returns to the writer is when the
 intents' effects became visible to every other session.
@@ -32,10 +33,8 @@ from jobplatform.broker import Queues, build_broker
 from jobplatform.emit import IntentEmitter
 from jobplatform.settings import Settings
 from schemas.intents import AnyIntent, VideoProcessing, VideoReady, VideoRendition
-from writer.coalesce import Plan
-from writer.consumer import Conn, IntentLogWriter, Writer
-from writer.lanes import Item
-from writer.sink import BatchResult
+from writer.engine import Commit as EngineCommit
+from writer.engine import Hooks, IntentLogWriter, Writer
 
 #: Statements of a batch transaction besides the sink's: BEGIN, the lock and sequence, COMMIT.
 BATCH_OVERHEAD_STATEMENTS = 3
@@ -96,21 +95,18 @@ class CommitLog:
                 self._changed.wait(min(left, poll_s))
 
 
-class ClockedWriter(Writer):
-    """The writer, each committed batch transaction recorded in :attr:`clock`."""
+class CommitClock(Hooks):
+    """Records each committed batch transaction of the writer in ``clock``."""
 
-    clock: CommitLog
+    def __init__(self, clock: CommitLog) -> None:
+        self.clock = clock
 
-    def _commit(self, conn: Conn, items: list[Item], work: Plan) -> BatchResult:
-        start = time.perf_counter()
-        result = super()._commit(conn, items, work)
-        end = time.perf_counter()
+    def after_commit(self, commit: EngineCommit) -> None:
         self.clock.record(Commit(
-            intent_ids=tuple(i.intent.intent_id for i in items if i.intent is not None),
-            start=start, end=end, at=datetime.now(UTC),
-            statements=result.statements + BATCH_OVERHEAD_STATEMENTS,
+            intent_ids=tuple(i.intent.intent_id for i in commit.items if i.intent is not None),
+            start=commit.started, end=commit.ended, at=datetime.now(UTC),
+            statements=commit.result.statements + BATCH_OVERHEAD_STATEMENTS,
         ))
-        return result
 
 
 class WriterFailed(RuntimeError):
@@ -118,7 +114,7 @@ class WriterFailed(RuntimeError):
 
 
 class FedWriter:
-    """A fresh broker namespace and one :class:`ClockedWriter` on ``database_url``.
+    """A fresh broker namespace and one clocked :class:`~writer.engine.Writer` on ``database_url``.
 
     ``with FedWriter(...) as fed``: producers may enqueue on ``fed.settings`` before or after
     :meth:`start`; leaving stops the writer, closes it and deletes the namespace's keys.
@@ -157,10 +153,9 @@ class FedWriter:
             from writer.intentlog import IntentLog
 
             log_writer = IntentLog.from_settings(self.settings)
-        self.writer = ClockedWriter(self.settings.writer, database_url=self._database_url,
-                                    broker=self.broker, queues=Queues.from_settings(self.settings),
-                                    log_writer=log_writer)
-        self.writer.clock = self.clock
+        self.writer = Writer(self.settings.writer, database_url=self._database_url,
+                             broker=self.broker, queues=Queues.from_settings(self.settings),
+                             log_writer=log_writer, hooks=[CommitClock(self.clock)])
         stack.callback(self._stop)
         return self
 

@@ -154,7 +154,7 @@ class WriterUnavailable(RuntimeError):
 
 def writer_available() -> bool:
     try:
-        from writer import consumer  # noqa: F401
+        from writer import engine  # noqa: F401
     except ImportError:
         return False
     return True
@@ -182,7 +182,7 @@ class WriterProcess:
     def start(self, admin_url: str, timeout_s: float = 60.0) -> None:
         """Start it and wait until it holds the active writer's lock (it is then consuming)."""
         if not writer_available():
-            raise WriterUnavailable("writer.consumer is not in this checkout yet")
+            raise WriterUnavailable("writer.engine is not in this checkout yet")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "jobplatform", "writer"], env=self.env,

@@ -34,35 +34,62 @@ from bench._workload import TENANT_ID, Workload, prepare_template
 from jobplatform.broker import Queues, build_broker
 from jobplatform.emit import IntentEmitter
 from jobplatform.settings import Settings
-from schemas import RosterChunk
+from schemas import BaseIntent, RosterChunk
 from schemas.intents import AnyIntent, VideoProcessing, VideoReady, VideoRendition
 from writer.batcher import Batch
-from writer.coalesce import Plan
-from writer.consumer import Conn, IntentLogWriter, Writer
+from writer.engine import Commit, Hooks, IntentLogWriter, Writer
 from writer.lanes import Item
-from writer.sink import BatchResult
 
 T = TypeVar("T")
 PHASES = ("collect", "commit", "intent_log", "ack", "pace")
 
 
-class _Phases:
+class _Phases(Hooks):
+    """Time spent in each phase of the writer's loop, from its hooks."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.first: float | None = None
         self.last = 0.0
+        self._began: dict[str, float] = {}
 
     def timed(self, phase: str, call: Callable[[], T]) -> T:
         start = time.monotonic()
         try:
             return call()
         finally:
-            end = time.monotonic()
-            self.seconds[phase] += end - start
-            if phase == "collect" and self.first is None:
-                self.first = start
-            if phase == "ack":
-                self.last = end
+            self.seconds[phase] += time.monotonic() - start
+
+    def _begin(self, phase: str) -> None:
+        self._began[phase] = time.monotonic()
+
+    def _end(self, phase: str) -> float:
+        end = time.monotonic()
+        self.seconds[phase] += end - self._began.pop(phase, end)
+        return end
+
+    def before_collect(self) -> None:
+        self._begin("collect")
+        if self.first is None:
+            self.first = self._began["collect"]
+
+    def after_collect(self, batch: Batch) -> None:
+        self._end("collect")
+
+    def before_pace(self, batch: Batch) -> None:
+        self._begin("pace")
+
+    def after_pace(self, batch: Batch) -> None:
+        self._end("pace")
+
+    def after_commit(self, commit: Commit) -> None:
+        self.seconds["commit"] += commit.ended - commit.started
+
+    def before_ack(self, items: Sequence[Item]) -> None:
+        self._begin("ack")
+
+    def after_ack(self, items: Sequence[Item]) -> None:
+        self.last = self._end("ack")
 
 
 class _TimedLog:
@@ -72,31 +99,11 @@ class _TimedLog:
         self.inner = inner
         self.phases = phases
 
-    def append(self, batch_seq: int, intents: Sequence[AnyIntent]) -> None:
+    def append(self, batch_seq: int, intents: Sequence[BaseIntent]) -> None:
         self.phases.timed("intent_log", lambda: self.inner.append(batch_seq, intents))
 
     def close(self) -> None:
         self.inner.close()
-
-
-class TimedWriter(Writer):
-    """The writer, its loop's phases timed."""
-
-    phases: _Phases
-
-    def _collect(self, *, bulk_after: float = 0.0) -> Batch:
-        return self.phases.timed(
-            "collect", lambda: super(TimedWriter, self)._collect(bulk_after=bulk_after))
-
-    def _commit(self, conn: Conn, items: list[Item], work: Plan) -> BatchResult:
-        return self.phases.timed(
-            "commit", lambda: super(TimedWriter, self)._commit(conn, items, work))
-
-    def _ack(self, items: list[Item]) -> None:
-        self.phases.timed("ack", lambda: super(TimedWriter, self)._ack(items))
-
-    def _pace(self, batch: Batch) -> None:
-        self.phases.timed("pace", lambda: super(TimedWriter, self)._pace(batch))
 
 
 def small_intents(count: int) -> Iterator[AnyIntent]:
@@ -151,10 +158,9 @@ def drain(instance: EmulatedInstance, settings: Settings, redis_url: str, name: 
                 from writer.intentlog import IntentLog
 
                 log_writer = _TimedLog(IntentLog.from_settings(run_settings), phases)
-            writer = TimedWriter(run_settings.writer, database_url=url, broker=broker,
-                                 queues=Queues.from_settings(run_settings),
-                                 log_writer=log_writer)
-            writer.phases = phases
+            writer = Writer(run_settings.writer, database_url=url, broker=broker,
+                            queues=Queues.from_settings(run_settings),
+                            log_writer=log_writer, hooks=[phases])
             client = redis.Redis.from_url(redis_url)
             monitor = psycopg.connect(instance.admin_url(name), autocommit=True)
             try:
@@ -173,7 +179,7 @@ def drain(instance: EmulatedInstance, settings: Settings, redis_url: str, name: 
     return result
 
 
-def _measure(instance: EmulatedInstance, writer: TimedWriter, phases: _Phases,
+def _measure(instance: EmulatedInstance, writer: Writer, phases: _Phases,
              monitor: psycopg.Connection[tuple[Any, ...]], client: redis.Redis, expected: int,
              timeout_s: float) -> dict[str, Any]:
     monitor_pid = monitor.info.backend_pid

@@ -11,10 +11,10 @@ is written by each method into a fresh database (``jp_bench_*``, dropped afterwa
 - ``writer``: the roster as the AI actor emits it (status intents and RosterChunk intents of
   500 rows), enqueued on ``writes.fast`` / ``writes.bulk`` of a fresh broker namespace by
   ``--producers`` threads (8; each its own Redis connections) and applied by a real
-  :class:`~writer.consumer.Writer` running in this process with the settings' limits and the
+  :class:`~writer.engine.Writer` running in this process with the settings' limits and the
   write-intent log. The writer is started (connected, holding its lock, idle) before the clock
   starts; the clock runs from the first enqueue to the return of the COMMIT that settled the
-  last intent. ``--feed direct`` instead calls :func:`writer.sink.apply_batch` in a loop;
+  last intent. ``--feed direct`` instead calls :func:`writer.engine.apply_batch` in a loop;
 - ``writer_reimport``: the same roster again, as a new import, on the writer's database.
 
 Under load, on a fresh database each (``--backlog-rows``, 100,000 rows):
@@ -491,7 +491,7 @@ class Feed:
 def writer_direct(feed: Feed, url: str, intents: Sequence[AnyIntent]) -> Method:
     """The sink in a direct loop: one transaction per batch, as the consumer runs it."""
     from writer.db import connect
-    from writer.sink import apply_batch
+    from writer.engine import apply_batch
 
     settings = feed.settings.writer
     conn = connect(url)

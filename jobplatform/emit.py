@@ -1,7 +1,9 @@
 """Sending write intents to the writer's queues.
 
-Status changes go to ``writes.fast``, roster chunks to ``writes.bulk``; the writer drains fast
-first, so a video's status never waits behind a large import.
+Each intent goes to the lane its model declares (``fast`` for status changes, ``bulk`` for row
+sets such as roster chunks); the writer drains fast first, so a video's status never waits
+behind a large import. An intent of a kind the registry does not hold is refused here, at the
+producer, instead of reaching the writer's dead letters.
 """
 
 from __future__ import annotations
@@ -9,22 +11,25 @@ from __future__ import annotations
 import dramatiq
 
 from jobplatform.broker import WRITE_INTENT, Queues, make_message
-from schemas import RosterChunk, encode_intent
-from schemas.intents import AnyIntent
+from jobplatform.kinds import Registry, UnknownKind, default_registry
+from schemas import BaseIntent, FieldError, encode_intent
 
 
 class IntentEmitter:
     """Routes each intent to its lane and enqueues it on the broker."""
 
-    def __init__(self, broker: dramatiq.Broker, queues: Queues) -> None:
+    def __init__(self, broker: dramatiq.Broker, queues: Queues,
+                 registry: Registry | None = None) -> None:
         self.broker = broker
         self.queues = queues
+        self.registry = registry if registry is not None else default_registry()
 
-    def lane(self, intent: AnyIntent) -> str:
-        bulk = isinstance(intent, RosterChunk)
-        return self.queues.writes_bulk if bulk else self.queues.writes_fast
+    def lane(self, intent: BaseIntent) -> str:
+        return self.queues.writes_bulk if intent.lane == "bulk" else self.queues.writes_fast
 
-    def emit(self, intent: AnyIntent) -> None:
+    def emit(self, intent: BaseIntent) -> None:
+        if self.registry.kind_for(intent.kind) is None:
+            raise UnknownKind("intent", [FieldError("kind", self.registry.unknown(intent.kind))])
         message = make_message(
             self.lane(intent), WRITE_INTENT, encode_intent(intent), intent_id=str(intent.intent_id)
         )

@@ -35,13 +35,14 @@ import dramatiq
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from jobplatform.broker import ENCODE_VIDEO, IMPORT_ROSTER, Queues, build_broker, make_message
+from jobplatform.broker import Queues, build_broker, make_message
 from jobplatform.emit import IntentEmitter
 from jobplatform.errors import ConfigError, PublishError
+from jobplatform.kinds import ENTRY_POINT_GROUP, KINDS_SETTING, JobType, Registry, registry_for
 from jobplatform.progress import ProgressStore
 from jobplatform.s3 import s3_client
 from jobplatform.settings import Settings, load_settings
-from schemas import EncodeVideo, ImportRoster, RosterStatus, VideoQueued
+from schemas import BaseJob, SourceJob
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -53,7 +54,6 @@ MAX_FILENAME = 120
 
 JobState = Literal["unknown", "queued", "running", "writing", "done", "failed"]
 UploadKind = Literal["video", "roster"]
-AnyJob = EncodeVideo | ImportRoster
 
 #: ``step`` values of a progress record that stand for a state other than ``running``.
 STEP_STATES: Mapping[str, JobState] = {"done": "done", "failed": "failed", "writing": "writing"}
@@ -175,6 +175,7 @@ class Publisher:
         *,
         broker: dramatiq.Broker | None = None,
         s3: S3Client | None = None,
+        registry: Registry | None = None,
     ) -> None:
         if broker is None:
             if not settings.redis_url:
@@ -185,7 +186,8 @@ class Publisher:
         self.queues = Queues.from_settings(settings)
         self.redis: redis.Redis = broker.client  # type: ignore[attr-defined]
         self.progress = ProgressStore(self.redis, settings.broker_namespace)
-        self.emitter = IntentEmitter(broker, self.queues)
+        self.registry = registry if registry is not None else registry_for(settings)
+        self.emitter = IntentEmitter(broker, self.queues, self.registry)
         self._s3 = s3
 
     @classmethod
@@ -232,16 +234,19 @@ class Publisher:
 
     # --- publish ---------------------------------------------------------------------------
 
-    def publish(self, job: AnyJob, *, idempotency_key: str | None = None) -> PublishReceipt:
+    def publish(self, job: BaseJob, *, idempotency_key: str | None = None) -> PublishReceipt:
         """Enqueue ``job`` for its actor and its first status for the writer.
+
+        ``job`` is of a job type a registered kind declares (:class:`jobplatform.kinds.JobType`):
+        the built-in ``EncodeVideo`` and ``ImportRoster``, or a plug-in's.
 
         With ``idempotency_key`` (e.g. an HTTP request's Idempotency-Key), a repeat within
         :data:`IDEMPOTENCY_TTL_S` enqueues nothing and returns the first receipt with
         ``duplicate=True``: its ``job_id`` is the first job's, whatever the repeat carried.
         Keys are scoped by tenant.
         """
-        self.validate(job)
-        queue, actor = self._route(job)
+        job_type = self.validate(job)
+        queue, actor = job_type.queue_name(self.settings), job_type.actor
         message = make_message(queue, actor, job.model_dump(mode="json"), job_id=job.job_id)
         receipt = PublishReceipt(
             job_id=job.job_id,
@@ -268,42 +273,35 @@ class Publisher:
                 job.job_id, step=QUEUED_STEP, kind=job.kind, tenant_id=job.tenant_id,
                 message_id=message.message_id, queued_at=receipt.published_at.timestamp(),
             )
-            self.emitter.emit(self._queued_intent(job, receipt.published_at))
+            if job_type.queued is not None:
+                first_status = job_type.queued(job, receipt.published_at)
+                if first_status is not None:
+                    self.emitter.emit(first_status)
             self.broker.enqueue(message)
         except (redis.RedisError, OSError) as exc:
             self._undo(job.job_id, idem, receipt.message_id)
             raise PublishError(f"could not publish {job.job_id}: {exc}") from exc
         return receipt
 
-    def validate(self, job: AnyJob) -> None:
-        """Checks the models cannot make alone: the type, and the source under its tenant."""
-        if not isinstance(job, EncodeVideo | ImportRoster):
+    def validate(self, job: BaseJob) -> JobType:
+        """Checks the models cannot make alone: a registered job type, and a source file under
+        its tenant's prefix. Returns the job's type."""
+        job_type = self.registry.job_type(job.kind) if isinstance(job, BaseJob) else None
+        if job_type is None or not isinstance(job, job_type.model):
+            known = ", ".join(sorted(t.model.__name__ for t in self.registry.job_types))
             raise InvalidJob(
-                f"job: expected EncodeVideo or ImportRoster, got {type(job).__name__}"
-                " (decode JSON with schemas.decode_job first)"
+                f"job: {type(job).__name__} is not a registered job type (registered: {known});"
+                f" declare it in a kind's `jobs` and register the kind in {KINDS_SETTING} or"
+                f" the {ENTRY_POINT_GROUP!r} entry points (decode JSON with"
+                " Publisher.registry.decode_job first)"
             )
-        prefix = tenant_prefix(job.tenant_id)
-        if not job.source_key.startswith(prefix):
-            raise InvalidJob(
-                f"source_key: {job.source_key!r} is not under the tenant's prefix {prefix!r}"
-            )
-
-    def _route(self, job: AnyJob) -> tuple[str, str]:
-        if isinstance(job, EncodeVideo):
-            return self.queues.video, ENCODE_VIDEO
-        return self.queues.ai, IMPORT_ROSTER
-
-    @staticmethod
-    def _queued_intent(job: AnyJob, at: datetime) -> VideoQueued | RosterStatus:
-        if isinstance(job, EncodeVideo):
-            return VideoQueued(
-                tenant_id=job.tenant_id, occurred_at=at, video_id=job.video_id,
-                attempt=job.attempt, source_key=job.source_key,
-            )
-        return RosterStatus(
-            tenant_id=job.tenant_id, occurred_at=at, import_id=job.import_id,
-            lecture_id=job.lecture_id, status="queued", source_key=job.source_key,
-        )
+        if isinstance(job, SourceJob):
+            prefix = tenant_prefix(job.tenant_id)
+            if not job.source_key.startswith(prefix):
+                raise InvalidJob(
+                    f"source_key: {job.source_key!r} is not under the tenant's prefix {prefix!r}"
+                )
+        return job_type
 
     # --- idempotency -----------------------------------------------------------------------
 
@@ -339,7 +337,7 @@ class Publisher:
 
     # --- status ----------------------------------------------------------------------------
 
-    def status(self, job: AnyJob | str) -> JobStatus:
+    def status(self, job: BaseJob | str) -> JobStatus:
         """The job's state and progress (see the module's state machine); no database read."""
         job_id = job if isinstance(job, str) else job.job_id
         return status_from_record(job_id, self.progress.get(job_id))

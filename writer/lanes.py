@@ -31,8 +31,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
 
 from jobplatform.broker import WRITE_INTENT
-from schemas import DecodeError
-from schemas.intents import AnyIntent, RosterChunk, decode_intent
+from jobplatform.kinds import Registry
+from schemas import BaseIntent, DecodeError
 
 #: The broker's ``ack`` command (dramatiq's dispatch.lua) for many ids at once: refresh the
 #: heartbeat, then for each id held by this consumer drop it from the held set and the bodies.
@@ -58,7 +58,7 @@ class Item:
     queue: str
     raw: bytes
     size: int
-    intent: AnyIntent | None
+    intent: BaseIntent | None
     reason: str | None
     rows: int
 
@@ -106,7 +106,8 @@ def _body_bytes(message: MessageProxy) -> bytes:
     return pydantic_core.to_json(payload, fallback=str)
 
 
-def inspect_message(message: MessageProxy, queue: str, *, max_bytes: int) -> Item:
+def inspect_message(message: MessageProxy, queue: str, *, max_bytes: int,
+                    registry: Registry) -> Item:
     """Decode a message's intent, or say in ``reason`` why it cannot be applied."""
     raw = _body_bytes(message)
     size = len(raw)
@@ -121,12 +122,11 @@ def inspect_message(message: MessageProxy, queue: str, *, max_bytes: int) -> Ite
         item.reason = f"intent of {size} bytes exceeds WRITER_MAX_INTENT_BYTES ({max_bytes})"
     else:
         try:
-            item.intent = decode_intent(message.args[0])
+            item.intent = intent = registry.decode_intent(message.args[0])
         except DecodeError as exc:
             item.reason = str(exc)
         else:
-            if isinstance(item.intent, RosterChunk):
-                item.rows = len(item.intent.rows)
+            item.rows = intent.weight()
     return item
 
 
@@ -158,10 +158,11 @@ def requeue_unacked(broker: RedisBroker, queue: str, worker_id: str) -> int:
 class Lane:
     """One of the writer's queues, consumed in batches."""
 
-    def __init__(self, broker: RedisBroker, queue: str, *, max_intent_bytes: int,
-                 poll_timeout_ms: int) -> None:
+    def __init__(self, broker: RedisBroker, queue: str, *, registry: Registry,
+                 max_intent_bytes: int, poll_timeout_ms: int) -> None:
         self.broker = broker
         self.queue = queue
+        self.registry = registry
         self.max_intent_bytes = max_intent_bytes
         self.poll_timeout_ms = poll_timeout_ms
         self.consumer: Any = broker.consume(queue, prefetch=1, timeout=poll_timeout_ms)
@@ -194,7 +195,8 @@ class Lane:
                 continue
             if message is None:
                 break
-            out.append(inspect_message(message, self.queue, max_bytes=self.max_intent_bytes))
+            out.append(inspect_message(message, self.queue, max_bytes=self.max_intent_bytes,
+                                       registry=self.registry))
             if not consumer.message_cache:
                 break
         return out

@@ -40,8 +40,9 @@ if TYPE_CHECKING:
     from dramatiq.brokers.stub import StubBroker
     from psycopg import Connection
 
+    from jobplatform.kinds import Registry
     from jobplatform.settings import Settings
-    from schemas.intents import AnyIntent
+    from schemas import BaseIntent
     from writer.intentlog.replay import ReplaySummary
 
 Registrar = Callable[["dramatiq.Broker", "Settings"], object]
@@ -53,11 +54,13 @@ class IntentCapture:
 
     def __init__(self, settings: Settings) -> None:
         from jobplatform.broker import Queues, build_stub_broker
+        from jobplatform.kinds import registry_for
 
         self.settings = settings
+        self.registry: Registry = registry_for(settings)
         self.queues = Queues.from_settings(settings)
         self.broker: StubBroker = build_stub_broker(settings)
-        self.intents: list[AnyIntent] = []
+        self.intents: list[BaseIntent] = []
         self._worker: dramatiq.Worker | None = None
 
     def register(self, *registrars: Registrar) -> None:
@@ -70,37 +73,41 @@ class IntentCapture:
         payload = job.model_dump(mode="json") if hasattr(job, "model_dump") else dict(job)
         self.broker.get_actor(actor_name).send_with_options(args=(payload,), **options)
 
-    def run(self, timeout_s: float = 120.0) -> list[AnyIntent]:
+    def run(self, timeout_s: float = 120.0) -> list[BaseIntent]:
         """Process every job sent so far; return all intents emitted so far, in send order.
 
         An actor that raised fails the call with its error (after its retries).
         """
         import dramatiq
 
+        queues = self.job_queues()
         if self._worker is None:
             self._worker = dramatiq.Worker(
-                self.broker, queues={self.queues.video, self.queues.ai}, worker_threads=2,
-                worker_timeout=50,
+                self.broker, queues=queues, worker_threads=2, worker_timeout=50,
             )
             self._worker.start()
-        for queue in (self.queues.video, self.queues.ai):
+        for queue in sorted(queues):
             self.broker.join(queue, timeout=int(timeout_s * 1000), fail_fast=True)
         self._worker.join()
         self.intents.extend(self._drain())
         return list(self.intents)
 
-    def of_kind(self, kind: str) -> list[AnyIntent]:
+    def job_queues(self) -> set[str]:
+        """The queues of the registered job types that have an actor on the capture's broker."""
+        names = set(self.broker.get_declared_actors())
+        return {t.queue_name(self.settings) for t in self.registry.job_types
+                if t.actor in names} or {self.queues.video, self.queues.ai}
+
+    def of_kind(self, kind: str) -> list[BaseIntent]:
         return [i for i in self.intents if i.kind == kind or i.kind.split(".", 1)[0] == kind]
 
-    def _drain(self) -> list[AnyIntent]:
+    def _drain(self) -> list[BaseIntent]:
         """Take the messages off both write queues, merged by enqueue time."""
         import queue as queue_module
 
         import dramatiq
 
-        from schemas import decode_intent
-
-        lanes: list[list[tuple[int, int, AnyIntent]]] = []
+        lanes: list[list[tuple[int, int, BaseIntent]]] = []
         for lane, name in enumerate(self.queues.writes):
             found = []
             pending = self.broker.queues[name]
@@ -111,7 +118,8 @@ class IntentCapture:
                     break
                 pending.task_done()
                 message = dramatiq.Message.decode(data)
-                found.append((message.message_timestamp, lane, decode_intent(message.args[0])))
+                found.append((message.message_timestamp, lane,
+                              self.registry.decode_intent(message.args[0])))
             lanes.append(found)
         return [intent for _, _, intent in heapq.merge(*lanes, key=lambda t: (t[0], t[1]))]
 
@@ -154,10 +162,11 @@ def scratch_database(server_url: str, prefix: str = "jp_replay") -> Iterator[str
 
 def replay_into(
     url: str,
-    source: LogSource | Sequence[LogSource] | Sequence[AnyIntent] | IntentCapture,
+    source: LogSource | Sequence[LogSource] | Sequence[BaseIntent] | IntentCapture,
     settings: Settings,
 ) -> ReplaySummary:
     """Replay a log (paths, ``s3://`` keys) or intents (list or capture) into ``url``."""
+    from jobplatform.kinds import registry_for
     from writer.db import connect
     from writer.intentlog.reader import LogReader
     from writer.intentlog.replay import ReplaySummary, batches_of, replay_log, replay_records
@@ -182,7 +191,8 @@ def replay_into(
         for seq, batch in enumerate(batches, start=1)
     )
     with connect(url, autocommit=True, application_name="jobplatform-replay") as conn:
-        return replay_records(conn, records, summary=ReplaySummary())
+        return replay_records(conn, records, summary=ReplaySummary(),
+                              registry=registry_for(settings))
 
 
 @pytest.fixture
@@ -222,7 +232,7 @@ def jobplatform_replay_into_database(
     with ExitStack() as stack:
 
         def replay(
-            source: LogSource | Sequence[LogSource] | Sequence[AnyIntent] | IntentCapture,
+            source: LogSource | Sequence[LogSource] | Sequence[BaseIntent] | IntentCapture,
         ) -> ReplayedDatabase:
             url = stack.enter_context(scratch_database(server))
             summary = replay_into(url, source, settings)

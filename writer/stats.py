@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -12,7 +13,7 @@ COUNTERS = (
     "batches",          # batch transactions committed (bisection halves included)
     "intents",          # valid intents taken from the queues
     "applied",          # intents newly applied (not in the ledger before)
-    "rows",             # rows the intents carried (a roster chunk counts its rows)
+    "rows",             # rows the intents carried: their weights (a roster chunk its rows)
     "coalesced",        # intents merged into another intent's row change
     "skipped_duplicate",  # intents already in the ledger (redelivered or sent twice)
     "skipped_unchanged",  # rows already present and identical: no write
@@ -91,10 +92,30 @@ class WriterStats:
     """Transaction milliseconds per row the batch sizer learned (0 before the first commit)."""
     commit_ms: Histogram = field(default_factory=Histogram)
     """Duration of each batch transaction, BEGIN to COMMIT."""
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """Held by :meth:`count`, :meth:`gauge`, :meth:`snapshot` and :meth:`pop`: the loop and
+    the heartbeat thread update the stats while another thread reads them."""
+
+    def count(self, **deltas: int) -> None:
+        """Add to counters: ``stats.count(acks=3)``."""
+        with self.lock:
+            for name, delta in deltas.items():
+                setattr(self, name, getattr(self, name) + delta)
+
+    def gauge(self, **values: Any) -> None:
+        """Set gauges: ``stats.gauge(role="active")``."""
+        with self.lock:
+            for name, value in values.items():
+                setattr(self, name, value)
 
     def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return self._snapshot()
+
+    def _snapshot(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            f.name: getattr(self, f.name) for f in fields(self) if f.name != "commit_ms"
+            f.name: getattr(self, f.name) for f in fields(self)
+            if f.name not in ("commit_ms", "lock")
         }
         out["commit_ms_count"] = len(self.commit_ms)
         out["commit_ms_mean"] = round(self.commit_ms.mean(), 2)
@@ -109,9 +130,10 @@ class WriterStats:
 
     def pop(self) -> dict[str, Any]:
         """The snapshot, then counters, the histogram and ``lag_max_ms`` reset."""
-        out = self.snapshot()
-        for name in COUNTERS:
-            setattr(self, name, 0)
-        self.commit_ms.clear()
-        self.lag_max_ms = 0.0
+        with self.lock:
+            out = self._snapshot()
+            for name in COUNTERS:
+                setattr(self, name, 0)
+            self.commit_ms.clear()
+            self.lag_max_ms = 0.0
         return out

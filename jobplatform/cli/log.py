@@ -11,8 +11,7 @@ from uuid import UUID
 import click
 
 from jobplatform.cli._common import echo_json, settings_from_env
-from schemas import RosterChunk, RosterStatus, VideoFailed, VideoQueued, VideoReady, encode_intent
-from schemas.intents import AnyIntent
+from schemas import BaseIntent, encode_intent
 
 if TYPE_CHECKING:
     from writer.intentlog import LogFilter, LogReader, LogRecord
@@ -118,15 +117,15 @@ def summarize(records: Iterable[LogRecord]) -> dict[str, Any]:
         for intent in record.intents:
             kinds[intent.kind] += 1
             tenants[intent.tenant_id] += 1
-            if isinstance(intent, RosterChunk):
-                rows += len(intent.rows)
+            if intent.lane == "bulk":
+                rows += intent.weight()
             if intent.intent_id in seen:
                 repeated += 1
             seen.add(intent.intent_id)
     return {
         "batches": batches,
         "intents": sum(kinds.values()),
-        "roster_rows": rows,
+        "bulk_rows": rows,
         "repeated_intents": repeated,
         "first_seq": first,
         "last_seq": last,
@@ -138,22 +137,6 @@ def summarize(records: Iterable[LogRecord]) -> dict[str, Any]:
     }
 
 
-def describe(intent: AnyIntent) -> str:
-    """One line a person can read."""
-    head = f"{intent.kind:<16} tenant {intent.tenant_id}  {intent.occurred_at.isoformat()}"
-    if isinstance(intent, RosterChunk):
-        return (f"{head}  import {intent.import_id}  lecture {intent.lecture_id}  "
-                f"chunk {intent.chunk_index}  {len(intent.rows)} rows "
-                f"({', '.join(r.phone for r in intent.rows[:3])}"
-                f"{', ...' if len(intent.rows) > 3 else ''})")
-    if isinstance(intent, RosterStatus):
-        counts = "" if intent.total is None else f"  {intent.valid}/{intent.total} valid"
-        return f"{head}  import {intent.import_id}  {intent.status}{counts}"
-    detail = f"{head}  video {intent.video_id}  attempt {intent.attempt}"
-    if isinstance(intent, VideoQueued):
-        return f"{detail}  {intent.source_key}"
-    if isinstance(intent, VideoReady):
-        return f"{detail}  {intent.hls_key}  {intent.duration_s:.1f}s"
-    if isinstance(intent, VideoFailed):
-        return f"{detail}  {intent.reason[:80]}"
-    return detail
+def describe(intent: BaseIntent) -> str:
+    """One line a person can read (the intent's own :meth:`~schemas.BaseIntent.describe`)."""
+    return intent.describe()

@@ -29,7 +29,7 @@ def writer(ctx: click.Context, intent_log: bool) -> None:
     from jobplatform.broker import build_broker
     from jobplatform.logging import get_logger
     from jobplatform.stack import ensure_services
-    from writer.consumer import IntentLogWriter, Writer
+    from writer.engine import IntentLogWriter, Writer
     from writer.migrate import upgrade
 
     settings = settings_from_env()

@@ -229,7 +229,7 @@ def test_registered_actor_keeps_serving_after_a_bad_file(
 def test_rows_land_in_postgresql_through_the_writer_sink(
     tmp_path: Path, roster_settings: Settings, s3: S3Client
 ) -> None:
-    sink_module = pytest.importorskip("writer.sink")
+    sink_module = pytest.importorskip("writer.engine")
     from writer.db import connect
 
     # Given the messy roster imported twice (a retried job re-sends the same intent ids)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from jobplatform.broker import Queues
 from jobplatform.emit import IntentEmitter
+from jobplatform.kinds import Registry
 from jobplatform.settings import Settings
-from schemas.intents import AnyIntent
-from writer.consumer import Writer
+from schemas import BaseIntent
 from writer.db import connect
+from writer.engine import Hooks, IntentLogWriter, Writer
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
@@ -48,8 +49,9 @@ def scalar(url: str, statement: str, params: Iterable[Any] = ()) -> Any:
     return query(url, statement, params)[0][0]
 
 
-def emit_all(broker: Any, settings: Settings, intents: Iterable[AnyIntent]) -> int:
-    emitter = IntentEmitter(broker, Queues.from_settings(settings))
+def emit_all(broker: Any, settings: Settings, intents: Iterable[BaseIntent],
+             registry: Registry | None = None) -> int:
+    emitter = IntentEmitter(broker, Queues.from_settings(settings), registry)
     n = 0
     for intent in intents:
         emitter.emit(intent)
@@ -182,14 +184,17 @@ def start_writer(settings: Settings) -> Iterator[Callable[..., WriterThread]]:
 
     started: list[tuple[WriterThread, Any]] = []
 
-    def start(*, database_url: str | None = None, **writer_settings: Any) -> WriterThread:
+    def start(*, database_url: str | None = None, registry: Registry | None = None,
+              hooks: Sequence[Hooks] = (), log_writer: IntentLogWriter | None = None,
+              **writer_settings: Any) -> WriterThread:
         assert settings.redis_url is not None
         assert settings.database_url is not None
         broker = build_broker(settings, settings.redis_url, set_global=False)
         ws = settings.writer.model_copy(update=writer_settings)
         writer = Writer(ws, database_url=database_url or settings.database_url, broker=broker,
                         queues=Queues.from_settings(settings), standby_poll_s=0.2,
-                        heartbeat_s=1.0)
+                        heartbeat_s=1.0, registry=registry, hooks=hooks,
+                        log_writer=log_writer)
         runner = WriterThread(writer).start()
         started.append((runner, broker))
         return runner

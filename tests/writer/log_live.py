@@ -14,9 +14,9 @@ from jobplatform.settings import WriterSettings
 from schemas.intents import AnyIntent
 from tests.writer.log_samples import roster_import, student, video_lifecycle
 from writer.db import connect
+from writer.engine import apply_batch
 from writer.intentlog import IntentLog
 from writer.lock import begin_batch, try_acquire
-from writer.sink import apply_batch
 
 LOCK_KEY = WriterSettings().lock_key
 

@@ -6,6 +6,7 @@ import pytest
 from dramatiq.broker import MessageProxy
 
 from jobplatform.broker import WRITE_INTENT, make_message
+from jobplatform.kinds import load_registry
 from schemas.intents import encode_intent
 from tests.writer.intent_factory import chunk, queued, student
 from writer.batcher import Batch, BatchSizer, Limits
@@ -15,7 +16,8 @@ from writer.lanes import Item, inspect_message
 def _item(payload: object, queue: str = "writes.fast", actor: str = WRITE_INTENT,
           max_bytes: int = 1 << 20) -> Item:
     message = make_message(queue, actor, {}).copy(args=(payload,))
-    return inspect_message(MessageProxy(message), queue, max_bytes=max_bytes)
+    return inspect_message(MessageProxy(message), queue, max_bytes=max_bytes,
+                           registry=load_registry())
 
 
 def _roster(rows: int) -> Item:

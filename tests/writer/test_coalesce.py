@@ -1,10 +1,15 @@
-"""Coalescing a batch into row changes: pure, no services."""
+"""Coalescing a batch into each kind's plan (the built-in kinds'): pure, no services."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from jobplatform.kinds import load_registry
+from schemas import BaseIntent
 from schemas.intents import AnyIntent
 from tests.writer.intent_factory import (
     LECTURE,
@@ -18,7 +23,33 @@ from tests.writer.intent_factory import (
     roster_status,
     student,
 )
-from writer.coalesce import plan
+from writer.engine import prepare
+from writer.kinds.roster import RosterPlan
+from writer.kinds.video import VideoChange
+
+
+@dataclass
+class Plans:
+    """A batch prepared as the writer prepares it, seen kind by kind."""
+
+    intents: tuple[BaseIntent, ...]
+    duplicates: int
+    videos: list[VideoChange]
+    roster: RosterPlan
+
+    @property
+    def coalesced(self) -> int:
+        return sum(len(v.intent_ids) - 1 for v in self.videos) + self.roster.coalesced
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.roster, name)
+
+
+def plan(intents: Sequence[BaseIntent]) -> Plans:
+    prepared = prepare(intents, load_registry())
+    work = {share.kind.name: share.plan for share in prepared.work}
+    return Plans(prepared.intents, prepared.duplicates, work.get("video", []),
+                 work.get("roster", RosterPlan()))
 
 
 def test_repeated_intent_ids_count_once() -> None:
@@ -70,7 +101,7 @@ def test_roster_statuses_merge_values_of_lower_ranks() -> None:
         roster_status(imp, "queued", seconds=1, source_key="rosters/a.xlsx"),
         roster_status(imp, "parsing", seconds=2),
     ])
-    [change] = result.roster_statuses
+    [change] = result.roster.statuses
     assert (change.status, change.chunks_expected, change.source_key) == (
         "writing", 2, "rosters/a.xlsx"
     )

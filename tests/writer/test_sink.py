@@ -24,8 +24,8 @@ from tests.writer.intent_factory import (
     student,
 )
 from writer.db import connect
+from writer.engine import BatchResult, apply_batch
 from writer.errors import DataApplyError, DatabaseUnavailable
-from writer.sink import BatchResult, apply_batch
 
 Conn = psycopg.Connection[Any]
 
@@ -119,7 +119,7 @@ def test_a_late_processing_after_ready_changes_nothing(conn: Conn) -> None:
     result = apply(conn, [processing(video, 5), queued(video, 0)])
     # Then the row is untouched: same values, same row version
     assert video_row(conn, video) == before
-    assert (len(result.applied), result.videos_changed) == (2, 0)
+    assert (len(result.applied), result.outcome("video").changed) == (2, 0)
 
 
 def test_a_duplicate_final_state_keeps_the_first(conn: Conn) -> None:
@@ -159,7 +159,7 @@ def test_many_intents_for_one_video_make_one_row_change(conn: Conn) -> None:
             "SELECT n_tup_ins, n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'videos'"
         ).fetchone()
     assert row == (1, 0)
-    assert (result.coalesced, result.videos_changed) == (3, 1)
+    assert (result.coalesced, result.outcome("video").changed) == (3, 1)
     assert video_row(conn, video)[:3] == ("ready", 1, f"uploads/{video}.mp4")
 
 
@@ -182,8 +182,9 @@ def test_roster_chunks_with_in_file_duplicates(conn: Conn) -> None:
     batch = chunks(imp, rows, 8)
     result = apply(conn, batch)
     # Then one student each, with the later row's values, enrolled once
-    assert (result.rows, result.row_duplicates, result.students_created) == (22, 2, 20)
-    assert result.enrolled == 20
+    outcome = result.outcome("roster")
+    assert (outcome.rows, outcome.row_duplicates, outcome.students_created) == (22, 2, 20)
+    assert result.outcome("roster").enrolled == 20
     assert table(conn, "SELECT school FROM students WHERE phone = '010-0000-0003'") == [
         ("Second Row School",)
     ]
@@ -207,7 +208,8 @@ def test_an_unchanged_reimport_writes_nothing(conn: Conn) -> None:
     for name in ("students", "enrollments", "lectures"):
         assert after[name] == writes[name], name
     assert [table(conn, rows.format(name)) for name in ("students", "enrollments")] == before
-    assert (result.students_unchanged, result.students_created, result.enrolled) == (300, 0, 0)
+    outcome = result.outcome("roster")
+    assert (outcome.students_unchanged, outcome.students_created, outcome.enrolled) == (300, 0, 0)
     counts = import_row(conn, again)
     assert (counts["unchanged"], counts["created"], counts["enrolled"]) == (300, 0, 0)
 
@@ -224,7 +226,8 @@ def test_counts_created_updated_unchanged_enrolled_per_import(conn: Conn) -> Non
     assert (counts["created"], counts["updated"], counts["unchanged"], counts["enrolled"]) == (
         5, 5, 5, 15
     )
-    assert (result.students_created, result.students_updated, result.students_unchanged) == (
+    outcome = result.outcome("roster")
+    assert (outcome.students_created, outcome.students_updated, outcome.students_unchanged) == (
         5, 5, 5
     )
     assert counts["chunks_applied"] == 4
@@ -266,7 +269,8 @@ def test_a_student_in_two_lectures_of_one_batch_is_enrolled_in_both(conn: Conn) 
     assert [(got[i]["created"], got[i]["unchanged"], got[i]["enrolled"]) for i in (one, two)] == [
         (0, 0, 2), (2, 1, 3)
     ]
-    assert (result.students_created, result.students_unchanged, result.enrolled) == (2, 1, 5)
+    outcome = result.outcome("roster")
+    assert (outcome.students_created, outcome.students_unchanged, outcome.enrolled) == (2, 1, 5)
 
 
 def test_done_when_writing_comes_after_the_chunks(conn: Conn) -> None:
@@ -333,5 +337,6 @@ def test_a_5000_row_batch_applies_in_one_transaction(conn: Conn) -> None:
     imp = uuid.uuid4()
     result = apply(conn, [*chunks(imp, roster(5000), 500),
                           roster_status(imp, "writing", seconds=2, chunks=10)])
-    assert (result.students_created, result.enrolled) == (5000, 5000)
+    outcome = result.outcome("roster")
+    assert (outcome.students_created, outcome.enrolled) == (5000, 5000)
     assert import_row(conn, imp)["status"] == "done"

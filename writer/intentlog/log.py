@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
 from jobplatform.logging import get_logger
-from schemas.intents import AnyIntent, intent_json
+from schemas import BaseIntent
+from schemas.intents import intent_json
 from writer.intentlog.segment import OPEN_SUFFIX, encode_record, segment_name
 
 if TYPE_CHECKING:
@@ -166,13 +167,13 @@ class IntentLog:
 
     # --- the writer's side ---------------------------------------------------------------
 
-    def prepare(self, intents: Sequence[AnyIntent]) -> None:
+    def prepare(self, intents: Sequence[BaseIntent]) -> None:
         """Encode the intents of the next :meth:`append` ahead of time (before the batch's
         transaction begins), so that the append itself mostly writes and syncs. Intents the
         append names that were not prepared are encoded then; the rest are dropped."""
         self._prepared = {intent.intent_id: intent_json(intent) for intent in intents}
 
-    def append(self, batch_seq: int, intents: Sequence[AnyIntent]) -> None:
+    def append(self, batch_seq: int, intents: Sequence[BaseIntent]) -> None:
         """Write one batch's record and make it durable before returning."""
         prepared, self._prepared = self._prepared, {}
         line = encode_record(batch_seq, self.writer_id, datetime.now(UTC), intents,

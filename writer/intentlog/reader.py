@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from schemas import RosterChunk, VideoFailed, VideoProcessing, VideoQueued, VideoReady
-from schemas.intents import AnyIntent
+from jobplatform.kinds import Registry
+from schemas import BaseIntent
 from writer.intentlog.segment import (
     CLOSED_SUFFIX,
     LogFormatError,
@@ -42,8 +42,9 @@ class LogFilter:
     """Which batches and intents to keep. Every field unset keeps everything.
 
     ``kinds`` match an intent's kind exactly or by its family (``video`` matches
-    ``video.ready``). ``entity`` matches a video id, an import id, or a phone number; for a
-    phone, a roster chunk keeps only the rows of that student.
+    ``video.ready``). ``entity`` is matched by each intent's own
+    :meth:`~schemas.BaseIntent.matches`: a video id, an import id, or a phone number for the
+    built-ins (for a phone, a roster chunk keeps only the rows of that student).
     """
 
     until: int | None = None
@@ -60,7 +61,7 @@ class LogFilter:
         after_since = self.since is None or seq >= self.since
         return after_since and (self.until is None or seq <= self.until)
 
-    def apply(self, intents: Iterable[AnyIntent]) -> list[AnyIntent]:
+    def apply(self, intents: Iterable[BaseIntent]) -> list[BaseIntent]:
         kept = []
         for intent in intents:
             if self.tenant is not None and intent.tenant_id != self.tenant:
@@ -70,23 +71,12 @@ class LogFilter:
             ):
                 continue
             if self.entity is not None:
-                narrowed = _match_entity(intent, self.entity.strip())
+                narrowed = intent.matches(self.entity.strip())
                 if narrowed is None:
                     continue
                 intent = narrowed
             kept.append(intent)
         return kept
-
-
-def _match_entity(intent: AnyIntent, entity: str) -> AnyIntent | None:
-    if isinstance(intent, VideoQueued | VideoProcessing | VideoReady | VideoFailed):
-        return intent if str(intent.video_id) == entity.lower() else None
-    if str(intent.import_id) == entity.lower():
-        return intent
-    if isinstance(intent, RosterChunk):
-        rows = tuple(r for r in intent.rows if entity in (r.phone, r.parent_phone))
-        return intent.model_copy(update={"rows": rows}) if rows else None
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +101,8 @@ class LogReader:
     sources: Sequence[str | Path]
     settings: Settings | None = None
     s3: S3Client | None = None
+    registry: Registry | None = None
+    """The kinds its intents decode with; by default those of ``settings`` (or the process)."""
     notes: list[str] = field(default_factory=list)
     _segments: list[Segment] | None = None
     _tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -197,7 +189,8 @@ class LogReader:
                         self._torn(segment, line_no, "the line has no end")
                         return
                     try:
-                        record = decode_record(raw, source=segment.label, line_no=line_no)
+                        record = decode_record(raw, source=segment.label, line_no=line_no,
+                                               registry=self._registry())
                     except LogFormatError as exc:
                         if stream.read(1):
                             raise
@@ -212,6 +205,14 @@ class LogReader:
                     yield record
             except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
                 self._torn(segment, line_no + 1, f"compressed data ends early ({exc})")
+
+    def _registry(self) -> Registry:
+        if self.registry is None:
+            from jobplatform.kinds import default_registry, registry_for
+
+            self.registry = (registry_for(self.settings) if self.settings is not None
+                             else default_registry())
+        return self.registry
 
     def _torn(self, segment: Segment, line_no: int, why: str) -> None:
         self.note(

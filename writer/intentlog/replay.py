@@ -1,9 +1,10 @@
-"""Replaying the write-intent log into a database, through the live writer's own sink.
+"""Replaying the write-intent log into a database, through the live writer's own kinds.
 
 Each batch of the log is applied in a transaction of its own with
-:func:`writer.sink.apply_batch` (the same coalescing and upserts as the live writer), under a
-fresh ``writer_batch_seq`` number. The ledger makes it idempotent: replaying twice changes
-nothing, and replaying into the database the log came from changes nothing either.
+:func:`writer.engine.apply_batch` (the same kinds, coalescing and upserts as the live
+writer), under a fresh ``writer_batch_seq`` number. The ledger makes it idempotent: replaying
+twice changes nothing, and replaying into the database the log came from changes nothing
+either.
 
 Unconfirmed batches. The writer appends a batch to the log before its ``COMMIT``, so a crash in
 between leaves a batch in the log that the database never committed. Its intents were not
@@ -24,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from jobplatform.errors import JobPlatformError
-from schemas import RosterChunk
-from schemas.intents import AnyIntent
+from jobplatform.kinds import Registry
+from schemas import BaseIntent
 from writer.intentlog.reader import LogFilter, LogReader
 from writer.intentlog.segment import LogRecord
 
@@ -107,6 +108,7 @@ def replay_records(
     on_batch: BatchCallback | None = None,
     lock_key: int | None = None,
     statement_timeout_ms: int = 30_000,
+    registry: Registry | None = None,
 ) -> ReplaySummary:
     """Apply ``records`` (already planned and filtered), one transaction per batch.
 
@@ -116,8 +118,8 @@ def replay_records(
     ``on_batch`` is called after each commit with the record and the number of intents it
     applied.
     """
+    from writer.engine import apply_batch
     from writer.lock import begin_batch
-    from writer.sink import apply_batch
 
     summary = summary or ReplaySummary()
     for record in records:
@@ -131,7 +133,8 @@ def replay_records(
                     batch_seq = int(str(row[0])) if row else 0
                 else:
                     batch_seq = begin_batch(conn, lock_key, statement_timeout_ms)
-                result = apply_batch(conn, list(record.intents), batch_seq=batch_seq)
+                result = apply_batch(conn, list(record.intents), batch_seq=batch_seq,
+                                     registry=registry)
             applied = len(result.applied)
             summary.batches_applied += 1
         summary.intents_read += len(record.intents)
@@ -175,20 +178,20 @@ def replay_log(
             )
         records = planned(reader.records(until), latest, flt, summary)
         replay_records(conn, records, summary=summary, on_batch=on_batch, lock_key=lock_key,
-                       statement_timeout_ms=statement_timeout_ms)
+                       statement_timeout_ms=statement_timeout_ms, registry=reader.registry)
     summary.notes = list(reader.notes)
     return summary
 
 
 def batches_of(
-    intents: Sequence[AnyIntent], *, max_intents: int = 2000, max_rows: int = 2000
-) -> list[list[AnyIntent]]:
+    intents: Sequence[BaseIntent], *, max_intents: int = 2000, max_rows: int = 2000
+) -> list[list[BaseIntent]]:
     """Split intents, in order, into batches within the writer's limits (for captured intents)."""
-    batches: list[list[AnyIntent]] = []
-    current: list[AnyIntent] = []
+    batches: list[list[BaseIntent]] = []
+    current: list[BaseIntent] = []
     rows = 0
     for intent in intents:
-        size = len(intent.rows) if isinstance(intent, RosterChunk) else 1
+        size = intent.weight()
         if current and (len(current) >= max_intents or rows + size > max_rows):
             batches.append(current)
             current, rows = [], 0

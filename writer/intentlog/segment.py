@@ -28,8 +28,9 @@ from typing import Any
 from uuid import UUID
 
 from jobplatform.errors import JobPlatformError
-from schemas import DecodeError, decode_intent
-from schemas.intents import AnyIntent, intent_json
+from jobplatform.kinds import Registry, default_registry
+from schemas import BaseIntent, DecodeError
+from schemas.intents import intent_json
 
 OPEN_SUFFIX = ".jsonl"
 CLOSED_SUFFIX = ".jsonl.gz"
@@ -48,7 +49,7 @@ class LogRecord:
     seq: int
     writer: str
     at: datetime
-    intents: tuple[AnyIntent, ...]
+    intents: tuple[BaseIntent, ...]
     source: str = ""
     line: int = 0
 
@@ -76,7 +77,7 @@ def is_segment(name: str) -> bool:
     return name.endswith((OPEN_SUFFIX, CLOSED_SUFFIX))
 
 
-def encode_record(seq: int, writer_id: str, at: datetime, intents: Sequence[AnyIntent], *,
+def encode_record(seq: int, writer_id: str, at: datetime, intents: Sequence[BaseIntent], *,
                   encoded: Mapping[UUID, bytes] | None = None) -> bytes:
     """One record as a complete line, newline included.
 
@@ -94,8 +95,14 @@ def encode_record(seq: int, writer_id: str, at: datetime, intents: Sequence[AnyI
     return b"".join((head[:-1], b',"intents":[', b",".join(texts), b"]}\n"))
 
 
-def decode_record(line: bytes, *, source: str = "", line_no: int = 0) -> LogRecord:
-    """Parse one whole line; :class:`LogFormatError` names the source, line and field."""
+def decode_record(line: bytes, *, source: str = "", line_no: int = 0,
+                  registry: Registry | None = None) -> LogRecord:
+    """Parse one whole line; :class:`LogFormatError` names the source, line and field.
+
+    Intents decode through ``registry`` (the process's kinds by default): a log that holds
+    intents of a plug-in kind needs that kind registered to be read.
+    """
+    decode = (registry or default_registry()).decode_intent
     where = f"{source}:{line_no}" if source else f"line {line_no}"
     try:
         body: Any = json.loads(line)
@@ -117,7 +124,7 @@ def decode_record(line: bytes, *, source: str = "", line_no: int = 0) -> LogReco
     intents = []
     for index, item in enumerate(raw):
         try:
-            intents.append(decode_intent(item))
+            intents.append(decode(item))
         except DecodeError as exc:
             raise LogFormatError(f"{where}: intents[{index}]: {exc}") from exc
     return LogRecord(seq, writer, when, tuple(intents), source, line_no)

@@ -104,3 +104,12 @@ CREATE TABLE writer_dead_letters (
     retried_at  timestamptz
 );
 CREATE INDEX writer_dead_letters_failed_at_idx ON writer_dead_letters (failed_at);
+
+-- Migrations of plug-in kinds (jobplatform.kinds.Kind.migrations), applied once each by kind.
+CREATE TABLE writer_kind_migrations (
+    kind        text NOT NULL,
+    version     integer NOT NULL,
+    name        text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, version)
+);

@@ -1,0 +1,259 @@
+"""The apply stage: prepare, one transaction (ledger, kinds, intent log), commit, bisect.
+
+One batch::
+
+    malformed messages -> writer_dead_letters (own short transaction)
+    prepare (no database): ids deduplicated, each kind's plan, the log record encoded
+    BEGIN; pg_try_advisory_xact_lock; SET LOCAL statement_timeout; nextval('writer_batch_seq')
+    ledger claim -> each kind's apply -> intent log append (durable) -> COMMIT
+    after commit: each kind's after-commit work, the hooks
+
+A batch failing on data is split in halves until the failing intent is alone; that intent goes
+to the dead letters and the rest commit.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
+from uuid import UUID
+
+import psycopg
+
+from jobplatform.kinds import AfterCommit
+from jobplatform.logging import get_logger
+from jobplatform.progress import ProgressStore
+from schemas import BaseIntent
+from writer import dead, lock
+from writer.batcher import Batch
+from writer.engine.batch import BatchResult, Prepared, apply_batch, prepare
+from writer.engine.hooks import Commit, DeadLetterEntry
+from writer.engine.session import REDIS_ERRORS, Abandoned, IntentLogUnavailable
+from writer.errors import DataApplyError
+from writer.lanes import Item, Lane
+
+if TYPE_CHECKING:
+    from writer.engine.writer import Writer
+
+log = get_logger("writer")
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+
+class IntentLogWriter(Protocol):
+    """Where applied intents are recorded, outside PostgreSQL.
+
+    :meth:`append` is called after a batch was applied and before it commits; it must be
+    durable when it returns (a raise rolls the batch back; the writer retries it later).
+    """
+
+    def append(self, batch_seq: int, intents: Sequence[BaseIntent]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Applier:
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+
+    # --- pacing ----------------------------------------------------------------------------
+
+    def pace(self, batch: Batch) -> None:
+        """Wait out the database time budget, unless the batch is a few fast intents.
+
+        Only bulk work is paced: status changes (fast intents only, at most
+        ``WRITER_BATCH_MIN_ROWS`` rows) are applied at once, their time charged to the budget
+        like any other, so the bulk work after them waits that much longer.
+        """
+        writer = self.writer
+        if batch.bulk.intents == 0 and batch.total.rows <= writer.collector.sizer.min_rows:
+            return
+        delay = writer.budget.delay()
+        if delay > 0:
+            writer.wait(delay)
+
+    # --- one batch -------------------------------------------------------------------------
+
+    def process(self, batch: Batch) -> bool:
+        """Apply ``batch``; True when every message is settled (applied or dead-lettered) and
+        may be acknowledged."""
+        writer = self.writer
+        try:
+            self.dead_letter_malformed(batch)
+            valid = batch.valid
+            self.apply(valid)
+        except Abandoned:
+            log.info("stopping during an outage: the held batch goes back to the queue",
+                     messages=len(batch))
+            return False
+        except lock.LockLost as exc:
+            writer.leader.step_down(str(exc))
+            return False
+        now_ms = time.time() * 1000
+        lag = max(0.0, now_ms - batch.oldest_ms())
+        stats = writer.stats
+        stats.count(intents=len(valid))
+        stats.gauge(lag_ms=lag, lag_max_ms=max(stats.lag_max_ms, lag))
+        return True
+
+    def dead_letter_malformed(self, batch: Batch) -> None:
+        writer = self.writer
+        found: list[tuple[Lane, str, bytes]] = []
+        for lane in writer.leader.lanes:
+            if lane.undecodable:
+                try:
+                    found += [(lane, rid, raw) for rid, raw in lane.quarantine()]
+                except REDIS_ERRORS as exc:
+                    writer.collector.redis_failed(exc)
+        rejected = batch.rejected
+        if not rejected and not found:
+            return
+        entries = [_entry(item, str(item.reason)) for item in rejected]
+        entries += [DeadLetterEntry(queue=lane.queue, body=raw.decode("utf-8", "replace"),
+                                    reason="undecodable message: not a dramatiq message "
+                                           "envelope")
+                    for lane, _, raw in found]
+        for entry in entries:
+            log.warning("malformed intent dead-lettered", queue=entry.queue, reason=entry.reason)
+        self.record_dead(entries)
+        writer.stats.count(rejected=len(entries))
+        for lane, rid, _ in found:
+            writer.acker.retry_redis(partial(lane.ack_ids, [rid]))
+
+    def record_dead(self, entries: list[DeadLetterEntry]) -> None:
+        writer = self.writer
+
+        def work(conn: Conn) -> None:
+            with conn.transaction():
+                lock.guard(conn, writer.settings.lock_key)
+                for e in entries:
+                    dead.record(conn, queue=e.queue, body_text=e.body, reason=e.reason,
+                                intent_id=e.intent_id, kind=e.kind, tenant_id=e.tenant_id)
+        writer.session.with_db(work)
+        writer.stats.count(dead=len(entries))
+        writer.call_hooks("on_dead_letter", entries)
+
+    def apply(self, items: list[Item]) -> None:
+        """Commit ``items``; on a data error split them until the culprit is alone."""
+        if not items:
+            return
+        writer = self.writer
+        try:
+            work = self.prepare(items)
+            commit = writer.session.with_db(lambda conn: self.commit(conn, items, work))
+        except (Abandoned, lock.LockLost):
+            raise
+        except Exception as exc:
+            self.isolate(items, exc)
+            return
+        self.after_commit(commit)
+
+    def isolate(self, items: list[Item], exc: Exception) -> None:
+        reason = exc.reason if isinstance(exc, DataApplyError) else (
+            f"{type(exc).__name__}: {exc}")
+        if len(items) == 1:
+            item = items[0]
+            log.warning("poison intent dead-lettered", reason=reason, **{
+                k: str(v) for k, v in item.describe().items()})
+            self.record_dead([_entry(item, reason)])
+            return
+        culprits: set[UUID] = set(exc.intent_ids) if isinstance(exc, DataApplyError) else set()
+        named = [i for i in items if i.intent is not None and i.intent.intent_id in culprits]
+        if named and len(named) < len(items):
+            rest = [i for i in items if i not in named]
+            for item in named:
+                self.isolate([item], exc)
+            self.apply(rest)
+            return
+        self.writer.stats.count(bisections=1)
+        middle = len(items) // 2
+        self.apply(items[:middle])
+        self.apply(items[middle:])
+
+    def prepare(self, items: list[Item]) -> Prepared:
+        """The client's work that needs no transaction, done before it begins: each kind's
+        plan and the intent log's record."""
+        writer = self.writer
+        work = prepare((item.intent for item in items if item.intent is not None),
+                       writer.registry)
+        log_prepare = getattr(writer.log_writer, "prepare", None)
+        if log_prepare is not None:
+            log_prepare(work.intents)
+        return work
+
+    def commit(self, conn: Conn, items: list[Item], work: Prepared) -> Commit:
+        """One batch transaction; ``work`` is the prepared form of ``items``.
+
+        The cyclic garbage collector is held off meanwhile: a full collection (tens of
+        milliseconds with many live objects) then runs between transactions, not inside one.
+        """
+        writer = self.writer
+        settings = writer.settings
+        writer.call_hooks("before_commit", items)
+        by_id = {intent.intent_id: intent for intent in work.intents}
+        gc_was_on = gc.isenabled()
+        gc.disable()
+        started = time.perf_counter()
+        start = time.monotonic()
+        try:
+            with conn.transaction():
+                batch_seq = lock.begin_batch(conn, settings.lock_key,
+                                             settings.statement_timeout_ms)
+                result = apply_batch(conn, work, batch_seq=batch_seq, registry=writer.registry)
+                applied = [by_id[i] for i in result.applied]
+                if writer.log_writer is not None and applied:
+                    try:
+                        writer.log_writer.append(batch_seq, applied)
+                    except Exception as exc:
+                        raise IntentLogUnavailable(f"intent log append failed: {exc}") from exc
+        finally:
+            end = time.monotonic()
+            ended = time.perf_counter()
+            if gc_was_on:
+                gc.enable()
+            writer.budget.spent(start, end)
+        ms = (end - start) * 1000
+        sizer = writer.collector.sizer
+        cap = sizer.observe(sum(item.rows for item in items if item.intent is not None), ms)
+        stats = writer.stats
+        with stats.lock:
+            stats.commit_ms.add(ms)
+            stats.batch_rows_cap = cap
+            stats.ms_per_row = sizer.ms_per_row or 0.0
+        return Commit(batch_seq, items, applied, result, started, ended)
+
+    def after_commit(self, commit: Commit) -> None:
+        writer = self.writer
+        result = commit.result
+        writer.stats.count(batches=1, applied=len(result.applied), rows=result.rows,
+                           coalesced=result.coalesced, skipped_duplicate=result.duplicates,
+                           skipped_unchanged=result.unchanged)
+        self.kinds_after_commit(result)
+        writer.call_hooks("after_commit", commit)
+
+    def kinds_after_commit(self, result: BatchResult) -> None:
+        """Each kind's after-commit work (best effort: the database already holds the truth)."""
+        writer = self.writer
+        context: AfterCommit | None = None
+        for name, outcome in result.outcomes.items():
+            kind = writer.registry.kind(name)
+            if kind.after_commit is None:
+                continue
+            if context is None:
+                context = AfterCommit(ProgressStore(writer.broker.client, writer.broker.namespace))
+            try:
+                kind.after_commit(context, outcome)
+            except REDIS_ERRORS as exc:
+                log.warning("after-commit work failed", kind=name, error=str(exc))
+            except Exception:
+                log.exception("after-commit work failed", kind=name)
+
+
+def _entry(item: Item, reason: str) -> DeadLetterEntry:
+    described: dict[str, Any] = item.describe()
+    return DeadLetterEntry(queue=item.queue, reason=reason, body=item.body,
+                           intent_id=described["intent_id"], kind=described["kind"],
+                           tenant_id=described["tenant_id"], intent=item.intent)

@@ -1,0 +1,124 @@
+"""The leadership stage: one active writer, standbys waiting, takeover.
+
+The active writer holds the PostgreSQL session advisory lock (:mod:`writer.lock`). A standby
+polls for it; when it gets it, it requeues what earlier writers left unacked (at once, instead
+of after the broker's 60 s heartbeat timeout) and opens its lanes. A writer that finds the lock
+taken when a batch begins steps down and puts back every message it holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import random
+from typing import TYPE_CHECKING
+
+from jobplatform.logging import get_logger
+from writer.engine.session import DB_OUTAGES, REDIS_ERRORS
+from writer.lanes import Lane, requeue_unacked
+
+if TYPE_CHECKING:
+    from writer.engine.writer import Writer
+
+log = get_logger("writer")
+
+
+def consumers_key(namespace: str) -> str:
+    """Broker ids of every process that consumed the writer's queues and may hold messages."""
+    return f"{namespace}:writer:consumers"
+
+
+class Leadership:
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+        self.fast: Lane | None = None
+        self.bulk: Lane | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.fast is not None
+
+    @property
+    def lanes(self) -> tuple[Lane, ...]:
+        return tuple(lane for lane in (self.fast, self.bulk) if lane is not None)
+
+    def ensure_active(self) -> bool:
+        """True when this writer is active (taking over if the lock is free); else wait a
+        standby's poll interval and return False."""
+        if self.active:
+            return True
+        writer = self.writer
+        try:
+            if writer.session.try_lock():
+                self._become_active()
+                return True
+        except DB_OUTAGES as exc:
+            writer.session.drop()
+            log.warning("database unavailable while waiting for the lock", error=str(exc))
+        except REDIS_ERRORS as exc:
+            log.warning("redis unavailable while taking over", error=str(exc))
+        writer.set_role("standby")
+        writer.wait(random.uniform(writer.standby_poll_s, 2 * writer.standby_poll_s))
+        return False
+
+    def _become_active(self) -> None:
+        """Take over: requeue what earlier writers left unacked, then start consuming."""
+        writer = self.writer
+        broker = writer.broker
+        client = broker.client
+        key = consumers_key(broker.namespace)
+        me = broker.broker_id
+        recovered = 0
+        for raw in client.smembers(key):
+            other = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if other == me:
+                continue
+            for queue in writer.queues.writes:
+                recovered += requeue_unacked(broker, queue, other)
+            client.srem(key, other)
+        client.sadd(key, me)
+        settings = writer.settings
+        # What lives now (modules, schemas, settings, whatever the process held before) stays:
+        # full collections then scan only what the writer allocated since, not all of it.
+        gc.freeze()
+        self.fast = Lane(broker, writer.queues.writes_fast, registry=writer.registry,
+                         max_intent_bytes=settings.max_intent_bytes,
+                         poll_timeout_ms=settings.poll_timeout_ms)
+        self.bulk = Lane(broker, writer.queues.writes_bulk, registry=writer.registry,
+                         max_intent_bytes=settings.max_intent_bytes,
+                         poll_timeout_ms=settings.poll_timeout_ms)
+        writer.set_role("active")
+        log.info("writer active", name=writer.name, recovered=recovered)
+
+    def step_down(self, reason: str) -> None:
+        log.warning("writer lost the lock; standing by", reason=reason)
+        self.writer.stats.count(lost_lock=1)
+        self.release_lanes()
+        self.writer.session.locked_conn = None
+        self.writer.set_role("standby")
+
+    def release_lanes(self) -> bool:
+        """Requeue everything the lanes hold; False when Redis could not be reached."""
+        ok = True
+        for lane in self.lanes:
+            try:
+                lane.release()
+            except REDIS_ERRORS as exc:
+                ok = False
+                log.warning("could not requeue held messages", queue=lane.queue, error=str(exc))
+            lane.close()
+        self.fast = self.bulk = None
+        return ok
+
+    def resign(self) -> bool:
+        """On shutdown: put held messages back, leave the consumers set, release the lock.
+        Returns whether this writer was active."""
+        writer = self.writer
+        was_active = self.active
+        released = self.release_lanes()
+        if was_active and released:
+            with contextlib.suppress(*REDIS_ERRORS):
+                writer.broker.client.srem(consumers_key(writer.broker.namespace),
+                                          writer.broker.broker_id)
+        writer.session.unlock()
+        return was_active

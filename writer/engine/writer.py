@@ -1,0 +1,231 @@
+"""The writer: one active process that applies write intents in short batched transactions.
+
+Shaped like ``psycopg_pool.ConnectionPool``: explicit settings, :meth:`Writer.open` /
+:meth:`Writer.close` (or ``with``), :meth:`Writer.run` until :meth:`Writer.stop`,
+:meth:`Writer.get_stats` / :meth:`Writer.pop_stats`.
+
+The loop is a pipeline of named stages, each an object of its own module::
+
+    leader   (leader.py)   the lock; a standby waits, takes over, requeues what the dead held
+    collect  (collect.py)  fast lane first, the bulk lane's share, batches sized by commit time
+    pace     (apply.py)    the database time budget (bulk work only)
+    apply    (apply.py)    prepare -> BEGIN, ledger, kinds' apply, intent log -> COMMIT; bisect
+    ack      (ack.py)      one round trip per lane, after the commit
+    chores   (chores.py)   heartbeat thread, stats, ledger pruning
+
+with the database session (session.py: one connection, backoff through outages) under them
+and :class:`~writer.engine.hooks.Hooks` around them. The intents themselves are applied by
+the registered kinds (:mod:`jobplatform.kinds`); nothing here knows what they are.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from dramatiq.brokers.redis import RedisBroker
+
+from jobplatform.broker import Queues
+from jobplatform.kinds import Registry, registry_for
+from jobplatform.logging import get_logger
+from jobplatform.settings import Settings, WriterSettings
+from writer.engine.ack import Acker
+from writer.engine.apply import Applier, IntentLogWriter
+from writer.engine.chores import Chores
+from writer.engine.collect import Collector
+from writer.engine.hooks import Hooks
+from writer.engine.leader import Leadership
+from writer.engine.session import Session
+from writer.pacing import DbBudget
+from writer.stats import WriterStats
+
+log = get_logger("writer")
+
+
+class Writer:
+    """The batching consumer of ``writes.fast`` and ``writes.bulk``."""
+
+    def __init__(
+        self,
+        settings: WriterSettings,
+        *,
+        database_url: str,
+        broker: RedisBroker,
+        queues: Queues,
+        registry: Registry | None = None,
+        log_writer: IntentLogWriter | None = None,
+        hooks: Sequence[Hooks] = (),
+        standby_poll_s: float = 0.5,
+        heartbeat_s: float = 5.0,
+        name: str | None = None,
+    ) -> None:
+        from jobplatform.kinds import default_registry
+
+        self.settings = settings
+        self.broker = broker
+        self.queues = queues
+        self.registry = registry if registry is not None else default_registry()
+        self.log_writer = log_writer
+        self.hooks: tuple[Hooks, ...] = tuple(hooks)
+        self.standby_poll_s = standby_poll_s
+        self.heartbeat_s = heartbeat_s
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.budget = DbBudget(settings.db_budget)
+        self._stop = threading.Event()
+        self._opened = False
+
+        self.session = Session(self, database_url)
+        self.leader = Leadership(self)
+        self.collector = Collector(self)
+        self.applier = Applier(self)
+        self.acker = Acker(self)
+        self.chores = Chores(self)
+        self.stats = WriterStats(db_budget=settings.db_budget,
+                                 batch_rows_cap=self.collector.sizer.rows)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, broker: RedisBroker, *,
+                      log_writer: IntentLogWriter | None = None, **kwargs: Any) -> Writer:
+        if not settings.database_url:
+            raise ValueError("settings.database_url is not set (resolve the services first)")
+        kwargs.setdefault("registry", registry_for(settings))
+        return cls(settings.writer, database_url=settings.database_url, broker=broker,
+                   queues=Queues.from_settings(settings), log_writer=log_writer, **kwargs)
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Check the kinds, create the connection pool (no connection yet), start the
+        heartbeat thread. Raises :class:`~jobplatform.kinds.RegistryError` when a registered
+        intent kind has no handler: nothing would apply it."""
+        if self._opened:
+            return
+        self.registry.check_handlers()
+        self.session.open()
+        self._stop.clear()
+        self._opened = True
+        self.chores.start()
+
+    def close(self) -> None:
+        """Stop, put held messages back, release the lock and close everything."""
+        self.stop()
+        if not self._opened:
+            return
+        self._shutdown()
+        self.chores.stop()
+        self.session.close()
+        if self.log_writer is not None:
+            self.log_writer.close()
+        self._opened = False
+
+    def __enter__(self) -> Writer:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the batch in hand (safe from signal handlers)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def active(self) -> bool:
+        return self.leader.active
+
+    @property
+    def backend_pid(self) -> int | None:
+        """PostgreSQL backend pid of the writer's connection (the lock holder when active)."""
+        return self.session.backend_pid
+
+    def run(self) -> None:
+        """Apply intents until :meth:`stop`; as a standby, wait for the lock first."""
+        self.open()
+        log.info("writer started", name=self.name, broker_id=self.broker.broker_id,
+                 lock_key=self.settings.lock_key, budget=self.settings.db_budget,
+                 kinds=self.registry.names())
+        try:
+            while not self.stopping:
+                self.chores.tick()
+                if not self.leader.ensure_active():
+                    continue
+                self.call_hooks("before_collect")
+                batch = self.collector.collect(bulk_after=time.monotonic() + self.budget.delay())
+                self.call_hooks("after_collect", batch)
+                if batch.items:
+                    self.call_hooks("before_pace", batch)
+                    self.applier.pace(batch)
+                    self.call_hooks("after_pace", batch)
+                    if self.applier.process(batch):
+                        self.acker.ack(batch.items)
+                elif self.collector.redis_dirty:
+                    self.collector.recover_redis()
+                self.chores.prune_ledger()
+        finally:
+            self._shutdown()
+        log.info("writer stopped", name=self.name, **self.stats.snapshot())
+
+    def _shutdown(self) -> None:
+        if self.session.pool is None:
+            return
+        was_active = self.leader.resign()
+        self.session.drop()
+        if was_active:
+            self.chores.emit_stats()
+        self.set_role("stopped")
+
+    # --- shared by the stages --------------------------------------------------------------
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, returning early on :meth:`stop`; the loop stays alive."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._stop.wait(min(left, 0.25))
+            self.chores.tick()
+
+    def set_role(self, role: str) -> None:
+        old = self.stats.role
+        if old != role:
+            log.info("writer role", role=role, name=self.name)
+            self.stats.gauge(role=role)
+            self.call_hooks("on_role_change", old, role)
+
+    def call_hooks(self, name: str, *args: Any) -> None:
+        for hook in self.hooks:
+            try:
+                getattr(hook, name)(*args)
+            except Exception:
+                log.exception("writer hook failed", hook=type(hook).__name__, hook_point=name)
+
+    # --- stats -----------------------------------------------------------------------------
+
+    def get_stats(self) -> dict[str, Any]:
+        """Counters since open (or the last :meth:`pop_stats`) and the latest gauges.
+
+        Counters: ``batches``, ``intents``, ``applied``, ``rows``, ``coalesced``,
+        ``skipped_duplicate``, ``skipped_unchanged``, ``dead``, ``rejected``, ``bisections``,
+        ``db_retries``, ``redis_retries``, ``lost_lock``, ``acks``, ``ledger_pruned``. Gauges:
+        ``role``, ``lag_ms`` (age of the oldest message of the last batch at commit),
+        ``lag_max_ms``, ``db_share`` (measured share of wall time in transactions), ``db_budget``,
+        ``backlog_fast`` / ``backlog_bulk``, ``commit_ms_mean|p50|p99|max|count`` (transaction
+        time of the last 4,096 batches), ``batch_rows_cap`` (row cap of the next batch, sized
+        for ``WRITER_TARGET_TXN_MS``) and ``ms_per_row`` (transaction time per row it learned).
+        """
+        self.stats.gauge(db_share=self.budget.used())
+        return self.stats.snapshot()
+
+    def pop_stats(self) -> dict[str, Any]:
+        """:meth:`get_stats`, then reset the counters, ``lag_max_ms`` and the histogram."""
+        self.stats.gauge(db_share=self.budget.used())
+        return self.stats.pop()

@@ -1,0 +1,449 @@
+"""The roster kind: imports' statuses (``roster_imports``), students and enrollments.
+
+Coalescing (pure, before the transaction):
+
+- Status intents of one import become one row change: the highest rank wins, a later arrival
+  winning ties; fields the winner does not carry come from the intents it absorbed.
+- Roster rows of every chunk become one list: one student row per ``(tenant_id, phone)`` and one
+  enrollment per ``(lecture_id, tenant_id, phone)``. For a student seen twice, a row of the same
+  import with the higher ``(chunk_index, source_row)`` wins, else the later arrival; the first
+  enrollment wins (as ``ON CONFLICT DO NOTHING`` keeps the first across batches).
+
+Applying: statuses; rows by binary COPY into a temporary staging table, the lectures ensured,
+then one statement that looks each student up once, inserts the new, updates the changed,
+leaves the identical untouched (no lock, no WAL) and enrolls them all without joining
+``students`` again; per-import counters; ``done`` once every chunk of an import is applied.
+After the commit, the job's progress record says ``done`` too, so ``status()`` needs no
+database read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from jobplatform.broker import IMPORT_ROSTER
+from jobplatform.kinds import AfterCommit, JobType, Kind, Outcome, Transaction, coalesce
+from jobplatform.logging import get_logger
+from schemas import ImportRoster, RosterChunk, RosterStatus, StudentRow
+from schemas.jobs import roster_job_id
+
+log = get_logger("writer.roster")
+
+#: ``roster_imports.status_rank`` of a row a chunk created before any status arrived.
+ROSTER_PLACEHOLDER_RANK = -1
+#: ``roster_imports.status_rank`` of ``done``: final, no status intent moves it.
+ROSTER_DONE_RANK = 4
+#: The session's staging table (temporary, emptied at each commit).
+STAGE_TABLE = "writer_stage"
+
+_STAGE_TYPES = (
+    "int8", "text", "text", "text", "text", "int2", "date", "timestamptz", "uuid", "int8",
+    "uuid", "timestamptz",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RosterStatusChange:
+    """The one status change a batch makes to a roster import row."""
+
+    import_id: UUID
+    tenant_id: int
+    lecture_id: int
+    status: str
+    status_rank: int
+    source_key: str | None
+    report_key: str | None
+    total: int | None
+    valid: int | None
+    invalid: int | None
+    duplicates: int | None
+    chunks_expected: int | None
+    error: str | None
+    sample_errors: str | None
+    """JSON text of the sample row errors, when any intent carried some."""
+    started_at: datetime | None
+    updated_at: datetime
+    intent_ids: tuple[UUID, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StageRow:
+    """One row of the staging table: an enrollment with its student's (winning) values."""
+
+    tenant_id: int
+    phone: str
+    name: str
+    parent_phone: str | None
+    school: str | None
+    grade: int | None
+    birth_date: date | None
+    student_at: datetime | None
+    """The winning row's ``occurred_at``; set on exactly one row per student, else None."""
+    student_import: UUID | None
+    """The import the student's winning row came from; set with ``student_at``."""
+    lecture_id: int
+    import_id: UUID
+    enrolled_at: datetime
+
+
+@dataclass(slots=True)
+class ImportTally:
+    """What a batch holds for one roster import, before the database says what changed."""
+
+    import_id: UUID
+    tenant_id: int
+    lecture_id: int
+    chunks: int = 0
+    rows: int = 0
+    students: int = 0
+    """Student rows of this import that won their key (created + updated + unchanged)."""
+    duplicates: int = 0
+    last_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RosterPlan:
+    """Everything one transaction applies for the roster kind, in the order it applies it."""
+
+    intents: tuple[RosterChunk | RosterStatus, ...] = ()
+    statuses: tuple[RosterStatusChange, ...] = ()
+    stage: tuple[StageRow, ...] = ()
+    lectures: tuple[tuple[int, int, datetime], ...] = ()
+    """``(lecture_id, tenant_id, created_at)`` each chunk's lecture needs."""
+    lecture_conflicts: tuple[tuple[int, tuple[UUID, ...]], ...] = ()
+    """Lectures claimed for two tenants inside the batch, with the chunks claiming them."""
+    imports: dict[UUID, ImportTally] = field(default_factory=dict)
+    student_import: dict[tuple[int, str], UUID] = field(default_factory=dict)
+    """The import each staged student row is attributed to."""
+    rows: int = 0
+    """Roster rows received in chunks."""
+    row_duplicates: int = 0
+    """Rows dropped because a later row of the batch names the same student."""
+
+    @property
+    def coalesced(self) -> int:
+        """Status intents folded into another intent's row change."""
+        return sum(len(r.intent_ids) - 1 for r in self.statuses)
+
+    @property
+    def students(self) -> int:
+        return len(self.student_import)
+
+
+@dataclass(slots=True)
+class ImportCounts:
+    """What one batch did to one roster import."""
+
+    chunks: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    enrolled: int = 0
+
+
+@dataclass(slots=True)
+class RosterOutcome(Outcome):
+    """What the roster kind applied in one batch."""
+
+    rows: int = 0
+    """Roster rows in the applied chunks."""
+    row_duplicates: int = 0
+    """Roster rows superseded by a later row for the same student in the batch."""
+    students_created: int = 0
+    students_updated: int = 0
+    enrolled: int = 0
+    imports: dict[UUID, ImportCounts] = field(default_factory=dict)
+    finished_imports: list[dict[str, Any]] = field(default_factory=list)
+    """Imports this batch marked ``done``, with their final counts (for the job's status)."""
+
+    @property
+    def students_unchanged(self) -> int:
+        return self.unchanged
+
+
+# --- plan ----------------------------------------------------------------------------------
+
+def plan(intents: Sequence[RosterChunk | RosterStatus]) -> RosterPlan:
+    """Coalesce the batch's roster intents (arrival order, each id once)."""
+    statuses: list[RosterStatus] = []
+    rows = _RosterRows()
+    for intent in intents:
+        if isinstance(intent, RosterChunk):
+            rows.add(intent)
+        else:
+            statuses.append(intent)
+    return RosterPlan(
+        intents=tuple(intents),
+        statuses=tuple(_status_change(c.winner, c.intents) for c in coalesce(statuses)),
+        stage=tuple(rows.stage_rows()),
+        lectures=tuple(
+            (lecture_id, tenant_id, at) for lecture_id, (tenant_id, at) in rows.lectures.items()
+        ),
+        lecture_conflicts=tuple(
+            (lecture_id, tuple(ids)) for lecture_id, ids in rows.lecture_conflicts.items()
+        ),
+        imports=rows.imports,
+        student_import={key: winner.import_id for key, winner in rows.students.items()},
+        rows=rows.rows,
+        row_duplicates=rows.duplicates,
+    )
+
+
+def _status_change(win: RosterStatus, group: Sequence[RosterStatus]) -> RosterStatusChange:
+    by_rank = sorted(group, key=lambda i: i.rank())  # stable: arrival order within a rank
+
+    def latest(name: str) -> Any:
+        """The field from the highest-ranked, latest intent that carries it."""
+        for intent in reversed(by_rank):
+            value = getattr(intent, name)
+            if value is not None and value != ():
+                return value
+        return None
+
+    errors = latest("sample_errors")
+    return RosterStatusChange(
+        import_id=win.import_id,
+        tenant_id=win.tenant_id,
+        lecture_id=win.lecture_id,
+        status=win.status,
+        status_rank=win.rank()[1],
+        source_key=latest("source_key"),
+        report_key=latest("report_key"),
+        total=latest("total"),
+        valid=latest("valid"),
+        invalid=latest("invalid"),
+        duplicates=latest("duplicates"),
+        chunks_expected=latest("chunks"),
+        error=latest("error"),
+        sample_errors=(
+            json.dumps([e.model_dump(mode="json") for e in errors]) if errors else None
+        ),
+        started_at=min(i.occurred_at for i in group),
+        updated_at=max(i.occurred_at for i in group),
+        intent_ids=tuple(i.intent_id for i in group),
+    )
+
+
+@dataclass(slots=True)
+class _Student:
+    row: StudentRow
+    import_id: UUID
+    chunk_index: int
+    at: datetime
+
+
+@dataclass(slots=True)
+class _Enrollment:
+    import_id: UUID
+    at: datetime
+
+
+class _RosterRows:
+    """Flattens chunks into deduplicated students and enrollments."""
+
+    def __init__(self) -> None:
+        self.students: dict[tuple[int, str], _Student] = {}
+        self.enrollments: dict[tuple[int, int, str], _Enrollment] = {}
+        self.lectures: dict[int, tuple[int, datetime]] = {}
+        self.lecture_tenants: dict[int, dict[int, list[UUID]]] = {}
+        self.imports: dict[UUID, ImportTally] = {}
+        self.rows = 0
+        self.duplicates = 0
+
+    @property
+    def lecture_conflicts(self) -> dict[int, list[UUID]]:
+        return {
+            lecture_id: [i for ids in tenants.values() for i in ids]
+            for lecture_id, tenants in self.lecture_tenants.items()
+            if len(tenants) > 1
+        }
+
+    def add(self, chunk: RosterChunk) -> None:
+        tenant, lecture, at = chunk.tenant_id, chunk.lecture_id, chunk.occurred_at
+        self.lectures.setdefault(lecture, (tenant, at))
+        self.lecture_tenants.setdefault(lecture, {}).setdefault(tenant, []).append(
+            chunk.intent_id
+        )
+        tally = self.imports.get(chunk.import_id)
+        if tally is None:
+            tally = self.imports[chunk.import_id] = ImportTally(chunk.import_id, tenant, lecture)
+        tally.chunks += 1
+        tally.rows += len(chunk.rows)
+        tally.last_at = at if tally.last_at is None else max(tally.last_at, at)
+        for row in chunk.rows:
+            self.rows += 1
+            key = (tenant, row.phone)
+            seen = self.students.get(key)
+            if seen is None:
+                self.students[key] = _Student(row, chunk.import_id, chunk.chunk_index, at)
+                tally.students += 1
+            else:
+                self.duplicates += 1
+                tally.duplicates += 1
+                same_import = seen.import_id == chunk.import_id
+                if not same_import or (chunk.chunk_index, row.source_row) > (
+                    seen.chunk_index, seen.row.source_row
+                ):
+                    self.imports[seen.import_id].students -= 1
+                    tally.students += 1
+                    self.students[key] = _Student(row, chunk.import_id, chunk.chunk_index, at)
+            self.enrollments.setdefault(
+                (lecture, tenant, row.phone), _Enrollment(chunk.import_id, at)
+            )
+
+    def stage_rows(self) -> list[StageRow]:
+        staged: set[tuple[int, str]] = set()
+        out = []
+        for (lecture, tenant, phone), enrollment in self.enrollments.items():
+            student = self.students[(tenant, phone)]
+            first = (tenant, phone) not in staged
+            staged.add((tenant, phone))
+            row = student.row
+            out.append(StageRow(
+                tenant_id=tenant,
+                phone=phone,
+                name=row.name,
+                parent_phone=row.parent_phone,
+                school=row.school,
+                grade=row.grade,
+                birth_date=row.birth_date,
+                student_at=student.at if first else None,
+                student_import=student.import_id if first else None,
+                lecture_id=lecture,
+                import_id=enrollment.import_id,
+                enrolled_at=enrollment.at,
+            ))
+        return out
+
+
+# --- apply ---------------------------------------------------------------------------------
+
+_STATUS_COLUMNS = (
+    "tenant_id", "lecture_id", "status", "status_rank", "source_key", "report_key",
+    "total", "valid", "invalid", "duplicates", "chunks_expected", "error",
+    "sample_errors", "started_at", "updated_at",
+)
+_FINISHED = ("import_id", "tenant_id", "total", "valid", "invalid", "duplicates",
+             "created", "updated", "unchanged", "enrolled")
+
+
+def apply(tx: Transaction, work: RosterPlan) -> RosterOutcome:
+    out = RosterOutcome(coalesced=work.coalesced, rows=work.rows,
+                        row_duplicates=work.row_duplicates)
+    if work.statuses:
+        changes = work.statuses
+        params: dict[str, Any] = {"id": [c.import_id for c in changes]}
+        params.update({n: [getattr(c, n) for c in changes] for n in _STATUS_COLUMNS})
+        tx.run("upsert_roster_statuses", params)
+    if work.stage:
+        _rows(tx, work, out)
+    if work.imports:
+        _counts(tx, work, out)
+    touched = {s.import_id for s in work.statuses} | set(work.imports)
+    if touched:
+        done = tx.run("mark_roster_done", {"ids": list(touched), "done_rank": ROSTER_DONE_RANK})
+        out.finished_imports = [dict(zip(_FINISHED, row, strict=True)) for row in done]
+    return out
+
+
+def _counts_of(out: RosterOutcome, import_id: UUID) -> ImportCounts:
+    found = out.imports.get(import_id)
+    if found is None:
+        found = out.imports[import_id] = ImportCounts()
+    return found
+
+
+def _rows(tx: Transaction, work: RosterPlan, out: RosterOutcome) -> None:
+    _check_lectures(tx, work)
+    [(_, _, has_stage)] = tx.run("prepare_stage", {"stage": STAGE_TABLE})
+    if not has_stage:
+        tx.run("create_stage", stage=STAGE_TABLE)
+    tx.copy("copy_stage", (
+        (r.tenant_id, r.phone, r.name, r.parent_phone, r.school, r.grade, r.birth_date,
+         r.student_at, r.student_import, r.lecture_id, r.import_id, r.enrolled_at)
+        for r in work.stage
+    ), types=_STAGE_TYPES, stage=STAGE_TABLE)
+    for import_id, created, updated, enrolled in tx.run("upsert_roster", stage=STAGE_TABLE):
+        counts = _counts_of(out, import_id)
+        counts.created, counts.updated = int(created), int(updated)
+        counts.enrolled += int(enrolled)
+    if len(work.stage) > work.students:
+        for import_id, enrolled in tx.run("enroll_more", stage=STAGE_TABLE):
+            _counts_of(out, import_id).enrolled += int(enrolled)
+    for import_id, tally in work.imports.items():
+        counts = _counts_of(out, import_id)
+        counts.chunks = tally.chunks
+        counts.unchanged = tally.students - counts.created - counts.updated
+        out.students_created += counts.created
+        out.students_updated += counts.updated
+        out.unchanged += counts.unchanged
+        out.enrolled += counts.enrolled
+
+
+def _check_lectures(tx: Transaction, work: RosterPlan) -> None:
+    for lecture_id, intent_ids in work.lecture_conflicts:
+        tx.reject(f"lecture {lecture_id} is claimed by chunks of different tenants", intent_ids)
+    foreign = tx.run("ensure_lectures", {
+        "id": [lec[0] for lec in work.lectures],
+        "tenant_id": [lec[1] for lec in work.lectures],
+        "created_at": [lec[2] for lec in work.lectures],
+    })
+    if foreign:
+        lecture_id, wanted, owner = foreign[0]
+        ids = [i.intent_id for i in work.intents
+               if isinstance(i, RosterChunk) and i.lecture_id == lecture_id]
+        tx.reject(f"lecture {lecture_id} belongs to tenant {owner}, not to tenant {wanted} "
+                  "named by the roster chunk", ids)
+
+
+def _counts(tx: Transaction, work: RosterPlan, out: RosterOutcome) -> None:
+    tallies = list(work.imports.values())
+    counts = [_counts_of(out, t.import_id) for t in tallies]
+    tx.run("add_roster_counts", {
+        "placeholder_rank": ROSTER_PLACEHOLDER_RANK,
+        "id": [t.import_id for t in tallies],
+        "tenant_id": [t.tenant_id for t in tallies],
+        "lecture_id": [t.lecture_id for t in tallies],
+        "chunks": [t.chunks for t in tallies],
+        "created": [c.created for c in counts],
+        "updated": [c.updated for c in counts],
+        "unchanged": [c.unchanged for c in counts],
+        "enrolled": [c.enrolled for c in counts],
+        "updated_at": [t.last_at for t in tallies],
+    })
+
+
+# --- after commit --------------------------------------------------------------------------
+
+def after_commit(ctx: AfterCommit, out: RosterOutcome) -> None:
+    """Mark finished imports ``done`` in their progress records (best effort: the database
+    already says ``done``)."""
+    for counts in out.finished_imports:
+        fields = dict(counts)
+        job_id = roster_job_id(fields.pop("import_id"))
+        ctx.progress.update(job_id, step="done", percent=100.0, **fields)
+
+
+def queued(job: ImportRoster, at: datetime) -> RosterStatus:
+    """The status the publish client sends when it publishes an import."""
+    return RosterStatus(tenant_id=job.tenant_id, occurred_at=at, import_id=job.import_id,
+                        lecture_id=job.lecture_id, status="queued", source_key=job.source_key)
+
+
+kind = Kind(
+    name="roster",
+    intents=(RosterChunk, RosterStatus),
+    plan=plan,
+    apply=apply,
+    after_commit=after_commit,
+    sql=Path(__file__).with_suffix(".sql"),
+    jobs=(JobType(ImportRoster, actor=IMPORT_ROSTER, queue=lambda s: s.queue_ai,
+                  queued=queued),),
+    order=20,
+)

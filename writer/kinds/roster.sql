@@ -1,0 +1,177 @@
+-- The roster kind's statements (writer/kinds/roster.py), one block per `-- name:` line.
+-- `{stage}` is the session's temporary staging table, composed with psycopg.sql.
+-- Timestamps come from the intents; none of these statements calls now().
+
+-- name: prepare_stage
+-- Staging tables have no statistics: a hash join would scan all of `students` every batch.
+-- Index joins only, for this transaction; and whether this session has its staging table.
+SELECT set_config('enable_hashjoin', 'off', true),
+       set_config('enable_mergejoin', 'off', true),
+       to_regclass('pg_temp.' || %(stage)s) IS NOT NULL
+
+-- name: create_stage
+-- Emptied at each commit in place (no new file, no catalog change), reused by the session.
+CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (
+    tenant_id     bigint NOT NULL,
+    phone         text NOT NULL,
+    name          text NOT NULL,
+    parent_phone  text,
+    school        text,
+    grade         smallint,
+    birth_date    date,
+    student_at    timestamptz,
+    student_import uuid,
+    lecture_id    bigint NOT NULL,
+    import_id     uuid NOT NULL,
+    enrolled_at   timestamptz NOT NULL
+) ON COMMIT DELETE ROWS
+
+-- name: copy_stage
+COPY {stage} (tenant_id, phone, name, parent_phone, school, grade, birth_date, student_at,
+              student_import, lecture_id, import_id, enrolled_at)
+FROM STDIN (FORMAT BINARY)
+
+-- name: ensure_lectures
+-- Lectures the chunks enroll into, created with the chunk's tenant; returns those that already
+-- exist under another tenant (the outer query sees the rows from before this statement).
+WITH wanted AS (
+    SELECT * FROM unnest(%(id)s::bigint[], %(tenant_id)s::bigint[], %(created_at)s::timestamptz[])
+        AS w (id, tenant_id, created_at)
+), added AS (
+    INSERT INTO lectures (id, tenant_id, created_at)
+    SELECT id, tenant_id, created_at FROM wanted
+    ON CONFLICT (id) DO NOTHING
+)
+SELECT w.id, w.tenant_id, l.tenant_id
+FROM wanted AS w JOIN lectures AS l ON l.id = w.id
+WHERE l.tenant_id <> w.tenant_id
+
+-- name: upsert_roster
+-- Students and enrollments of the staged rows in one statement, one index probe per student:
+-- `found` looks each student up once and takes an id from the identity sequence for the new
+-- ones, so neither insert joins `students` again. New students are inserted plainly (the
+-- writer's lock makes it the only one inserting them; a student inserted by someone else
+-- meanwhile fails the batch, whose split halves then find it); changed ones are updated by id;
+-- present and identical ones are not touched at all (no lock, no WAL). A new student has no
+-- enrollment yet: its rows are inserted plainly; only existing students' rows go through ON
+-- CONFLICT. Rows without `student_at` (a student's second lecture in the batch) are left to
+-- `enroll_more`. Returns, per import: students created, updated, and enrollments added.
+WITH found AS (
+    SELECT st.tenant_id, st.phone, st.name, st.parent_phone, st.school, st.grade, st.birth_date,
+           st.student_at, st.student_import, st.lecture_id, st.import_id, st.enrolled_at,
+           s.id AS old_id,
+           coalesce(s.id, nextval((SELECT pg_get_serial_sequence('students', 'id')::regclass)))
+               AS student_id,
+           s.id IS NOT NULL
+               AND (s.name, s.parent_phone, s.school, s.grade, s.birth_date)
+                   IS NOT DISTINCT FROM (st.name, st.parent_phone, st.school, st.grade,
+                                         st.birth_date) AS same
+    FROM {stage} AS st
+    LEFT JOIN students AS s ON s.tenant_id = st.tenant_id AND s.phone = st.phone
+    WHERE st.student_at IS NOT NULL
+), created AS (
+    INSERT INTO students
+        (id, tenant_id, phone, name, parent_phone, school, grade, birth_date, created_at,
+         updated_at)
+    OVERRIDING SYSTEM VALUE
+    SELECT student_id, tenant_id, phone, name, parent_phone, school, grade, birth_date,
+           student_at, student_at
+    FROM found
+    WHERE old_id IS NULL
+), changed AS (
+    UPDATE students AS s
+    SET (name, parent_phone, school, grade, birth_date, updated_at)
+        = (f.name, f.parent_phone, f.school, f.grade, f.birth_date, f.student_at)
+    FROM found AS f
+    WHERE f.old_id IS NOT NULL AND NOT f.same AND s.id = f.old_id
+      AND (s.name, s.parent_phone, s.school, s.grade, s.birth_date)
+          IS DISTINCT FROM (f.name, f.parent_phone, f.school, f.grade, f.birth_date)
+    RETURNING f.student_import
+), enrolled AS (
+    INSERT INTO enrollments (lecture_id, student_id, import_id, enrolled_at)
+    SELECT lecture_id, student_id, import_id, enrolled_at FROM found WHERE old_id IS NULL
+    RETURNING import_id
+), reenrolled AS (
+    INSERT INTO enrollments (lecture_id, student_id, import_id, enrolled_at)
+    SELECT lecture_id, student_id, import_id, enrolled_at FROM found WHERE old_id IS NOT NULL
+    ON CONFLICT (lecture_id, student_id) DO NOTHING
+    RETURNING import_id
+)
+SELECT import_id, sum(created), sum(updated), sum(enrolled)
+FROM (
+    SELECT student_import, 1, 0, 0 FROM found WHERE old_id IS NULL
+    UNION ALL SELECT student_import, 0, 1, 0 FROM changed
+    UNION ALL SELECT import_id, 0, 0, 1 FROM enrolled
+    UNION ALL SELECT import_id, 0, 0, 1 FROM reenrolled
+) AS n (import_id, created, updated, enrolled)
+GROUP BY import_id
+
+-- name: enroll_more
+-- Enrollments of staged rows that are not a student's first row in the batch (its other
+-- lectures); runs after `upsert_roster`, so new students are found too.
+WITH added AS (
+    INSERT INTO enrollments (lecture_id, student_id, import_id, enrolled_at)
+    SELECT st.lecture_id, s.id, st.import_id, st.enrolled_at
+    FROM {stage} AS st
+    JOIN students AS s ON s.tenant_id = st.tenant_id AND s.phone = st.phone
+    WHERE st.student_at IS NULL
+    ON CONFLICT (lecture_id, student_id) DO NOTHING
+    RETURNING import_id
+)
+SELECT import_id, count(*) FROM added GROUP BY import_id
+
+-- name: upsert_roster_statuses
+-- Status moves only to a strictly higher rank; values an intent does not carry are kept.
+INSERT INTO roster_imports AS r
+    (id, tenant_id, lecture_id, status, status_rank, source_key, report_key, total, valid,
+     invalid, duplicates, chunks_expected, error, sample_errors, started_at, updated_at)
+SELECT * FROM unnest(
+    %(id)s::uuid[], %(tenant_id)s::bigint[], %(lecture_id)s::bigint[], %(status)s::text[],
+    %(status_rank)s::smallint[], %(source_key)s::text[], %(report_key)s::text[],
+    %(total)s::integer[], %(valid)s::integer[], %(invalid)s::integer[],
+    %(duplicates)s::integer[], %(chunks_expected)s::integer[], %(error)s::text[],
+    %(sample_errors)s::jsonb[], %(started_at)s::timestamptz[], %(updated_at)s::timestamptz[]
+)
+ON CONFLICT (id) DO UPDATE SET
+    status = EXCLUDED.status,
+    status_rank = EXCLUDED.status_rank,
+    source_key = coalesce(EXCLUDED.source_key, r.source_key),
+    report_key = coalesce(EXCLUDED.report_key, r.report_key),
+    total = coalesce(EXCLUDED.total, r.total),
+    valid = coalesce(EXCLUDED.valid, r.valid),
+    invalid = coalesce(EXCLUDED.invalid, r.invalid),
+    duplicates = coalesce(EXCLUDED.duplicates, r.duplicates),
+    chunks_expected = coalesce(EXCLUDED.chunks_expected, r.chunks_expected),
+    error = coalesce(EXCLUDED.error, r.error),
+    sample_errors = coalesce(EXCLUDED.sample_errors, r.sample_errors),
+    started_at = least(r.started_at, EXCLUDED.started_at),
+    updated_at = greatest(r.updated_at, EXCLUDED.updated_at)
+WHERE EXCLUDED.status_rank > r.status_rank
+
+-- name: add_roster_counts
+-- Per-import counters of the chunks applied; a chunk arriving before any status creates the
+-- row with a placeholder rank that every status intent outranks.
+INSERT INTO roster_imports AS r
+    (id, tenant_id, lecture_id, status, status_rank, chunks_applied, created, updated,
+     unchanged, enrolled, updated_at)
+SELECT n.id, n.tenant_id, n.lecture_id, 'queued', %(placeholder_rank)s, n.chunks, n.created,
+       n.updated, n.unchanged, n.enrolled, n.updated_at
+FROM unnest(
+    %(id)s::uuid[], %(tenant_id)s::bigint[], %(lecture_id)s::bigint[], %(chunks)s::integer[],
+    %(created)s::integer[], %(updated)s::integer[], %(unchanged)s::integer[],
+    %(enrolled)s::integer[], %(updated_at)s::timestamptz[]
+) AS n (id, tenant_id, lecture_id, chunks, created, updated, unchanged, enrolled, updated_at)
+ON CONFLICT (id) DO UPDATE SET
+    chunks_applied = r.chunks_applied + EXCLUDED.chunks_applied,
+    created = r.created + EXCLUDED.created,
+    updated = r.updated + EXCLUDED.updated,
+    unchanged = r.unchanged + EXCLUDED.unchanged,
+    enrolled = r.enrolled + EXCLUDED.enrolled,
+    updated_at = greatest(r.updated_at, EXCLUDED.updated_at)
+
+-- name: mark_roster_done
+-- `writing` means every chunk was sent; done once all of them are applied, in either order.
+UPDATE roster_imports
+SET status = 'done', status_rank = %(done_rank)s, finished_at = updated_at
+WHERE id = ANY(%(ids)s::uuid[]) AND status = 'writing' AND chunks_applied >= chunks_expected
+RETURNING id, tenant_id, total, valid, invalid, duplicates, created, updated, unchanged, enrolled

@@ -1,0 +1,122 @@
+"""The video kind: a video's states (queued, processing, ready, failed) in the ``videos`` table.
+
+Coalescing: a video's intents in one batch become one row change. The highest by
+:meth:`~schemas.BaseIntent.rank` (attempt, then state) wins, a later arrival winning ties;
+fields the winner does not carry (``source_key`` from ``queued``, ``started_at`` from
+``processing``) come from the intents it absorbed. The row changes only for a strictly higher
+rank, so state never moves backwards.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from jobplatform.broker import ENCODE_VIDEO
+from jobplatform.kinds import JobType, Kind, Outcome, Transaction, coalesce
+from schemas import EncodeVideo, VideoFailed, VideoProcessing, VideoQueued, VideoReady
+
+VideoIntent = VideoQueued | VideoProcessing | VideoReady | VideoFailed
+
+
+@dataclass(frozen=True, slots=True)
+class VideoChange:
+    """The one change a batch makes to a video row."""
+
+    video_id: UUID
+    tenant_id: int
+    status: str
+    attempt: int
+    status_rank: int
+    source_key: str | None
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    hls_key: str | None
+    duration_s: float | None
+    renditions: str | None
+    """JSON text of the renditions (``ready`` only)."""
+    error: str | None
+    updated_at: datetime
+    intent_ids: tuple[UUID, ...]
+
+
+@dataclass(slots=True)
+class VideoOutcome(Outcome):
+    changed: int = 0
+    """Video rows inserted or moved forward."""
+
+
+def plan(intents: Sequence[VideoIntent]) -> list[VideoChange]:
+    """One :class:`VideoChange` per video of the batch."""
+    return [_change(change.winner, change.intents) for change in coalesce(intents)]
+
+
+def _change(win: VideoIntent, group: Sequence[VideoIntent]) -> VideoChange:
+    queued = [i for i in group if isinstance(i, VideoQueued)]
+    starts = [i for i in group if isinstance(i, VideoProcessing) and i.attempt == win.attempt]
+    # The highest attempt's, the latest arrival among equals.
+    last_queued = max(reversed(queued), key=lambda i: i.attempt) if queued else None
+    start = starts[-1].occurred_at if starts and not isinstance(win, VideoQueued) else None
+    renditions = None
+    if isinstance(win, VideoReady):
+        renditions = json.dumps([r.model_dump(mode="json") for r in win.renditions])
+    final = isinstance(win, VideoReady | VideoFailed)
+    return VideoChange(
+        video_id=win.video_id,
+        tenant_id=win.tenant_id,
+        status=win.kind.removeprefix("video."),
+        attempt=win.attempt,
+        status_rank=win.rank()[1],
+        source_key=last_queued.source_key if last_queued else None,
+        queued_at=last_queued.occurred_at if last_queued else None,
+        started_at=start,
+        finished_at=win.occurred_at if final else None,
+        hls_key=win.hls_key if isinstance(win, VideoReady) else None,
+        duration_s=win.duration_s if isinstance(win, VideoReady) else None,
+        renditions=renditions,
+        error=win.reason if isinstance(win, VideoFailed) else None,
+        updated_at=win.occurred_at,
+        intent_ids=tuple(i.intent_id for i in group),
+    )
+
+
+_COLUMNS = (
+    "tenant_id", "status", "attempt", "status_rank", "source_key", "hls_key", "duration_s",
+    "renditions", "error", "queued_at", "started_at", "finished_at", "updated_at",
+)
+
+
+def apply(tx: Transaction, changes: Sequence[VideoChange]) -> VideoOutcome:
+    params: dict[str, Any] = {"id": [c.video_id for c in changes]}
+    params.update({n: [getattr(c, n) for c in changes] for n in _COLUMNS})
+    [(changed, foreign)] = tx.run("upsert_videos", params)
+    if foreign:
+        bad = set(foreign)
+        ids = [i for c in changes if c.video_id in bad for i in c.intent_ids]
+        tx.reject(f"video {', '.join(map(str, sorted(bad)))} belongs to another tenant", ids)
+    coalesced = sum(len(c.intent_ids) - 1 for c in changes)
+    return VideoOutcome(coalesced=coalesced, changed=int(changed))
+
+
+def queued(job: EncodeVideo, at: datetime) -> VideoQueued:
+    """The status the publish client sends when it publishes an encode."""
+    return VideoQueued(tenant_id=job.tenant_id, occurred_at=at,
+                       video_id=job.video_id, attempt=job.attempt, source_key=job.source_key)
+
+
+kind = Kind(
+    name="video",
+    intents=(VideoQueued, VideoProcessing, VideoReady, VideoFailed),
+    plan=plan,
+    apply=apply,
+    sql=Path(__file__).with_suffix(".sql"),
+    jobs=(JobType(EncodeVideo, actor=ENCODE_VIDEO, queue=lambda s: s.queue_video,
+                  queued=queued),),
+    order=10,
+)
