@@ -11,7 +11,20 @@ import sys
 
 import click
 
-from jobplatform.cli import bench, db, dead, demo, log, replay, roster, run, stack, watch, writer
+from jobplatform.cli import (
+    bench,
+    db,
+    dead,
+    demo,
+    kinds,
+    log,
+    replay,
+    roster,
+    run,
+    stack,
+    watch,
+    writer,
+)
 from jobplatform.cli._common import run_cli
 
 COMMANDS: list[click.Command] = [
@@ -25,6 +38,7 @@ COMMANDS: list[click.Command] = [
     dead.dead,
     replay.replay,
     log.log,
+    kinds.kinds,
     roster.roster,
 ]
 
