@@ -28,6 +28,10 @@ What a kind declares, and who uses it:
 ``sql``                       the ``.sql`` file of named statements (``-- name: upsert``) that
                               ``tx.run("upsert", ...)`` executes
 ``after_commit``              work after the commit (the roster's ``done`` progress record)
+``dead_lettered``             ``dead_lettered(tx, intents, reason)``, in the transaction that
+                              stores them as dead letters (the roster fails the import)
+``redriven``                  ``redriven(tx, intents)``, when ``jobplatform dead retry`` sends
+                              them again (the roster's import comes back)
 ``migrations``                a folder of numbered ``.sql`` migrations the writer applies
 ``jobs``                      the :class:`JobType` s the publish client accepts
 ============================  =================================================================
@@ -218,6 +222,8 @@ class Kind:
     plan: Callable[[Sequence[Any]], Any] = coalesce
     sql: Path | Traversable | None = None
     after_commit: Callable[[AfterCommit, Any], None] | None = None
+    dead_lettered: Callable[[Transaction, Sequence[Any], str], Outcome | None] | None = None
+    redriven: Callable[[Transaction, Sequence[Any]], Outcome | None] | None = None
     migrations: Path | Traversable | None = None
     jobs: tuple[JobType, ...] = ()
     order: int = 100

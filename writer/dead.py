@@ -15,6 +15,9 @@ from uuid import UUID
 import psycopg
 from psycopg.rows import class_row
 
+from jobplatform.kinds import Kind, Outcome, Registry
+from schemas import BaseIntent, DecodeError
+
 Conn = psycopg.Connection[Any]
 
 _COLUMNS = "id, intent_id, kind, tenant_id, queue, body, reason, failed_at, retried_at"
@@ -78,3 +81,29 @@ def mark_retried(conn: Conn, id: int) -> bool:
         "UPDATE writer_dead_letters SET retried_at = clock_timestamp() WHERE id = %s", (id,)
     )
     return cur.rowcount == 1
+
+
+def redrive(conn: Conn, letters: builtins.list[DeadLetter],
+            registry: Registry) -> builtins.list[tuple[Kind, Outcome]]:
+    """In the caller's transaction: mark ``letters`` retried and run each decoded intent's
+    ``Kind.redriven`` hook (the roster's import takes back its status). Returns the kinds'
+    outcomes, for their after-commit work. Send the bodies only once this has committed."""
+    from writer.engine.batch import run_kind_hook
+
+    groups: dict[str, tuple[Kind, builtins.list[BaseIntent]]] = {}
+    for letter in letters:
+        mark_retried(conn, letter.id)
+        try:
+            intent = registry.decode_intent(letter.body)
+        except DecodeError:
+            continue
+        kind = registry.kind_for(intent.kind)
+        if kind is not None and kind.redriven is not None:
+            groups.setdefault(kind.name, (kind, []))[1].append(intent)
+    outcomes = []
+    for kind, intents in groups.values():
+        assert kind.redriven is not None
+        outcome = run_kind_hook(conn, kind, kind.redriven, intents)
+        if outcome is not None:
+            outcomes.append((kind, outcome))
+    return outcomes

@@ -81,6 +81,8 @@ def show(id: int) -> None:
 def retry(id: int | None, all_: bool) -> None:
     """Send a dead intent's body back to its queue, unchanged, and mark it retried."""
     from jobplatform.broker import WRITE_INTENT, build_broker, make_message
+    from jobplatform.kinds import AfterCommit, registry_for
+    from jobplatform.progress import ProgressStore
     from writer import dead as letters
     from writer.db import connect
 
@@ -89,6 +91,7 @@ def retry(id: int | None, all_: bool) -> None:
     settings, url = _services()
     assert settings.redis_url is not None
     broker = build_broker(settings, settings.redis_url, set_global=False)
+    registry = registry_for(settings)
     sent = 0
     try:
         with connect(url, autocommit=True, application_name="jobplatform-cli") as conn:
@@ -99,12 +102,19 @@ def retry(id: int | None, all_: bool) -> None:
                 todo = [letter]
             else:
                 todo = [r for r in letters.list(conn, limit=1_000_000) if r.retried_at is None]
-            for letter in todo:
-                options = {"intent_id": str(letter.intent_id)} if letter.intent_id else {}
-                broker.enqueue(make_message(letter.queue, WRITE_INTENT, _payload(letter.body),
-                                            **options))
-                letters.mark_retried(conn, letter.id)
-                sent += 1
+            # Their kinds take the jobs back first (the roster's import leaves `failed`), then
+            # the bodies are sent: an intent applied before that could not finish its job.
+            with conn.transaction():
+                outcomes = letters.redrive(conn, todo, registry)
+        progress = ProgressStore(broker.client, settings.broker_namespace)
+        for kind, outcome in outcomes:
+            if kind.after_commit is not None:
+                kind.after_commit(AfterCommit(progress), outcome)
+        for letter in todo:
+            options = {"intent_id": str(letter.intent_id)} if letter.intent_id else {}
+            broker.enqueue(make_message(letter.queue, WRITE_INTENT, _payload(letter.body),
+                                        **options))
+            sent += 1
     finally:
         broker.close()
     click.echo(f"re-sent {sent} dead intent(s)")

@@ -125,7 +125,8 @@ def test_idempotency_keys_are_scoped_by_tenant_and_kind(
         (video_job, "has space", "idempotency_key: must be 1 to 255 characters"),
         (video_job, "", "idempotency_key"),
         (video_job, "k" * 256, "idempotency_key"),
-        (lambda: {"kind": "video.encode"}, None, "job: dict is not a registered job type (registered: EncodeVideo, ImportRoster)"),
+        (lambda: {"kind": "video.encode"}, None,
+         "job: dict is not a registered job type (registered: EncodeVideo, ImportRoster)"),
     ],
 )
 def test_invalid_jobs_are_refused_before_anything_is_sent(

@@ -23,13 +23,13 @@ from uuid import UUID
 
 import psycopg
 
-from jobplatform.kinds import AfterCommit
+from jobplatform.kinds import AfterCommit, Kind, Outcome
 from jobplatform.logging import get_logger
 from jobplatform.progress import ProgressStore
 from schemas import BaseIntent
 from writer import dead, lock
 from writer.batcher import Batch
-from writer.engine.batch import BatchResult, Prepared, apply_batch, prepare
+from writer.engine.batch import BatchResult, Prepared, apply_batch, prepare, run_kind_hook
 from writer.engine.hooks import Commit, DeadLetterEntry
 from writer.engine.session import REDIS_ERRORS, Abandoned, IntentLogUnavailable
 from writer.errors import DataApplyError
@@ -124,17 +124,41 @@ class Applier:
             writer.acker.retry_redis(partial(lane.ack_ids, [rid]))
 
     def record_dead(self, entries: list[DeadLetterEntry]) -> None:
+        """Store ``entries`` as dead letters, and let each decoded intent's kind react in the
+        same transaction (``Kind.dead_lettered``: the roster fails the import)."""
         writer = self.writer
 
-        def work(conn: Conn) -> None:
+        def work(conn: Conn) -> list[tuple[Kind, Outcome]]:
+            outcomes: list[tuple[Kind, Outcome]] = []
             with conn.transaction():
                 lock.guard(conn, writer.settings.lock_key)
                 for e in entries:
                     dead.record(conn, queue=e.queue, body_text=e.body, reason=e.reason,
                                 intent_id=e.intent_id, kind=e.kind, tenant_id=e.tenant_id)
-        writer.session.with_db(work)
+                for kind, reason, intents in self._dead_by_kind(entries):
+                    assert kind.dead_lettered is not None
+                    outcome = run_kind_hook(conn, kind, kind.dead_lettered, intents, reason)
+                    if outcome is not None:
+                        outcomes.append((kind, outcome))
+            return outcomes
+        outcomes = writer.session.with_db(work)
         writer.stats.count(dead=len(entries))
+        for kind, outcome in outcomes:
+            self.kind_after_commit(kind, outcome)
         writer.call_hooks("on_dead_letter", entries)
+
+    def _dead_by_kind(
+        self, entries: list[DeadLetterEntry]
+    ) -> list[tuple[Kind, str, list[BaseIntent]]]:
+        groups: dict[tuple[str, str], tuple[Kind, list[BaseIntent]]] = {}
+        for e in entries:
+            if e.intent is None:
+                continue
+            kind = self.writer.registry.kind_for(e.intent.kind)
+            if kind is None or kind.dead_lettered is None:
+                continue
+            groups.setdefault((kind.name, e.reason), (kind, []))[1].append(e.intent)
+        return [(kind, reason, intents) for (_, reason), (kind, intents) in groups.items()]
 
     def apply(self, items: list[Item]) -> None:
         """Commit ``items``; on a data error split them until the culprit is alone."""
@@ -236,20 +260,20 @@ class Applier:
 
     def kinds_after_commit(self, result: BatchResult) -> None:
         """Each kind's after-commit work (best effort: the database already holds the truth)."""
-        writer = self.writer
-        context: AfterCommit | None = None
         for name, outcome in result.outcomes.items():
-            kind = writer.registry.kind(name)
-            if kind.after_commit is None:
-                continue
-            if context is None:
-                context = AfterCommit(ProgressStore(writer.broker.client, writer.broker.namespace))
-            try:
-                kind.after_commit(context, outcome)
-            except REDIS_ERRORS as exc:
-                log.warning("after-commit work failed", kind=name, error=str(exc))
-            except Exception:
-                log.exception("after-commit work failed", kind=name)
+            self.kind_after_commit(self.writer.registry.kind(name), outcome)
+
+    def kind_after_commit(self, kind: Kind, outcome: Outcome) -> None:
+        if kind.after_commit is None:
+            return
+        writer = self.writer
+        context = AfterCommit(ProgressStore(writer.broker.client, writer.broker.namespace))
+        try:
+            kind.after_commit(context, outcome)
+        except REDIS_ERRORS as exc:
+            log.warning("after-commit work failed", kind=kind.name, error=str(exc))
+        except Exception:
+            log.exception("after-commit work failed", kind=kind.name)
 
 
 def _entry(item: Item, reason: str) -> DeadLetterEntry:

@@ -13,7 +13,7 @@ isolated and dead-lettered, never recorded as applied.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -197,12 +197,21 @@ def _plan(unique: Sequence[BaseIntent], duplicates: int, registry: Registry) -> 
     groups: dict[str, list[BaseIntent]] = {}
     unhandled: list[BaseIntent] = []
     kind_for = registry.kind_for
+    last_kind, last_group = "", None
     for intent in unique:
+        if intent.kind == last_kind and last_group is not None:
+            last_group.append(intent)
+            continue
         kind = kind_for(intent.kind)
         if kind is None or kind.apply is None:
             unhandled.append(intent)
-        else:
-            groups.setdefault(kind.name, []).append(intent)
+            last_group = None
+            continue
+        group = groups.get(kind.name)
+        if group is None:
+            group = groups[kind.name] = []
+        group.append(intent)
+        last_kind, last_group = intent.kind, group
     work = tuple(
         KindWork(kind, tuple(groups[kind.name]), kind.plan(groups[kind.name]))
         for kind in registry.kinds if kind.name in groups
@@ -272,6 +281,14 @@ def _apply(conn: Conn, prepared: Prepared, batch_seq: int, registry: Registry) -
         result.coalesced += outcome.coalesced
         result.unchanged += outcome.unchanged
     return result
+
+
+def run_kind_hook(conn: Conn, kind: Kind, hook: Callable[..., Outcome | None],
+                  *args: Any) -> Outcome | None:
+    """Run one of ``kind``'s hooks (``dead_lettered``, ``redriven``) in the caller's open
+    transaction, with the :class:`~jobplatform.kinds.Transaction` ``apply`` gets."""
+    tx = KindTransaction(conn, conn.cursor(), kind, BatchResult(batch_seq=0))
+    return hook(tx, *args)
 
 
 def _describe(exc: psycopg.Error) -> str:

@@ -161,6 +161,10 @@ class RosterOutcome(Outcome):
     imports: dict[UUID, ImportCounts] = field(default_factory=dict)
     finished_imports: list[dict[str, Any]] = field(default_factory=list)
     """Imports this batch marked ``done``, with their final counts (for the job's status)."""
+    failed_imports: list[tuple[UUID, str]] = field(default_factory=list)
+    """Imports held ``failed`` by dead-lettered intents, with the reason."""
+    resumed_imports: list[tuple[UUID, str]] = field(default_factory=list)
+    """Imports whose dead intents were re-driven, with the status they took back."""
 
     @property
     def students_unchanged(self) -> int:
@@ -349,7 +353,42 @@ def apply(tx: Transaction, work: RosterPlan) -> RosterOutcome:
     if touched:
         done = tx.run("mark_roster_done", {"ids": list(touched), "done_rank": ROSTER_DONE_RANK})
         out.finished_imports = [dict(zip(_FINISHED, row, strict=True)) for row in done]
+    if work.statuses:
+        # A status arriving after a dead letter must not make the job look alive again
+        held = tx.run("dead_imports", {"ids": [s.import_id for s in work.statuses]})
+        out.failed_imports = [(import_id, error) for import_id, _, error in held]
     return out
+
+
+def dead_lettered(tx: Transaction, intents: Sequence[RosterChunk | RosterStatus],
+                  reason: str) -> RosterOutcome:
+    """Intents of an import went to the dead letters: the import fails, naming the reason,
+    until ``jobplatform dead retry`` sends them again."""
+    imports: dict[UUID, list[RosterChunk | RosterStatus]] = {}
+    for intent in intents:
+        imports.setdefault(intent.import_id, []).append(intent)
+    groups = list(imports.values())
+    what = "a roster chunk" if any(isinstance(i, RosterChunk) for i in intents) else (
+        "a roster status")
+    error = f"{what} could not be written: {reason}"[:2000]
+    rows = tx.run("fail_dead", {
+        "placeholder_rank": ROSTER_PLACEHOLDER_RANK, "error": error,
+        "id": [g[0].import_id for g in groups],
+        "tenant_id": [g[0].tenant_id for g in groups],
+        "lecture_id": [g[0].lecture_id for g in groups],
+        "dead": [len(g) for g in groups],
+        "updated_at": [max(i.occurred_at for i in g) for g in groups],
+    })
+    return RosterOutcome(failed_imports=[(import_id, err) for import_id, _, err in rows])
+
+
+def redriven(tx: Transaction, intents: Sequence[RosterChunk | RosterStatus]) -> RosterOutcome:
+    """Dead intents are sent again: their import takes back the status it had."""
+    sent: dict[UUID, int] = {}
+    for intent in intents:
+        sent[intent.import_id] = sent.get(intent.import_id, 0) + 1
+    rows = tx.run("redrive", {"id": list(sent), "sent": list(sent.values())})
+    return RosterOutcome(resumed_imports=[(import_id, status) for import_id, _, status in rows])
 
 
 def _counts_of(out: RosterOutcome, import_id: UUID) -> ImportCounts:
@@ -422,12 +461,16 @@ def _counts(tx: Transaction, work: RosterPlan, out: RosterOutcome) -> None:
 # --- after commit --------------------------------------------------------------------------
 
 def after_commit(ctx: AfterCommit, out: RosterOutcome) -> None:
-    """Mark finished imports ``done`` in their progress records (best effort: the database
-    already says ``done``)."""
+    """Mark finished imports ``done`` (failed ones ``failed``, re-driven ones back in their
+    status) in their progress records; best effort: the database already says so."""
     for counts in out.finished_imports:
         fields = dict(counts)
         job_id = roster_job_id(fields.pop("import_id"))
         ctx.progress.update(job_id, step="done", percent=100.0, **fields)
+    for import_id, error in out.failed_imports:
+        ctx.progress.update(roster_job_id(import_id), step="failed", error=error)
+    for import_id, status in out.resumed_imports:
+        ctx.progress.update(roster_job_id(import_id), step=status, error=None)
 
 
 def queued(job: ImportRoster, at: datetime) -> RosterStatus:
@@ -442,6 +485,8 @@ kind = Kind(
     plan=plan,
     apply=apply,
     after_commit=after_commit,
+    dead_lettered=dead_lettered,
+    redriven=redriven,
     sql=Path(__file__).with_suffix(".sql"),
     jobs=(JobType(ImportRoster, actor=IMPORT_ROSTER, queue=lambda s: s.queue_ai,
                   queued=queued),),

@@ -133,7 +133,7 @@ SELECT * FROM unnest(
     %(sample_errors)s::jsonb[], %(started_at)s::timestamptz[], %(updated_at)s::timestamptz[]
 )
 ON CONFLICT (id) DO UPDATE SET
-    status = EXCLUDED.status,
+    status = CASE WHEN r.dead_intents > 0 THEN r.status ELSE EXCLUDED.status END,
     status_rank = EXCLUDED.status_rank,
     source_key = coalesce(EXCLUDED.source_key, r.source_key),
     report_key = coalesce(EXCLUDED.report_key, r.report_key),
@@ -142,7 +142,7 @@ ON CONFLICT (id) DO UPDATE SET
     invalid = coalesce(EXCLUDED.invalid, r.invalid),
     duplicates = coalesce(EXCLUDED.duplicates, r.duplicates),
     chunks_expected = coalesce(EXCLUDED.chunks_expected, r.chunks_expected),
-    error = coalesce(EXCLUDED.error, r.error),
+    error = CASE WHEN r.dead_intents > 0 THEN r.error ELSE coalesce(EXCLUDED.error, r.error) END,
     sample_errors = coalesce(EXCLUDED.sample_errors, r.sample_errors),
     started_at = least(r.started_at, EXCLUDED.started_at),
     updated_at = greatest(r.updated_at, EXCLUDED.updated_at)
@@ -175,3 +175,38 @@ UPDATE roster_imports
 SET status = 'done', status_rank = %(done_rank)s, finished_at = updated_at
 WHERE id = ANY(%(ids)s::uuid[]) AND status = 'writing' AND chunks_applied >= chunks_expected
 RETURNING id, tenant_id, total, valid, invalid, duplicates, created, updated, unchanged, enrolled
+
+-- name: dead_imports
+-- Imports of the batch held `failed` by dead-lettered intents (their progress record says so).
+SELECT id, tenant_id, error FROM roster_imports
+WHERE id = ANY(%(ids)s::uuid[]) AND dead_intents > 0
+
+-- name: fail_dead
+-- Intents of these imports went to the dead letters: the import is `failed` with the reason
+-- until they are re-driven. A `done` import, or one of another tenant, is left alone.
+INSERT INTO roster_imports AS r
+    (id, tenant_id, lecture_id, status, status_rank, dead_intents, error, updated_at)
+SELECT n.id, n.tenant_id, n.lecture_id, 'failed', %(placeholder_rank)s, n.dead, %(error)s,
+       n.updated_at
+FROM unnest(%(id)s::uuid[], %(tenant_id)s::bigint[], %(lecture_id)s::bigint[],
+            %(dead)s::integer[], %(updated_at)s::timestamptz[])
+    AS n (id, tenant_id, lecture_id, dead, updated_at)
+ON CONFLICT (id) DO UPDATE SET
+    status = 'failed',
+    dead_intents = r.dead_intents + EXCLUDED.dead_intents,
+    error = EXCLUDED.error
+WHERE r.status <> 'done' AND r.tenant_id = EXCLUDED.tenant_id
+RETURNING id, tenant_id, error
+
+-- name: redrive
+-- Dead intents of these imports are sent again: once none is left, the import takes back the
+-- status its rank stands for (then `done` once its chunks are applied).
+UPDATE roster_imports AS r
+SET dead_intents = greatest(r.dead_intents - n.sent, 0),
+    status = CASE WHEN r.dead_intents - n.sent > 0 THEN r.status
+                  ELSE (CASE r.status_rank WHEN 1 THEN 'parsing' WHEN 2 THEN 'writing'
+                                           WHEN 3 THEN 'failed' ELSE 'queued' END) END,
+    error = CASE WHEN r.dead_intents - n.sent > 0 OR r.status_rank = 3 THEN r.error END
+FROM unnest(%(id)s::uuid[], %(sent)s::integer[]) AS n (id, sent)
+WHERE r.id = n.id AND r.dead_intents > 0
+RETURNING r.id, r.tenant_id, r.status

@@ -18,7 +18,7 @@ from typing import Any
 from uuid import UUID
 
 from jobplatform.broker import ENCODE_VIDEO
-from jobplatform.kinds import JobType, Kind, Outcome, Transaction, coalesce
+from jobplatform.kinds import JobType, Kind, Outcome, Transaction
 from schemas import EncodeVideo, VideoFailed, VideoProcessing, VideoQueued, VideoReady
 
 VideoIntent = VideoQueued | VideoProcessing | VideoReady | VideoFailed
@@ -53,8 +53,26 @@ class VideoOutcome(Outcome):
 
 
 def plan(intents: Sequence[VideoIntent]) -> list[VideoChange]:
-    """One :class:`VideoChange` per video of the batch."""
-    return [_change(change.winner, change.intents) for change in coalesce(intents)]
+    """One :class:`VideoChange` per video of the batch (:func:`~jobplatform.kinds.coalesce`
+    by video id, each intent ranked once: this runs for every status change)."""
+    groups: dict[UUID, list[VideoIntent]] = {}
+    for intent in intents:
+        group = groups.get(intent.video_id)
+        if group is None:
+            groups[intent.video_id] = [intent]
+        else:
+            group.append(intent)
+    changes = []
+    for group in groups.values():
+        win = group[0]
+        if len(group) > 1:
+            best = win.rank()
+            for intent in group[1:]:
+                rank = intent.rank()
+                if rank >= best:
+                    win, best = intent, rank
+        changes.append(_change(win, group))
+    return changes
 
 
 def _change(win: VideoIntent, group: Sequence[VideoIntent]) -> VideoChange:

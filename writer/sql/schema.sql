@@ -68,6 +68,7 @@ CREATE TABLE roster_imports (
     updated         integer NOT NULL DEFAULT 0,
     unchanged       integer NOT NULL DEFAULT 0,
     enrolled        integer NOT NULL DEFAULT 0,
+    dead_intents    integer NOT NULL DEFAULT 0,
     error           text,
     sample_errors   jsonb,
     started_at      timestamptz,
