@@ -261,6 +261,7 @@ class ProgressParser:
     def __init__(self, duration_s: float) -> None:
         self.duration_s = duration_s
         self._block: dict[str, str] = {}
+        self._out_s = 0.0
 
     def feed(self, line: str) -> EncodeProgress | None:
         """Consume one line; a block's closing ``progress=`` line yields a report."""
@@ -271,18 +272,24 @@ class ProgressParser:
         if key != "progress":
             return None
         block, self._block = self._block, {}
-        out_s = _out_time_s(block)
+        # ffmpeg reports ``out_time_us=N/A`` at times (often just before the end): that is no
+        # news, not time 0, and progress never moves backwards.
+        reported = _out_time_s(block)
+        if reported is not None:
+            self._out_s = max(self._out_s, reported)
+        out_s = self._out_s
         done = value.strip() == "end"
         percent = 100.0 if done else min(99.9, max(0.0, 100.0 * out_s / self.duration_s))
         return EncodeProgress(round(percent, 1), out_s, _speed(block.get("speed")), done)
 
 
-def _out_time_s(block: dict[str, str]) -> float:
+def _out_time_s(block: dict[str, str]) -> float | None:
+    """The block's output time, None when ffmpeg gave none (``N/A``)."""
     for key in ("out_time_us", "out_time_ms"):  # ffmpeg's out_time_ms is in microseconds too
         raw = block.get(key, "")
         if raw.lstrip("-").isdigit():
             return max(0.0, int(raw) / 1_000_000)
-    return 0.0
+    return None
 
 
 def _speed(raw: str | None) -> float | None:

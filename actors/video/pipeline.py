@@ -203,6 +203,7 @@ class _Reporter:
         self.seconds: dict[str, float] = {}
         """Wall seconds of each finished step."""
         self._since = time.monotonic()
+        self._step_percent = 0.0
         self._warned = False
 
     def step(self, name: str, *, final: bool = True, **fields: Any) -> None:
@@ -210,6 +211,7 @@ class _Reporter:
         if self.current in _STEP_START:
             self.seconds[self.current] = round(now - self._since, 3)
         self.current, self._since = name, now
+        self._step_percent = 0.0
         start = _STEP_START.get(name)
         if start is not None:
             fields.setdefault("percent", start)
@@ -218,16 +220,22 @@ class _Reporter:
 
     def share(self, name: str, fraction: float) -> None:
         start, end = _STEP_START[name], _STEP_END[name]
-        fraction = min(1.0, max(0.0, fraction))
-        self._write(final=fraction >= 1.0, step=name, step_percent=round(100 * fraction, 1),
-                    percent=round(start + (end - start) * fraction, 1))
+        step_percent = self._forward(100 * min(1.0, max(0.0, fraction)))
+        self._write(final=step_percent >= 100.0, step=name, step_percent=step_percent,
+                    percent=round(start + (end - start) * step_percent / 100, 1))
 
     def encode(self, report: EncodeProgress) -> None:
         start, end = _STEP_START["encode"], _STEP_END["encode"]
+        step_percent = self._forward(report.percent)
         self._write(
-            final=report.done, step="encode", step_percent=report.percent, speed=report.speed,
-            percent=round(start + (end - start) * report.percent / 100, 1),
+            final=report.done, step="encode", step_percent=step_percent, speed=report.speed,
+            percent=round(start + (end - start) * step_percent / 100, 1),
         )
+
+    def _forward(self, step_percent: float) -> float:
+        """The step's percent, never below what this step already reported."""
+        self._step_percent = max(self._step_percent, round(step_percent, 1))
+        return self._step_percent
 
     def _write(self, *, final: bool, **fields: Any) -> None:
         try:

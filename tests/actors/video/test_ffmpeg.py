@@ -238,3 +238,14 @@ def test_run_encode_failure_names_ffmpeg_error(ffmpeg: str, tmp_path: Path) -> N
            "-f", "lavfi", "-i", "testsrc=duration=1", "-c:v", "no_such_codec", "-f", "null", "-"]
     with pytest.raises(JobError, match=r"ffmpeg failed \(exit code \d+\): .*Encoder not found"):
         run_encode(cmd, 1.0, 60, tmp_path / "err.log", lambda _: None)
+
+
+def test_progress_without_an_output_time_does_not_move_backwards() -> None:
+    # ffmpeg writes out_time_us=N/A now and then, often just before the end of an encode
+    parser = ProgressParser(duration_s=10.0)
+    reports = feed(parser, BLOCK.format(us=8_500_000, speed="2x", state="continue")
+                   + BLOCK.format(us="N/A", speed="2x", state="continue")
+                   + BLOCK.format(us=9_000_000, speed="2x", state="continue")
+                   + BLOCK.format(us="N/A", speed="N/A", state="end"))
+    assert [r.percent for r in reports] == [85.0, 85.0, 90.0, 100.0]
+    assert [r.out_time_s for r in reports] == [8.5, 8.5, 9.0, 9.0]

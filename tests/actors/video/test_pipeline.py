@@ -341,3 +341,20 @@ def test_playlist_upload_cannot_read_local_files(
         assert marker.encode() not in blob
         assert secret_head[188:376] not in blob
 
+
+
+def test_progress_never_moves_backwards_within_a_step(store: RecordingStore) -> None:
+    from actors.video.ffmpeg import EncodeProgress
+    from actors.video.pipeline import _Reporter
+
+    reporter = _Reporter(store.reporter("video:test", 0.0), attempt=1)
+    reporter.step("encode")
+    for percent in (40.0, 88.0, 6.0, 91.0):
+        reporter.encode(EncodeProgress(percent, 0.0, None, False))
+    encode = [u["step_percent"] for u in store.updates if u["step"] == "encode"]
+    assert encode == [0.0, 40.0, 88.0, 88.0, 91.0]
+    # A new step starts from its own beginning
+    reporter.step("upload")
+    reporter.share("upload", 0.5)
+    assert [u["step_percent"] for u in store.updates[-2:]] == [0.0, 50.0]
+    assert store.get("video:test")["percent"] == 97.5
