@@ -22,7 +22,6 @@ the status follows when the writer records that in the job's progress record.
 
 from __future__ import annotations
 
-import mimetypes
 import re
 import unicodedata
 import uuid
@@ -33,9 +32,10 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 import dramatiq
 import redis
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from jobplatform.broker import ENCODE_VIDEO, IMPORT_ROSTER, Queues, build_broker, make_message
+from jobplatform.content import sniff_file
 from jobplatform.emit import IntentEmitter
 from jobplatform.errors import ConfigError, PublishError
 from jobplatform.progress import ProgressStore
@@ -140,14 +140,22 @@ def status_from_record(job_id: str, record: Mapping[str, Any]) -> JobStatus:
 
 
 def safe_filename(filename: str) -> str:
-    """The last path segment of ``filename`` reduced to letters, digits, ``.``, ``-``, ``_``."""
+    """The last path segment of ``filename`` reduced to letters, digits, ``.``, ``-``, ``_``.
+
+    The extension (up to 16 characters after the last dot) is kept, even when nothing is left
+    before it: ``.mp4`` becomes ``upload.mp4``.
+    """
     name = unicodedata.normalize("NFC", filename).replace("\\", "/").rsplit("/", 1)[-1]
-    name = _UNSAFE.sub("_", name).strip("._") or "upload"
-    if len(name) > MAX_FILENAME:
-        _, dot, ext = name.rpartition(".")
-        keep = ext if dot and len(ext) <= 16 else ""
-        name = name[: MAX_FILENAME - len(keep) - 1].rstrip("._") + ("." + keep if keep else "")
-    return name
+    stem, dot, ext = name.rpartition(".")
+    ext = _UNSAFE.sub("_", ext).strip("_")
+    if not dot or len(ext) > 16:
+        stem, ext = name, ""
+    stem = _UNSAFE.sub("_", stem).lstrip("._").rstrip(".")
+    room = MAX_FILENAME - (len(ext) + 1 if ext else 0)
+    if len(stem) > room:
+        stem = stem[:room].rstrip("._")
+    stem = stem or "upload"
+    return f"{stem}.{ext}" if ext else stem
 
 
 def tenant_prefix(tenant_id: int) -> str:
@@ -221,7 +229,12 @@ class Publisher:
         if kind not in ("video", "roster"):
             raise InvalidJob(f"kind: must be 'video' or 'roster' (got {kind!r})")
         key = upload_key(tenant_id, filename)
-        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        # The type the content has, never the one its name suggests (jobplatform.content).
+        if isinstance(source, str | Path):
+            with open(source, "rb") as head:
+                content_type, _ = sniff_file(head)
+        else:
+            content_type, source = sniff_file(source)
         extra = {"ContentType": content_type, "Metadata": {"kind": kind}}
         bucket = self.settings.s3.bucket
         if isinstance(source, str | Path):
@@ -255,7 +268,11 @@ class Publisher:
         idem = None
         if idempotency_key is not None:
             idem = self._idem_key(job.tenant_id, idempotency_key)
-            first = self._claim(idem, receipt)
+            try:
+                first = self._claim(idem, receipt)
+            except (redis.RedisError, ValidationError) as exc:
+                raise PublishError(
+                    f"could not publish {job.job_id}: idempotency key: {exc}") from exc
             if first is not None:
                 if first.kind != job.kind:
                     raise InvalidJob(
@@ -270,7 +287,7 @@ class Publisher:
             )
             self.emitter.emit(self._queued_intent(job, receipt.published_at))
             self.broker.enqueue(message)
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, OSError, dramatiq.errors.DramatiqError) as exc:
             self._undo(job.job_id, idem, receipt.message_id)
             raise PublishError(f"could not publish {job.job_id}: {exc}") from exc
         return receipt
