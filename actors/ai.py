@@ -155,11 +155,19 @@ def _run(
         RowError(row=p.row, column=p.column[:200], reason=p.reason[:500])
         for p in counts.problems[:SAMPLE_ERRORS]
     )
+    # The progress record first: the writer's ``done``, which may follow the status intent
+    # within milliseconds, is merged into it and must not be overwritten by ``writing``. The
+    # report's key and the sample errors stay in the record, so a finished import's status
+    # links its report without a database read.
+    progress(
+        final=True, step="writing", rows=total, total=total, chunks=counts.chunks,
+        valid=counts.valid, invalid=counts.invalid, duplicates=counts.duplicates,
+        report_key=key, sample_errors=[e.model_dump(mode="json") for e in sample],
+    )
     _redis_call(lambda: status(
         "writing", total=counts.total, valid=counts.valid, invalid=counts.invalid,
         duplicates=counts.duplicates, chunks=counts.chunks, report_key=key, sample_errors=sample,
     ))
-    progress(final=True, step="writing", rows=total, total=total, chunks=counts.chunks)
 
 
 def _suffix(job: ImportRoster) -> str:

@@ -42,6 +42,7 @@ from jobplatform.progress import ProgressStore
 from jobplatform.s3 import s3_client
 from jobplatform.settings import Settings, load_settings
 from schemas import EncodeVideo, ImportRoster, RosterStatus, VideoQueued
+from schemas.intents import RowError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -104,6 +105,10 @@ class JobStatus(BaseModel):
     progress: dict[str, Any] = {}
     """The whole progress record: live counters while running, the outcome when finished."""
     updated_at: datetime | None = None
+    report_key: str | None = None
+    """A roster import's error report (S3 key), once its rows are parsed."""
+    sample_errors: tuple[RowError, ...] = ()
+    """A roster import's first rejected rows (row, column, reason), once its rows are parsed."""
 
     @property
     def finished(self) -> bool:
@@ -136,7 +141,21 @@ def status_from_record(job_id: str, record: Mapping[str, Any]) -> JobStatus:
         progress=dict(record),
         updated_at=datetime.fromtimestamp(updated, UTC) if isinstance(updated, int | float)
         else None,
+        report_key=report if isinstance(report := record.get("report_key"), str) else None,
+        sample_errors=_row_errors(record.get("sample_errors")),
     )
+
+
+def _row_errors(raw: Any) -> tuple[RowError, ...]:
+    if not isinstance(raw, list):
+        return ()
+    found = []
+    for item in raw:
+        try:
+            found.append(RowError.model_validate(item))
+        except ValidationError:
+            continue
+    return tuple(found)
 
 
 def safe_filename(filename: str) -> str:

@@ -3,6 +3,7 @@ and the rows in PostgreSQL once the writer's sink applies the intents."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -267,3 +268,42 @@ def test_rows_land_in_postgresql_through_the_writer_sink(
     assert imported is not None
     assert imported[1:] == (7, 5, 2, 1, 2, report_key(job.source_key))
     assert imported[0] in ("writing", "done")
+
+
+def test_finished_import_status_links_the_report_and_sample_errors(
+    tmp_path: Path, broker: dramatiq.Broker, roster_settings: Settings, s3: S3Client
+) -> None:
+    from jobplatform.broker import Queues, build_broker
+    from jobplatform.publish import Publisher
+    from tests.writer.conftest import WriterThread
+    from writer.consumer import Writer
+
+    # Given the actor on the test's broker and a writer applying what it emits
+    actor = register(broker, roster_settings)
+    assert roster_settings.redis_url is not None
+    assert roster_settings.database_url is not None
+    writer_broker = build_broker(roster_settings, roster_settings.redis_url, set_global=False)
+    writer = WriterThread(Writer(
+        roster_settings.writer, database_url=roster_settings.database_url, broker=writer_broker,
+        queues=Queues.from_settings(roster_settings), standby_poll_s=0.2, heartbeat_s=1.0,
+    )).start()
+    publisher = Publisher(roster_settings, broker=broker, s3=s3)
+    job = upload(s3, roster_settings, corpus.write_messy_xlsx(tmp_path))
+    try:
+        # When the import is published and run
+        publisher.publish(job)
+        actor(job.model_dump(mode="json"))
+        deadline = time.monotonic() + 30
+        while (status := publisher.status(job)).state != "done":
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+    finally:
+        writer.stop()
+        writer_broker.close()
+    # Then the finished import's status links its report and carries the sample errors,
+    # beside the writer's counts
+    assert status.report_key == report_key(job.source_key)
+    assert [(e.row, e.column) for e in status.sample_errors] == [
+        (9, "학생 이름"), (10, "휴대폰 번호"), (10, "학년"), (10, "생일")
+    ]
+    assert (status.progress["created"], status.progress["invalid"]) == (4, 2)
