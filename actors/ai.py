@@ -32,6 +32,7 @@ import redis
 from botocore.exceptions import BotoCoreError, ClientError
 from dramatiq.middleware import CurrentMessage
 
+from actors.invalid import read_ids
 from actors.roster import Limits, RosterRejected, open_roster, write_report
 from jobplatform.broker import IMPORT_ROSTER, Queues
 from jobplatform.emit import IntentEmitter
@@ -41,7 +42,9 @@ from jobplatform.progress import ProgressStore
 from jobplatform.s3 import s3_client
 from jobplatform.settings import Settings
 from schemas import DecodeError, ImportRoster, RosterChunk, RosterStatus, StudentRow, decode_job
+from schemas.errors import FieldError
 from schemas.intents import AnyIntent, RowError
+from schemas.jobs import roster_job_id
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -223,6 +226,27 @@ def _upload(s3: S3Client, bucket: str, key: str, path: Path) -> None:
         raise TransientJobError(f"S3 upload of the report {key!r}: {exc}") from exc
 
 
+def reject(payload: Any, error: DecodeError, services: RosterServices) -> bool:
+    """Record an undecodable import job as failed, as far as its ids can be read: its
+    progress record (with an ``import_id``) and a ``roster.status`` failed intent (with the
+    tenant and lecture too). False when nothing could be recorded."""
+    ids = read_ids(payload, "import_id")
+    import_id = ids.entity_id
+    if import_id is None:
+        return False
+    reason = f"rejected: {error}"[:2000]
+    if ids.tenant_id is not None and ids.lecture_id is not None:
+        _redis_call(lambda: services.emit(RosterStatus(
+            intent_id=intent_id(import_id, "status:failed"), tenant_id=ids.tenant_id,
+            occurred_at=datetime.now(UTC), import_id=import_id, lecture_id=ids.lecture_id,
+            status="failed", error=reason,
+        )))
+    if services.progress is not None:
+        store = services.progress
+        _redis_call(lambda: store.update(roster_job_id(import_id), step="failed", error=reason))
+    return True
+
+
 def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[Any, None]:
     """Declare the ``import_roster`` actor on ``broker`` (queue ``settings.queue_ai``)."""
     services: RosterServices | None = None
@@ -247,12 +271,15 @@ def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[Any,
     def run(payload: dict[str, Any]) -> None:
         try:
             job = decode_job(payload)
+            if not isinstance(job, ImportRoster):
+                raise DecodeError("job", [FieldError(
+                    "kind", f"expected roster.import, got {job.kind}")])
         except DecodeError as exc:
             log.error("roster job rejected", error=str(exc))
-            return
-        if not isinstance(job, ImportRoster):
-            log.error("not a roster job", kind=job.kind)
-            return
+            # Recorded as failed when its ids can be read; else dramatiq dead-letters it.
+            if reject(payload, exc, get_services()):
+                return
+            raise
         message = CurrentMessage.get_current_message()
         retries = int(message.options.get("retries", 0)) if message is not None else 0
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -35,6 +35,9 @@ class Snapshot:
     writer: dict[str, Any] | None = None
     hidden: int = 0
     """Finished jobs older than the window, not listed."""
+    dead: dict[str, int] = field(default_factory=dict)
+    """Messages of the actor queues in dramatiq's dead-letter set (``<queue>.XQ``): jobs that
+    failed in a way no status could record (their ids unreadable, or an actor crashed)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +46,7 @@ class Snapshot:
             "queues": self.queues,
             "writer": self.writer,
             "hidden": self.hidden,
+            "dead": self.dead,
         }
 
 
@@ -87,8 +91,12 @@ def take_snapshot(
         name: int(client.llen(f"{settings.broker_namespace}:{name}"))
         for name in (queues.video, queues.ai, queues.writes_fast, queues.writes_bulk)
     }
+    dead = {
+        name: int(client.zcard(f"{settings.broker_namespace}:{name}.XQ"))
+        for name in (queues.video, queues.ai)
+    }
     return Snapshot(now, shown, depths, read_writer_stats(client, settings.broker_namespace),
-                    hidden)
+                    hidden, dead)
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -152,6 +160,11 @@ def render(snapshot: Snapshot) -> RenderableType:
         "queues: " + "  ".join(f"{name} {depth:,}" for name, depth in snapshot.queues.items())
         + (f"   ({snapshot.hidden} older finished jobs not shown)" if snapshot.hidden else "")
     )
+    dead = {name: n for name, n in snapshot.dead.items() if n}
+    if dead:
+        footer.append(
+            "\ndead-lettered jobs (dramatiq's <queue>.XQ, kept 7 days): "
+            + "  ".join(f"{name} {n:,}" for name, n in dead.items()), style="bold red")
     return Group(jobs, footer, render_writer(snapshot.writer))
 
 

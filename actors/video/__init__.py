@@ -65,11 +65,18 @@ def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[[dic
         return isinstance(exc, TransientJobError) and retries < max_retries
 
     def encode_video(payload: dict[str, Any]) -> None:
-        job = decode_job(payload)
-        if not isinstance(job, EncodeVideo):
-            raise DecodeError("job", [FieldError("kind", f"expected video.encode, got {job.kind}")])
         message = CurrentMessage.get_current_message()
         retries = int(message.options.get("retries", 0)) if message else 0
+        try:
+            job = decode_job(payload)
+            if not isinstance(job, EncodeVideo):
+                raise DecodeError(
+                    "job", [FieldError("kind", f"expected video.encode, got {job.kind}")])
+        except DecodeError as exc:
+            # Recorded as failed when its ids can be read; else dramatiq dead-letters it.
+            if encoder.reject(payload, exc, retries=retries):
+                return
+            raise
         encoder.run(job, retries=retries, last_try=retries >= max_retries)
 
     declare = dramatiq.actor(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import dramatiq
 import redis
 
+from actors.invalid import read_ids
 from actors.video.ffmpeg import EncodeProgress, ffmpeg_exe, probe, run_encode
 from actors.video.hls import MASTER_PLAYLIST, encode_command, read_output, select_ladder
 from actors.video.storage import (
@@ -38,8 +39,9 @@ from jobplatform.errors import JobError, TransientJobError
 from jobplatform.logging import get_logger
 from jobplatform.progress import ProgressReporter, ProgressStore
 from jobplatform.settings import Settings
-from schemas import EncodeVideo
+from schemas import DecodeError, EncodeVideo
 from schemas.intents import AnyIntent, VideoFailed, VideoProcessing, VideoReady, VideoRendition
+from schemas.jobs import video_job_id
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -111,6 +113,27 @@ class VideoEncoder:
                  steps_s=reporter.seconds,
                  elapsed_s=round((datetime.now(UTC) - started).total_seconds(), 2))
         return Outcome(ready, steps_s=reporter.seconds)
+
+    def reject(self, payload: Any, error: DecodeError, *, retries: int = 0) -> bool:
+        """Record an undecodable job as failed, as far as its ids can be read: its progress
+        record (with a ``video_id``) and a ``video.failed`` intent (with the tenant too).
+        False when nothing could be recorded: the caller lets dramatiq dead-letter it."""
+        ids = read_ids(payload, "video_id")
+        if ids.entity_id is None:
+            return False
+        reason = f"rejected: {error}"[:2000]
+        log.warning("video.invalid_job", reason=reason, video_id=str(ids.entity_id))
+        if ids.tenant_id is not None:
+            self._emit(VideoFailed(
+                tenant_id=ids.tenant_id, video_id=ids.entity_id, reason=reason,
+                attempt=min(1000, ids.attempt + retries), occurred_at=datetime.now(UTC),
+            ))
+        try:
+            self.progress.update(video_job_id(ids.entity_id), step="failed", error=reason,
+                                 **({"tenant_id": ids.tenant_id} if ids.tenant_id else {}))
+        except redis.RedisError as exc:
+            raise TransientJobError("Redis unavailable while recording an invalid job") from exc
+        return True
 
     def _fail(
         self, common: dict[str, Any], reporter: _Reporter, reason: str, error: BaseException

@@ -19,7 +19,7 @@ from jobplatform.errors import TransientJobError
 from jobplatform.progress import ProgressStore
 from jobplatform.s3 import ensure_bucket, s3_client
 from jobplatform.settings import Settings
-from schemas import ImportRoster, RosterChunk, RosterStatus
+from schemas import DecodeError, ImportRoster, RosterChunk, RosterStatus
 from schemas.intents import AnyIntent
 from tests.actors import roster_corpus as corpus
 from tests.actors.conftest import read_intents
@@ -207,9 +207,10 @@ def test_registered_actor_keeps_serving_after_a_bad_file(
     good = upload(s3, roster_settings, corpus.write_clean_xlsx(tmp_path))
     # When the actor runs them one after the other (as a worker thread would)
     actor(bad.model_dump(mode="json"))
-    actor({"kind": "roster.import", "tenant_id": "not a number"})
+    with pytest.raises(DecodeError):  # no ids to record it by: dramatiq dead-letters it
+        actor({"kind": "roster.import", "tenant_id": "not a number"})
     actor(good.model_dump(mode="json"))
-    # Then the bad file failed, the undecodable job was dropped, the good one was imported
+    # Then the bad file failed, the undecodable job was refused, the good one was imported
     def both_finished(found: list[AnyIntent]) -> bool:
         return len([s for s in statuses(found) if s.status in ("failed", "writing")]) >= 2
 
@@ -307,3 +308,23 @@ def test_finished_import_status_links_the_report_and_sample_errors(
         (9, "학생 이름"), (10, "휴대폰 번호"), (10, "학년"), (10, "생일")
     ]
     assert (status.progress["created"], status.progress["invalid"]) == (4, 2)
+
+
+def test_an_invalid_job_with_readable_ids_is_recorded_as_failed(
+    broker: dramatiq.Broker, roster_settings: Settings, s3: S3Client
+) -> None:
+    from jobplatform.publish import Publisher
+
+    actor = register(broker, roster_settings)
+    job = ImportRoster(tenant_id=TENANT, import_id=uuid.uuid4(), lecture_id=LECTURE,
+                       source_key=f"tenants/{TENANT}/x.xlsx")
+    # When a job with a bad field (an unsafe key) reaches the actor
+    actor(job.model_dump(mode="json") | {"source_key": "tenants/7/../../etc/passwd"})
+    # Then it is failed in its status and for the writer, with the decode error as the reason
+    [failed] = statuses(read_intents(broker, roster_settings.queue_writes_fast))
+    assert (failed.status, failed.import_id, failed.lecture_id) == (
+        "failed", job.import_id, LECTURE)
+    assert "source_key" in (failed.error or "")
+    status = Publisher(roster_settings, broker=broker, s3=s3).status(job)
+    assert status.state == "failed"
+    assert "source_key" in (status.error or "")
