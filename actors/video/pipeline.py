@@ -25,8 +25,22 @@ import dramatiq
 import redis
 
 from actors.invalid import read_ids
-from actors.video.ffmpeg import EncodeProgress, ffmpeg_exe, probe, run_encode
-from actors.video.hls import MASTER_PLAYLIST, encode_command, read_output, select_ladder
+from actors.video.ffmpeg import (
+    MAX_DURATION_S,
+    EncodeProgress,
+    encode_duration,
+    ffmpeg_exe,
+    measure_duration,
+    probe,
+    run_encode,
+)
+from actors.video.hls import (
+    MASTER_PLAYLIST,
+    encode_command,
+    read_output,
+    repair_output,
+    select_ladder,
+)
 from actors.video.storage import (
     check_source_key,
     download,
@@ -166,7 +180,7 @@ class VideoEncoder:
             reporter.step("probe")
             found = probe(self.ffmpeg, source, self.video.ffprobe_path)
             variants = select_ladder(job.ladder, *found.display_size)
-            log.info("video.probed", demuxer=found.demuxer, duration_s=found.duration_s,
+            log.info("video.probed", demuxer=found.demuxer, claimed_s=found.duration_s,
                      size=f"{found.width}x{found.height}", audio=found.audio_index is not None,
                      variants=[v.name for v in variants])
 
@@ -178,10 +192,20 @@ class VideoEncoder:
                 threads=self.video.threads,
                 stats_period_s=min(1.0, self.video.progress_interval_s),
             )
-            limit = self.video.time_limit_factor * found.duration_s + self.video.time_limit_min_s
-            run_encode(cmd, found.duration_s, limit, work / "ffmpeg.log", reporter.encode)
+            # The container's duration may be a lie (a 1 s file claiming 80,000 s): the time
+            # limit and the progress go by the packets' span, bounded by the file's size.
+            size = source.stat().st_size
+            duration = encode_duration(found, measure_duration(self.ffmpeg, source, found), size)
+            limit = self.video.time_limit_factor * duration + self.video.time_limit_min_s
+            log.info("video.encoding", duration_s=round(duration, 3), time_limit_s=round(limit))
+            run_encode(cmd, duration, limit, work / "ffmpeg.log", reporter.encode)
             source.unlink()
+            if repair_output(out, variants):
+                log.info("video.playlists_repaired", duration_s=duration)
             outputs = read_output(out, variants)
+            encoded = max(o.duration_s for o in outputs)
+            if not 0 < encoded < MAX_DURATION_S:
+                raise JobError(f"the encoded video lasts {encoded:.3f} s, out of range")
 
             reporter.step("upload")
             written = upload_tree(self.s3, self.bucket, out, prefix,
@@ -192,7 +216,7 @@ class VideoEncoder:
         return VideoReady(
             occurred_at=datetime.now(UTC),
             hls_key=prefix + MASTER_PLAYLIST,
-            duration_s=round(found.duration_s, 3),
+            duration_s=round(encoded, 3),
             renditions=tuple(
                 VideoRendition(
                     name=o.variant.name, width=o.variant.width, height=o.variant.height,
