@@ -19,10 +19,9 @@ failed); anything else is permanent: a failed status, no retry, and the worker g
 
 from __future__ import annotations
 
-import tempfile
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,13 +33,14 @@ from dramatiq.middleware import CurrentMessage
 
 from actors.invalid import read_ids
 from actors.roster import Limits, RosterRejected, open_roster, write_report
-from jobplatform.broker import IMPORT_ROSTER, Queues
+from jobplatform.broker import IMPORT_ROSTER, Queues, broker_identity
 from jobplatform.emit import IntentEmitter
 from jobplatform.errors import JobError, TransientJobError
 from jobplatform.logging import get_logger
 from jobplatform.progress import ProgressStore
 from jobplatform.s3 import s3_client
 from jobplatform.settings import Settings
+from jobplatform.workdir import job_folder, sweep
 from schemas import DecodeError, ImportRoster, RosterChunk, RosterStatus, StudentRow, decode_job
 from schemas.errors import FieldError
 from schemas.intents import AnyIntent, RowError
@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 SAMPLE_ERRORS = 100
+#: Prefix of each import's temporary folder (see :mod:`jobplatform.workdir`).
+WORK_PREFIX = "jp-roster-"
 REPORT_SUFFIX = ".errors.xlsx"
 _REPORT_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 _DOWNLOAD_CHUNK = 1 << 20
@@ -78,6 +80,8 @@ class RosterServices:
     s3: S3Client
     emit: Callable[[AnyIntent], None]
     progress: ProgressStore | None
+    identity: dict[str, str] = field(default_factory=dict)
+    """The worker's name and broker id, recorded with each job's progress."""
 
 
 def import_roster(job: ImportRoster, services: RosterServices, *, final_attempt: bool) -> None:
@@ -103,13 +107,13 @@ def import_roster(job: ImportRoster, services: RosterServices, *, final_attempt:
 
     try:
         _redis_call(lambda: status("parsing"))
-        progress(final=True, step="downloading", rows=0, total=None)
+        progress(final=True, step="downloading", rows=0, total=None, **services.identity)
         if not job.source_key.startswith(tenant_prefix(job.tenant_id)):
             raise RosterRejected(
                 f"source key {job.source_key!r} is not under {tenant_prefix(job.tenant_id)!r}"
             )
-        with tempfile.TemporaryDirectory(prefix="roster-") as folder:
-            source = Path(folder) / ("source" + _suffix(job))
+        with job_folder(None, WORK_PREFIX) as folder:
+            source = folder / ("source" + _suffix(job))
             _download(services.s3, settings.s3.bucket, job.source_key, source, limits)
             _run(job, services, limits, source, status, progress)
     except RosterRejected as exc:
@@ -251,6 +255,9 @@ def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[Any,
     """Declare the ``import_roster`` actor on ``broker`` (queue ``settings.queue_ai``)."""
     services: RosterServices | None = None
     max_retries = settings.roster.max_retries
+    removed = sweep(None, WORK_PREFIX)  # folders of dead workers on this machine
+    if removed:
+        log.info("roster: abandoned folders removed", count=len(removed))
 
     def get_services() -> RosterServices:
         nonlocal services
@@ -262,6 +269,7 @@ def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[Any,
                 s3=s3_client(settings),
                 emit=IntentEmitter(broker, Queues.from_settings(settings)).emit,
                 progress=ProgressStore(client, settings.broker_namespace),
+                identity=broker_identity(broker),
             )
         return services
 

@@ -22,7 +22,9 @@ the status follows when the writer records that in the job's progress record.
 
 from __future__ import annotations
 
+import math
 import re
+import time
 import unicodedata
 import uuid
 from collections.abc import Mapping
@@ -34,7 +36,14 @@ import dramatiq
 import redis
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from jobplatform.broker import ENCODE_VIDEO, IMPORT_ROSTER, Queues, build_broker, make_message
+from jobplatform.broker import (
+    ENCODE_VIDEO,
+    IMPORT_ROSTER,
+    Queues,
+    build_broker,
+    heartbeats_key,
+    make_message,
+)
 from jobplatform.content import sniff_file
 from jobplatform.emit import IntentEmitter
 from jobplatform.errors import ConfigError, PublishError
@@ -52,7 +61,7 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 MAX_IDEMPOTENCY_KEY = 255
 MAX_FILENAME = 120
 
-JobState = Literal["unknown", "queued", "running", "writing", "done", "failed"]
+JobState = Literal["unknown", "queued", "running", "interrupted", "writing", "done", "failed"]
 UploadKind = Literal["video", "roster"]
 AnyJob = EncodeVideo | ImportRoster
 
@@ -125,19 +134,57 @@ def job_state(record: Mapping[str, Any]) -> JobState:
     return STEP_STATES.get(step, "running")
 
 
-def status_from_record(job_id: str, record: Mapping[str, Any]) -> JobStatus:
+def worker_silence(
+    client: redis.Redis, namespace: str, records: Mapping[str, Mapping[str, Any]]
+) -> dict[str, float]:
+    """Seconds since the last broker heartbeat of the worker running each job of ``records``
+    (job id -> progress record) that is running and names its worker's ``broker_id``;
+    ``inf`` when the broker no longer lists that worker. One Redis round trip."""
+    running = {job_id: record["broker_id"] for job_id, record in records.items()
+               if job_state(record) == "running" and isinstance(record.get("broker_id"), str)}
+    if not running:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for broker_id in running.values():
+        pipe.zscore(heartbeats_key(namespace), broker_id)
+    now = time.time()
+    return {
+        job_id: math.inf if score is None else max(0.0, now - float(score) / 1000)
+        for job_id, score in zip(running, pipe.execute(), strict=True)
+    }
+
+
+def status_from_record(
+    job_id: str,
+    record: Mapping[str, Any],
+    *,
+    worker_silent_s: float | None = None,
+    heartbeat_timeout_s: float = 10.0,
+) -> JobStatus:
+    """The status a progress record stands for. ``worker_silent_s`` (see
+    :func:`worker_silence`) past ``heartbeat_timeout_s`` turns ``running`` into
+    ``interrupted``: its worker died, and its progress is no longer moving."""
     state = job_state(record)
     percent = record.get("percent")
     if state == "done" and percent is None:
         percent = 100.0
     error = record.get("error") or record.get("reason")
+    if state == "running" and worker_silent_s is not None and (
+            worker_silent_s > heartbeat_timeout_s):
+        state = "interrupted"
+        ago = "" if math.isinf(worker_silent_s) else f" {worker_silent_s:.0f} s ago"
+        error = (
+            f"the worker running it ({record.get('worker', 'unknown')}) stopped{ago} during "
+            f"{record.get('step')}; the broker hands the job to another worker once that "
+            "worker has been silent for 60 s"
+        )
     updated = record.get("updated_at")
     return JobStatus(
         job_id=job_id,
         state=state,
         step=record.get("step") if isinstance(record.get("step"), str) else None,
         percent=float(percent) if isinstance(percent, int | float) else None,
-        error=str(error) if error and state == "failed" else None,
+        error=str(error) if error and state in ("failed", "interrupted") else None,
         progress=dict(record),
         updated_at=datetime.fromtimestamp(updated, UTC) if isinstance(updated, int | float)
         else None,
@@ -378,4 +425,8 @@ class Publisher:
     def status(self, job: AnyJob | str) -> JobStatus:
         """The job's state and progress (see the module's state machine); no database read."""
         job_id = job if isinstance(job, str) else job.job_id
-        return status_from_record(job_id, self.progress.get(job_id))
+        record = self.progress.get(job_id)
+        silent = worker_silence(self.redis, self.settings.broker_namespace, {job_id: record})
+        return status_from_record(
+            job_id, record, worker_silent_s=silent.get(job_id),
+            heartbeat_timeout_s=self.settings.worker_heartbeat_timeout_s)

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from jobplatform.broker import Queues
 from jobplatform.progress import ProgressStore, writer_stats_key
-from jobplatform.publish import JobStatus, status_from_record
+from jobplatform.publish import JobStatus, status_from_record, worker_silence
 from jobplatform.settings import Settings
 
 #: Finished jobs stay on screen this long after their last update.
@@ -50,15 +50,22 @@ class Snapshot:
         }
 
 
-def read_jobs(store: ProgressStore) -> list[JobStatus]:
-    """Every job with a progress record, oldest update first."""
-    jobs = []
+def read_jobs(store: ProgressStore, heartbeat_timeout_s: float = 10.0) -> list[JobStatus]:
+    """Every job with a progress record, oldest update first; a running job whose worker
+    stopped sending heartbeats is ``interrupted``."""
+    records = {}
     for raw in store.client.scan_iter(match=store.key("*"), count=500):
         key = raw.decode() if isinstance(raw, bytes) else str(raw)
         job_id = key[len(store.key("")):]
         record = store.get(job_id)
         if record:
-            jobs.append(status_from_record(job_id, record))
+            records[job_id] = record
+    silent = worker_silence(store.client, store.namespace, records)
+    jobs = [
+        status_from_record(job_id, record, worker_silent_s=silent.get(job_id),
+                           heartbeat_timeout_s=heartbeat_timeout_s)
+        for job_id, record in records.items()
+    ]
     jobs.sort(key=lambda j: (j.updated_at.timestamp() if j.updated_at else 0.0, j.job_id))
     return jobs
 
@@ -80,7 +87,7 @@ def take_snapshot(
     now = time.time()
     store = ProgressStore(client, settings.broker_namespace)
     shown, hidden = [], 0
-    for job in read_jobs(store):
+    for job in read_jobs(store, settings.worker_heartbeat_timeout_s):
         old = job.updated_at is not None and now - job.updated_at.timestamp() > recent_s
         if job.finished and old:
             hidden += 1
@@ -105,13 +112,15 @@ def job_detail(job: JobStatus) -> str:
     """The figures that matter for the job's kind: speed for encodes, rows for imports."""
     p = job.progress
     parts: list[str] = []
-    if job.state == "failed" and job.error:
+    if job.state in ("failed", "interrupted") and job.error:
         return job.error[:120]
     if job.job_id.startswith("video:"):
         if isinstance(p.get("speed"), int | float) and job.state == "running":
             parts.append(f"{p['speed']:.2f}x")
         if p.get("hls_key"):
             parts.append(str(p["hls_key"]))
+        if p.get("note") and job.state == "queued":
+            parts.append(str(p["note"]))
     else:
         total = p.get("total")
         for name in ("rows", "written", "chunks", "invalid"):
@@ -133,7 +142,8 @@ def job_percent(job: JobStatus) -> float | None:
     return None
 
 
-_STATE_STYLE = {"queued": "yellow", "running": "cyan", "writing": "blue", "done": "green",
+_STATE_STYLE = {"queued": "yellow", "running": "cyan", "interrupted": "bold magenta",
+                "writing": "blue", "done": "green",
                 "failed": "bold red", "unknown": "dim"}
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from jobplatform.errors import JobError
+from jobplatform.errors import JobError, JobHandedBack
 from jobplatform.settings import VideoSettings
 
 #: Demuxers accepted for uploads (first name of ffmpeg's comma-separated demuxer names). Each
@@ -384,10 +384,13 @@ def run_encode(
     time_limit_s: float,
     stderr_path: Path,
     on_progress: Callable[[EncodeProgress], None],
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run an ffmpeg command that writes ``-progress pipe:1``, killing it past ``time_limit_s``.
 
-    A non-zero exit raises :class:`JobError` with ffmpeg's last meaningful error line.
+    A non-zero exit raises :class:`JobError` with ffmpeg's last meaningful error line. When
+    ``should_stop`` turns true (checked at least once a second) ffmpeg is killed and
+    :class:`JobHandedBack` raised.
     """
     parser = ProgressParser(duration_s)
     deadline = time.monotonic() + time_limit_s
@@ -398,10 +401,13 @@ def run_encode(
         )
     try:
         assert proc.stdout is not None
-        for line in _lines_until(proc.stdout, deadline):
+        for line in _lines_until(proc.stdout, deadline, should_stop):
             report = parser.feed(line)
             if report is not None:
                 on_progress(report)
+        if should_stop is not None and should_stop() and proc.poll() is None:
+            _kill(proc)
+            raise JobHandedBack("the worker is stopping: the encode was stopped")
         if time.monotonic() >= deadline and proc.poll() is None:
             _kill(proc)
             raise JobError(
@@ -422,14 +428,19 @@ def run_encode(
         raise JobError(f"ffmpeg failed ({describe_exit(code)}): {detail}")
 
 
-def _lines_until(stream: Any, deadline: float) -> Iterable[str]:
-    """Lines of a pipe until EOF or the deadline, never blocking past the deadline."""
+def _lines_until(
+    stream: Any, deadline: float, should_stop: Callable[[], bool] | None = None
+) -> Iterable[str]:
+    """Lines of a pipe until EOF, the deadline or ``should_stop``, never blocking past the
+    deadline."""
     fd = stream.fileno()
     os.set_blocking(fd, False)
     buffer = b""
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_READ)
         while (remaining := deadline - time.monotonic()) > 0:
+            if should_stop is not None and should_stop():
+                return
             if not sel.select(timeout=min(remaining, 1.0)):
                 continue
             chunk = os.read(fd, 65536)

@@ -12,13 +12,10 @@ and re-raised, so the message lands in the dead-letter queue with its traceback.
 
 from __future__ import annotations
 
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
@@ -48,11 +45,13 @@ from actors.video.storage import (
     remove_stale,
     upload_tree,
 )
+from jobplatform.broker import StopNotice
 from jobplatform.emit import IntentEmitter
-from jobplatform.errors import JobError, TransientJobError
+from jobplatform.errors import JobError, JobHandedBack, TransientJobError
 from jobplatform.logging import get_logger
 from jobplatform.progress import ProgressReporter, ProgressStore
 from jobplatform.settings import Settings
+from jobplatform.workdir import job_folder
 from schemas import DecodeError, EncodeVideo
 from schemas.intents import AnyIntent, VideoFailed, VideoProcessing, VideoReady, VideoRendition
 from schemas.jobs import video_job_id
@@ -62,6 +61,8 @@ if TYPE_CHECKING:
 
 log = get_logger("actors.video")
 
+#: Prefix of each job's temporary folder (see :mod:`jobplatform.workdir`).
+WORK_PREFIX = "jp-video-"
 #: Share of the overall percentage each step ends at.
 _STEP_END = {"download": 5.0, "probe": 6.0, "encode": 95.0, "upload": 100.0}
 _STEP_START = {"download": 0.0, "probe": 5.0, "encode": 6.0, "upload": 95.0}
@@ -86,8 +87,15 @@ class VideoEncoder:
         s3: S3Client,
         progress: ProgressStore,
         emitter: IntentEmitter,
+        *,
+        stop: StopNotice | None = None,
+        identity: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
+        self.stop = stop
+        """Set when the worker stops gracefully: the job has ``VIDEO_STOP_GRACE_S`` to end."""
+        self.identity = dict(identity or {})
+        """The worker's name and broker id, recorded with each job's progress."""
         self.video = settings.video
         self.s3 = s3
         self.bucket = settings.s3.bucket
@@ -103,7 +111,7 @@ class VideoEncoder:
             tenant_id=job.tenant_id, video_id=job.video_id, attempt=attempt, occurred_at=started,
         ))
         reporter = _Reporter(self.progress.reporter(job.job_id, self.video.progress_interval_s),
-                             attempt)
+                             attempt, self.identity)
         common: dict[str, Any] = {
             "tenant_id": job.tenant_id, "video_id": job.video_id, "attempt": attempt,
         }
@@ -115,6 +123,13 @@ class VideoEncoder:
                 reporter.step("retrying", error=str(exc), final=True)
                 raise
             return self._fail(common, reporter, f"{exc} (gave up after {attempt} attempts)", exc)
+        except JobHandedBack:
+            note = (f"handed back unfinished by a stopping worker during {reporter.current}; "
+                    "it waits for the next worker")
+            log.info("video.handed_back", step=reporter.current)
+            reporter.step("queued", final=True, percent=0.0, step_percent=0.0, speed=None,
+                          note=note)
+            raise
         except JobError as exc:
             return self._fail(common, reporter, str(exc), exc)
         except Exception as exc:
@@ -169,13 +184,19 @@ class VideoEncoder:
     ) -> VideoReady:
         key = check_source_key(job.source_key, job.tenant_id, job.video_id)
         prefix = output_prefix(job.tenant_id, job.video_id)
-        with _workdir(self.video.work_dir) as work:
+        def on_bytes(done: int, size: int) -> None:
+            reporter.share("download", done / size)
+            self._check_stop()
+
+        def on_file(done: int, total: int) -> None:
+            reporter.share("upload", done / total)
+            self._check_stop()
+
+        with job_folder(self.video.work_dir, WORK_PREFIX) as work:
             source = work / "source"
-            reporter.step("download")
-            download(
-                self.s3, self.bucket, key, source, self.video.max_source_bytes,
-                on_bytes=lambda done, size: reporter.share("download", done / size),
-            )
+            reporter.step("download", note=None)
+            download(self.s3, self.bucket, key, source, self.video.max_source_bytes,
+                     on_bytes=on_bytes)
 
             reporter.step("probe")
             found = probe(self.ffmpeg, source, self.video.ffprobe_path)
@@ -198,7 +219,8 @@ class VideoEncoder:
             duration = encode_duration(found, measure_duration(self.ffmpeg, source, found), size)
             limit = self.video.time_limit_factor * duration + self.video.time_limit_min_s
             log.info("video.encoding", duration_s=round(duration, 3), time_limit_s=round(limit))
-            run_encode(cmd, duration, limit, work / "ffmpeg.log", reporter.encode)
+            run_encode(cmd, duration, limit, work / "ffmpeg.log", reporter.encode,
+                       should_stop=self._stop_due)
             source.unlink()
             if repair_output(out, variants):
                 log.info("video.playlists_repaired", duration_s=duration)
@@ -208,8 +230,7 @@ class VideoEncoder:
                 raise JobError(f"the encoded video lasts {encoded:.3f} s, out of range")
 
             reporter.step("upload")
-            written = upload_tree(self.s3, self.bucket, out, prefix,
-                                  on_file=lambda done, n: reporter.share("upload", done / n))
+            written = upload_tree(self.s3, self.bucket, out, prefix, on_file=on_file)
             stale = remove_stale(self.s3, self.bucket, prefix, written)
             if stale:
                 log.info("video.stale_removed", count=len(stale))
@@ -228,12 +249,14 @@ class VideoEncoder:
         )
 
 
-@contextmanager
-def _workdir(parent: Path | None) -> Iterator[Path]:
-    if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="jp-video-", dir=parent) as name:
-        yield Path(name)
+    def _stop_due(self) -> bool:
+        """True once the worker has been stopping for longer than ``VIDEO_STOP_GRACE_S``."""
+        since = self.stop.since if self.stop is not None else None
+        return since is not None and time.monotonic() - since >= self.video.stop_grace_s
+
+    def _check_stop(self) -> None:
+        if self._stop_due():
+            raise JobHandedBack("the worker is stopping")
 
 
 class _Reporter:
@@ -243,9 +266,12 @@ class _Reporter:
     progress records, carry the outcome).
     """
 
-    def __init__(self, reporter: ProgressReporter, attempt: int) -> None:
+    def __init__(
+        self, reporter: ProgressReporter, attempt: int, identity: Mapping[str, str] | None = None
+    ) -> None:
         self.reporter = reporter
         self.attempt = attempt
+        self.identity = dict(identity or {})
         self.current = "queued"
         self.seconds: dict[str, float] = {}
         """Wall seconds of each finished step."""
@@ -263,7 +289,7 @@ class _Reporter:
         if start is not None:
             fields.setdefault("percent", start)
             fields.setdefault("step_percent", 0.0)
-        self._write(final=final, step=name, **fields)
+        self._write(final=final, step=name, **self.identity, **fields)
 
     def share(self, name: str, fraction: float) -> None:
         start, end = _STEP_START[name], _STEP_END[name]
