@@ -320,3 +320,21 @@ class NoSeek(io.RawIOBase):
         data = self.inner.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+
+def test_a_running_job_whose_worker_went_silent_is_interrupted() -> None:
+    from jobplatform.publish import status_from_record
+
+    record = {"step": "encode", "percent": 22.0, "worker": "host-a pid 41",
+              "broker_id": "b-1"}
+    alive = status_from_record("video:x", record, worker_silent_s=1.0, heartbeat_timeout_s=10)
+    dead = status_from_record("video:x", record, worker_silent_s=12.4, heartbeat_timeout_s=10)
+    gone = status_from_record("video:x", record, worker_silent_s=float("inf"))
+    assert (alive.state, alive.error) == ("running", None)
+    assert dead.state == gone.state == "interrupted"
+    assert dead.error is not None
+    assert "host-a pid 41" in dead.error
+    assert "12 s ago" in dead.error
+    # A finished job's record is never interrupted
+    done = status_from_record("video:x", record | {"step": "done"}, worker_silent_s=99.0)
+    assert done.state == "done"
