@@ -19,10 +19,9 @@ failed); anything else is permanent: a failed status, no retry, and the worker g
 
 from __future__ import annotations
 
-import tempfile
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,16 +31,20 @@ import redis
 from botocore.exceptions import BotoCoreError, ClientError
 from dramatiq.middleware import CurrentMessage
 
+from actors.invalid import read_ids
 from actors.roster import Limits, RosterRejected, open_roster, write_report
-from jobplatform.broker import IMPORT_ROSTER, Queues
+from jobplatform.broker import IMPORT_ROSTER, Queues, broker_identity
 from jobplatform.emit import IntentEmitter
 from jobplatform.errors import JobError, TransientJobError
 from jobplatform.logging import get_logger
 from jobplatform.progress import ProgressStore
 from jobplatform.s3 import s3_client
 from jobplatform.settings import Settings
+from jobplatform.workdir import job_folder, sweep
 from schemas import DecodeError, ImportRoster, RosterChunk, RosterStatus, StudentRow, decode_job
+from schemas.errors import FieldError
 from schemas.intents import AnyIntent, RowError
+from schemas.jobs import roster_job_id
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 SAMPLE_ERRORS = 100
+#: Prefix of each import's temporary folder (see :mod:`jobplatform.workdir`).
+WORK_PREFIX = "jp-roster-"
 REPORT_SUFFIX = ".errors.xlsx"
 _REPORT_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 _DOWNLOAD_CHUNK = 1 << 20
@@ -75,6 +80,8 @@ class RosterServices:
     s3: S3Client
     emit: Callable[[AnyIntent], None]
     progress: ProgressStore | None
+    identity: dict[str, str] = field(default_factory=dict)
+    """The worker's name and broker id, recorded with each job's progress."""
 
 
 def import_roster(job: ImportRoster, services: RosterServices, *, final_attempt: bool) -> None:
@@ -100,13 +107,13 @@ def import_roster(job: ImportRoster, services: RosterServices, *, final_attempt:
 
     try:
         _redis_call(lambda: status("parsing"))
-        progress(final=True, step="downloading", rows=0, total=None)
+        progress(final=True, step="downloading", rows=0, total=None, **services.identity)
         if not job.source_key.startswith(tenant_prefix(job.tenant_id)):
             raise RosterRejected(
                 f"source key {job.source_key!r} is not under {tenant_prefix(job.tenant_id)!r}"
             )
-        with tempfile.TemporaryDirectory(prefix="roster-") as folder:
-            source = Path(folder) / ("source" + _suffix(job))
+        with job_folder(None, WORK_PREFIX) as folder:
+            source = folder / ("source" + _suffix(job))
             _download(services.s3, settings.s3.bucket, job.source_key, source, limits)
             _run(job, services, limits, source, status, progress)
     except RosterRejected as exc:
@@ -155,11 +162,19 @@ def _run(
         RowError(row=p.row, column=p.column[:200], reason=p.reason[:500])
         for p in counts.problems[:SAMPLE_ERRORS]
     )
+    # The progress record first: the writer's ``done``, which may follow the status intent
+    # within milliseconds, is merged into it and must not be overwritten by ``writing``. The
+    # report's key and the sample errors stay in the record, so a finished import's status
+    # links its report without a database read.
+    progress(
+        final=True, step="writing", rows=total, total=total, chunks=counts.chunks,
+        valid=counts.valid, invalid=counts.invalid, duplicates=counts.duplicates,
+        report_key=key, sample_errors=[e.model_dump(mode="json") for e in sample],
+    )
     _redis_call(lambda: status(
         "writing", total=counts.total, valid=counts.valid, invalid=counts.invalid,
         duplicates=counts.duplicates, chunks=counts.chunks, report_key=key, sample_errors=sample,
     ))
-    progress(final=True, step="writing", rows=total, total=total, chunks=counts.chunks)
 
 
 def _suffix(job: ImportRoster) -> str:
@@ -215,10 +230,34 @@ def _upload(s3: S3Client, bucket: str, key: str, path: Path) -> None:
         raise TransientJobError(f"S3 upload of the report {key!r}: {exc}") from exc
 
 
+def reject(payload: Any, error: DecodeError, services: RosterServices) -> bool:
+    """Record an undecodable import job as failed, as far as its ids can be read: its
+    progress record (with an ``import_id``) and a ``roster.status`` failed intent (with the
+    tenant and lecture too). False when nothing could be recorded."""
+    ids = read_ids(payload, "import_id")
+    import_id = ids.entity_id
+    if import_id is None:
+        return False
+    reason = f"rejected: {error}"[:2000]
+    if ids.tenant_id is not None and ids.lecture_id is not None:
+        _redis_call(lambda: services.emit(RosterStatus(
+            intent_id=intent_id(import_id, "status:failed"), tenant_id=ids.tenant_id,
+            occurred_at=datetime.now(UTC), import_id=import_id, lecture_id=ids.lecture_id,
+            status="failed", error=reason,
+        )))
+    if services.progress is not None:
+        store = services.progress
+        _redis_call(lambda: store.update(roster_job_id(import_id), step="failed", error=reason))
+    return True
+
+
 def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[Any, None]:
     """Declare the ``import_roster`` actor on ``broker`` (queue ``settings.queue_ai``)."""
     services: RosterServices | None = None
     max_retries = settings.roster.max_retries
+    removed = sweep(None, WORK_PREFIX)  # folders of dead workers on this machine
+    if removed:
+        log.info("roster: abandoned folders removed", count=len(removed))
 
     def get_services() -> RosterServices:
         nonlocal services
@@ -230,6 +269,7 @@ def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[Any,
                 s3=s3_client(settings),
                 emit=IntentEmitter(broker, Queues.from_settings(settings)).emit,
                 progress=ProgressStore(client, settings.broker_namespace),
+                identity=broker_identity(broker),
             )
         return services
 
@@ -239,12 +279,15 @@ def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[Any,
     def run(payload: dict[str, Any]) -> None:
         try:
             job = decode_job(payload)
+            if not isinstance(job, ImportRoster):
+                raise DecodeError("job", [FieldError(
+                    "kind", f"expected roster.import, got {job.kind}")])
         except DecodeError as exc:
             log.error("roster job rejected", error=str(exc))
-            return
-        if not isinstance(job, ImportRoster):
-            log.error("not a roster job", kind=job.kind)
-            return
+            # Recorded as failed when its ids can be read; else dramatiq dead-letters it.
+            if reject(payload, exc, get_services()):
+                return
+            raise
         message = CurrentMessage.get_current_message()
         retries = int(message.options.get("retries", 0)) if message is not None else 0
         try:

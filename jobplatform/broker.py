@@ -6,6 +6,9 @@ writer) call :func:`build_broker`; nothing relies on dramatiq's global fallback 
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -86,8 +89,47 @@ class LogContext(Middleware):
     after_skip_message = after_process_message
 
 
+class StopNotice(Middleware):
+    """Sets :attr:`stopping` when the worker begins a graceful stop (its one SIGTERM), so a
+    long job can finish within its grace or hand itself back (see ``VIDEO_STOP_GRACE_S``)."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.since: float | None = None
+        """``time.monotonic()`` when the stop began."""
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.since = time.monotonic()
+        self.stopping.set()
+
+
+def stop_notice(broker: dramatiq.Broker) -> StopNotice:
+    """The broker's :class:`StopNotice` (one is added when the broker has none)."""
+    for middleware in broker.middleware:
+        if isinstance(middleware, StopNotice):
+            return middleware
+    notice = StopNotice()
+    broker.add_middleware(notice)
+    return notice
+
+
+def heartbeats_key(namespace: str) -> str:
+    """dramatiq's sorted set of consumer ids by their last heartbeat (ms since the epoch)."""
+    return f"{namespace}:__heartbeats__"
+
+
+def broker_identity(broker: dramatiq.Broker) -> dict[str, str]:
+    """Fields naming this worker process in a job's progress record: where it runs, and its
+    broker's consumer id, whose heartbeat tells readers whether it is still alive."""
+    fields = {"worker": f"{socket.gethostname()} pid {os.getpid()}"}
+    broker_id = getattr(broker, "broker_id", None)
+    if isinstance(broker_id, str):
+        fields["broker_id"] = broker_id
+    return fields
+
+
 def default_middleware() -> list[Middleware]:
-    """dramatiq's defaults less Prometheus, plus the log context."""
+    """dramatiq's defaults less Prometheus, plus the log context and the stop notice."""
     return [
         AgeLimit(),
         TimeLimit(),
@@ -97,6 +139,7 @@ def default_middleware() -> list[Middleware]:
         Retries(),
         CurrentMessage(),
         LogContext(),
+        StopNotice(),
     ]
 
 

@@ -25,3 +25,7 @@ class JobError(JobPlatformError):
 
 class TransientJobError(JobPlatformError):
     """A job hit a passing fault (S3, Redis); worth retrying with backoff."""
+
+
+class JobHandedBack(JobPlatformError):
+    """A worker stopping gracefully gave the job back to its queue unfinished."""

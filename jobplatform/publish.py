@@ -22,8 +22,9 @@ the status follows when the writer records that in the job's progress record.
 
 from __future__ import annotations
 
-import mimetypes
+import math
 import re
+import time
 import unicodedata
 import uuid
 from collections.abc import Mapping
@@ -33,9 +34,10 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 import dramatiq
 import redis
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from jobplatform.broker import Queues, build_broker, make_message
+from jobplatform.broker import Queues, build_broker, heartbeats_key, make_message
+from jobplatform.content import sniff_file
 from jobplatform.emit import IntentEmitter
 from jobplatform.errors import ConfigError, PublishError
 from jobplatform.kinds import ENTRY_POINT_GROUP, KINDS_SETTING, JobType, Registry, registry_for
@@ -43,6 +45,7 @@ from jobplatform.progress import ProgressStore
 from jobplatform.s3 import s3_client
 from jobplatform.settings import Settings, load_settings
 from schemas import BaseJob, SourceJob
+from schemas.intents import RowError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -52,7 +55,7 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 MAX_IDEMPOTENCY_KEY = 255
 MAX_FILENAME = 120
 
-JobState = Literal["unknown", "queued", "running", "writing", "done", "failed"]
+JobState = Literal["unknown", "queued", "running", "interrupted", "writing", "done", "failed"]
 UploadKind = Literal["video", "roster"]
 
 #: ``step`` values of a progress record that stand for a state other than ``running``.
@@ -104,6 +107,10 @@ class JobStatus(BaseModel):
     progress: dict[str, Any] = {}
     """The whole progress record: live counters while running, the outcome when finished."""
     updated_at: datetime | None = None
+    report_key: str | None = None
+    """A roster import's error report (S3 key), once its rows are parsed."""
+    sample_errors: tuple[RowError, ...] = ()
+    """A roster import's first rejected rows (row, column, reason), once its rows are parsed."""
 
     @property
     def finished(self) -> bool:
@@ -120,34 +127,94 @@ def job_state(record: Mapping[str, Any]) -> JobState:
     return STEP_STATES.get(step, "running")
 
 
-def status_from_record(job_id: str, record: Mapping[str, Any]) -> JobStatus:
+def worker_silence(
+    client: redis.Redis, namespace: str, records: Mapping[str, Mapping[str, Any]]
+) -> dict[str, float]:
+    """Seconds since the last broker heartbeat of the worker running each job of ``records``
+    (job id -> progress record) that is running and names its worker's ``broker_id``;
+    ``inf`` when the broker no longer lists that worker. One Redis round trip."""
+    running = {job_id: record["broker_id"] for job_id, record in records.items()
+               if job_state(record) == "running" and isinstance(record.get("broker_id"), str)}
+    if not running:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for broker_id in running.values():
+        pipe.zscore(heartbeats_key(namespace), broker_id)
+    now = time.time()
+    return {
+        job_id: math.inf if score is None else max(0.0, now - float(score) / 1000)
+        for job_id, score in zip(running, pipe.execute(), strict=True)
+    }
+
+
+def status_from_record(
+    job_id: str,
+    record: Mapping[str, Any],
+    *,
+    worker_silent_s: float | None = None,
+    heartbeat_timeout_s: float = 10.0,
+) -> JobStatus:
+    """The status a progress record stands for. ``worker_silent_s`` (see
+    :func:`worker_silence`) past ``heartbeat_timeout_s`` turns ``running`` into
+    ``interrupted``: its worker died, and its progress is no longer moving."""
     state = job_state(record)
     percent = record.get("percent")
     if state == "done" and percent is None:
         percent = 100.0
     error = record.get("error") or record.get("reason")
+    if state == "running" and worker_silent_s is not None and (
+            worker_silent_s > heartbeat_timeout_s):
+        state = "interrupted"
+        ago = "" if math.isinf(worker_silent_s) else f" {worker_silent_s:.0f} s ago"
+        error = (
+            f"the worker running it ({record.get('worker', 'unknown')}) stopped{ago} during "
+            f"{record.get('step')}; the broker hands the job to another worker once that "
+            "worker has been silent for 60 s"
+        )
     updated = record.get("updated_at")
     return JobStatus(
         job_id=job_id,
         state=state,
         step=record.get("step") if isinstance(record.get("step"), str) else None,
         percent=float(percent) if isinstance(percent, int | float) else None,
-        error=str(error) if error and state == "failed" else None,
+        error=str(error) if error and state in ("failed", "interrupted") else None,
         progress=dict(record),
         updated_at=datetime.fromtimestamp(updated, UTC) if isinstance(updated, int | float)
         else None,
+        report_key=report if isinstance(report := record.get("report_key"), str) else None,
+        sample_errors=_row_errors(record.get("sample_errors")),
     )
 
 
+def _row_errors(raw: Any) -> tuple[RowError, ...]:
+    if not isinstance(raw, list):
+        return ()
+    found = []
+    for item in raw:
+        try:
+            found.append(RowError.model_validate(item))
+        except ValidationError:
+            continue
+    return tuple(found)
+
+
 def safe_filename(filename: str) -> str:
-    """The last path segment of ``filename`` reduced to letters, digits, ``.``, ``-``, ``_``."""
+    """The last path segment of ``filename`` reduced to letters, digits, ``.``, ``-``, ``_``.
+
+    The extension (up to 16 characters after the last dot) is kept, even when nothing is left
+    before it: ``.mp4`` becomes ``upload.mp4``.
+    """
     name = unicodedata.normalize("NFC", filename).replace("\\", "/").rsplit("/", 1)[-1]
-    name = _UNSAFE.sub("_", name).strip("._") or "upload"
-    if len(name) > MAX_FILENAME:
-        _, dot, ext = name.rpartition(".")
-        keep = ext if dot and len(ext) <= 16 else ""
-        name = name[: MAX_FILENAME - len(keep) - 1].rstrip("._") + ("." + keep if keep else "")
-    return name
+    stem, dot, ext = name.rpartition(".")
+    ext = _UNSAFE.sub("_", ext).strip("_")
+    if not dot or len(ext) > 16:
+        stem, ext = name, ""
+    stem = _UNSAFE.sub("_", stem).lstrip("._").rstrip(".")
+    room = MAX_FILENAME - (len(ext) + 1 if ext else 0)
+    if len(stem) > room:
+        stem = stem[:room].rstrip("._")
+    stem = stem or "upload"
+    return f"{stem}.{ext}" if ext else stem
 
 
 def tenant_prefix(tenant_id: int) -> str:
@@ -223,7 +290,12 @@ class Publisher:
         if kind not in ("video", "roster"):
             raise InvalidJob(f"kind: must be 'video' or 'roster' (got {kind!r})")
         key = upload_key(tenant_id, filename)
-        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        # The type the content has, never the one its name suggests (jobplatform.content).
+        if isinstance(source, str | Path):
+            with open(source, "rb") as head:
+                content_type, _ = sniff_file(head)
+        else:
+            content_type, source = sniff_file(source)
         extra = {"ContentType": content_type, "Metadata": {"kind": kind}}
         bucket = self.settings.s3.bucket
         if isinstance(source, str | Path):
@@ -260,7 +332,11 @@ class Publisher:
         idem = None
         if idempotency_key is not None:
             idem = self._idem_key(job.tenant_id, idempotency_key)
-            first = self._claim(idem, receipt)
+            try:
+                first = self._claim(idem, receipt)
+            except (redis.RedisError, ValidationError) as exc:
+                raise PublishError(
+                    f"could not publish {job.job_id}: idempotency key: {exc}") from exc
             if first is not None:
                 if first.kind != job.kind:
                     raise InvalidJob(
@@ -278,7 +354,7 @@ class Publisher:
                 if first_status is not None:
                     self.emitter.emit(first_status)
             self.broker.enqueue(message)
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, OSError, dramatiq.errors.DramatiqError) as exc:
             self._undo(job.job_id, idem, receipt.message_id)
             raise PublishError(f"could not publish {job.job_id}: {exc}") from exc
         return receipt
@@ -340,4 +416,8 @@ class Publisher:
     def status(self, job: BaseJob | str) -> JobStatus:
         """The job's state and progress (see the module's state machine); no database read."""
         job_id = job if isinstance(job, str) else job.job_id
-        return status_from_record(job_id, self.progress.get(job_id))
+        record = self.progress.get(job_id)
+        silent = worker_silence(self.redis, self.settings.broker_namespace, {job_id: record})
+        return status_from_record(
+            job_id, record, worker_silent_s=silent.get(job_id),
+            heartbeat_timeout_s=self.settings.worker_heartbeat_timeout_s)

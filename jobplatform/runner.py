@@ -4,8 +4,9 @@ Each process runs in its own process group, so the terminal's Ctrl-C reaches onl
 On Ctrl-C or SIGTERM the runner sends each process ONE SIGTERM (to the process, not its group:
 a dramatiq worker forwards it to its own children, and a second signal would make it hard-kill),
 waits up to ``stop_timeout_s`` for them to drain, then SIGKILLs the groups still alive. A second
-Ctrl-C skips the wait. A process that exits on its own stops the formation, and the runner
-exits non-zero.
+Ctrl-C skips the wait. A video worker stopping finishes its job within ``VIDEO_STOP_GRACE_S`` or
+hands it back to the queue at once: :func:`stop_timeout_for` is the timeout that allows it.
+A process that exits on its own stops the formation, and the runner exits non-zero.
 
 Production does not use this: operators run the same Procfile under their own supervisor
 (a systemd unit per line, a Heroku-like platform's process types, one Kubernetes Deployment per
@@ -32,6 +33,8 @@ from typing import IO, TextIO
 from jobplatform.errors import JobPlatformError
 
 DEFAULT_STOP_TIMEOUT_S = 30.0
+#: Time a video worker needs past ``VIDEO_STOP_GRACE_S`` to hand its job back and exit.
+STOP_MARGIN_S = 10.0
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _SHELL_CHARS = re.compile(r"[|&;<>()$`\\\"'*?\[\]{}~]")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -346,6 +349,12 @@ class Formation:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def stop_timeout_for(video_stop_grace_s: float) -> float:
+    """The stop timeout that lets a video worker use its whole ``VIDEO_STOP_GRACE_S`` and then
+    hand its job back (so no job is killed and silently redelivered 60 s later)."""
+    return max(DEFAULT_STOP_TIMEOUT_S, video_stop_grace_s + STOP_MARGIN_S)
 
 
 def describe_exit(code: int) -> str:

@@ -104,6 +104,9 @@ class VideoSettings(BaseSettings):
     """Retries of a job that hit a passing fault (S3, Redis); the last one reports failure."""
     retry_min_backoff_ms: Positive = 5_000
     retry_max_backoff_ms: Positive = 300_000
+    stop_grace_s: Annotated[float, Field(ge=0)] = 20.0
+    """On a graceful stop (SIGTERM), the job in hand may finish within this; then its ffmpeg
+    is killed and the job handed back to the queue at once. 0 hands it back at once."""
 
 
 class StackSettings(BaseSettings):
@@ -140,6 +143,9 @@ class Settings(BaseSettings):
     queue_ai: str = "ai"
     queue_writes_fast: str = "writes.fast"
     queue_writes_bulk: str = "writes.bulk"
+    worker_heartbeat_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    """A running job whose worker has sent no broker heartbeat for this long (a live one
+    sends one a second) is reported ``interrupted``."""
 
     s3: S3Settings = Field(default_factory=S3Settings)
     writer: WriterSettings = Field(default_factory=WriterSettings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -20,7 +20,7 @@ from rich.text import Text
 
 from jobplatform.broker import Queues
 from jobplatform.progress import ProgressStore, writer_stats_key
-from jobplatform.publish import JobStatus, status_from_record
+from jobplatform.publish import JobStatus, status_from_record, worker_silence
 from jobplatform.settings import Settings
 
 #: Finished jobs stay on screen this long after their last update.
@@ -35,6 +35,9 @@ class Snapshot:
     writer: dict[str, Any] | None = None
     hidden: int = 0
     """Finished jobs older than the window, not listed."""
+    dead: dict[str, int] = field(default_factory=dict)
+    """Messages of the actor queues in dramatiq's dead-letter set (``<queue>.XQ``): jobs that
+    failed in a way no status could record (their ids unreadable, or an actor crashed)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -43,18 +46,26 @@ class Snapshot:
             "queues": self.queues,
             "writer": self.writer,
             "hidden": self.hidden,
+            "dead": self.dead,
         }
 
 
-def read_jobs(store: ProgressStore) -> list[JobStatus]:
-    """Every job with a progress record, oldest update first."""
-    jobs = []
+def read_jobs(store: ProgressStore, heartbeat_timeout_s: float = 10.0) -> list[JobStatus]:
+    """Every job with a progress record, oldest update first; a running job whose worker
+    stopped sending heartbeats is ``interrupted``."""
+    records = {}
     for raw in store.client.scan_iter(match=store.key("*"), count=500):
         key = raw.decode() if isinstance(raw, bytes) else str(raw)
         job_id = key[len(store.key("")):]
         record = store.get(job_id)
         if record:
-            jobs.append(status_from_record(job_id, record))
+            records[job_id] = record
+    silent = worker_silence(store.client, store.namespace, records)
+    jobs = [
+        status_from_record(job_id, record, worker_silent_s=silent.get(job_id),
+                           heartbeat_timeout_s=heartbeat_timeout_s)
+        for job_id, record in records.items()
+    ]
     jobs.sort(key=lambda j: (j.updated_at.timestamp() if j.updated_at else 0.0, j.job_id))
     return jobs
 
@@ -76,7 +87,7 @@ def take_snapshot(
     now = time.time()
     store = ProgressStore(client, settings.broker_namespace)
     shown, hidden = [], 0
-    for job in read_jobs(store):
+    for job in read_jobs(store, settings.worker_heartbeat_timeout_s):
         old = job.updated_at is not None and now - job.updated_at.timestamp() > recent_s
         if job.finished and old:
             hidden += 1
@@ -87,8 +98,12 @@ def take_snapshot(
         name: int(client.llen(f"{settings.broker_namespace}:{name}"))
         for name in (queues.video, queues.ai, queues.writes_fast, queues.writes_bulk)
     }
+    dead = {
+        name: int(client.zcard(f"{settings.broker_namespace}:{name}.XQ"))
+        for name in (queues.video, queues.ai)
+    }
     return Snapshot(now, shown, depths, read_writer_stats(client, settings.broker_namespace),
-                    hidden)
+                    hidden, dead)
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -97,13 +112,15 @@ def job_detail(job: JobStatus) -> str:
     """The figures that matter for the job's kind: speed for encodes, rows for imports."""
     p = job.progress
     parts: list[str] = []
-    if job.state == "failed" and job.error:
+    if job.state in ("failed", "interrupted") and job.error:
         return job.error[:120]
     if job.job_id.startswith("video:"):
         if isinstance(p.get("speed"), int | float) and job.state == "running":
             parts.append(f"{p['speed']:.2f}x")
         if p.get("hls_key"):
             parts.append(str(p["hls_key"]))
+        if p.get("note") and job.state == "queued":
+            parts.append(str(p["note"]))
     else:
         total = p.get("total")
         for name in ("rows", "written", "chunks", "invalid"):
@@ -125,7 +142,8 @@ def job_percent(job: JobStatus) -> float | None:
     return None
 
 
-_STATE_STYLE = {"queued": "yellow", "running": "cyan", "writing": "blue", "done": "green",
+_STATE_STYLE = {"queued": "yellow", "running": "cyan", "interrupted": "bold magenta",
+                "writing": "blue", "done": "green",
                 "failed": "bold red", "unknown": "dim"}
 
 
@@ -152,6 +170,11 @@ def render(snapshot: Snapshot) -> RenderableType:
         "queues: " + "  ".join(f"{name} {depth:,}" for name, depth in snapshot.queues.items())
         + (f"   ({snapshot.hidden} older finished jobs not shown)" if snapshot.hidden else "")
     )
+    dead = {name: n for name, n in snapshot.dead.items() if n}
+    if dead:
+        footer.append(
+            "\ndead-lettered jobs (dramatiq's <queue>.XQ, kept 7 days): "
+            + "  ".join(f"{name} {n:,}" for name, n in dead.items()), style="bold red")
     return Group(jobs, footer, render_writer(snapshot.writer))
 
 

@@ -17,17 +17,21 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
 from actors.video.ffmpeg import MAX_DURATION_S
-from actors.video.pipeline import Outcome, VideoEncoder
-from jobplatform.broker import ENCODE_VIDEO, Queues
+from actors.video.pipeline import WORK_PREFIX, Outcome, VideoEncoder
+from jobplatform.broker import ENCODE_VIDEO, Queues, broker_identity, stop_notice
 from jobplatform.emit import IntentEmitter
-from jobplatform.errors import ConfigError, TransientJobError
+from jobplatform.errors import ConfigError, JobHandedBack, TransientJobError
+from jobplatform.logging import get_logger
 from jobplatform.progress import ProgressStore
 from jobplatform.s3 import s3_client
 from jobplatform.settings import Settings
+from jobplatform.workdir import sweep
 from schemas import EncodeVideo, decode_job
 from schemas.errors import DecodeError, FieldError
 
 __all__ = ["Outcome", "VideoEncoder", "build_encoder", "register"]
+
+log = get_logger("actors.video")
 
 
 
@@ -53,11 +57,20 @@ def build_encoder(broker: dramatiq.Broker, settings: Settings) -> VideoEncoder:
         s3=s3_client(settings),
         progress=ProgressStore(client, settings.broker_namespace),
         emitter=IntentEmitter(broker, Queues.from_settings(settings)),
+        stop=stop_notice(broker),
+        identity=broker_identity(broker),
     )
 
 
 def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[[dict[str, Any]], None]:
-    """Declare the ``encode_video`` actor on ``broker`` (queue ``settings.queue_video``)."""
+    """Declare the ``encode_video`` actor on ``broker`` (queue ``settings.queue_video``).
+
+    A worker starting removes the job folders that dead workers left in ``VIDEO_WORK_DIR``.
+    """
+    removed = sweep(settings.video.work_dir, WORK_PREFIX)
+    if removed:
+        log.info("video.abandoned_folders_removed", count=len(removed),
+                 folders=[str(p) for p in removed[:20]])
     encoder = build_encoder(broker, settings)
     max_retries = settings.video.max_retries
 
@@ -65,12 +78,27 @@ def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[[dic
         return isinstance(exc, TransientJobError) and retries < max_retries
 
     def encode_video(payload: dict[str, Any]) -> None:
-        job = decode_job(payload)
-        if not isinstance(job, EncodeVideo):
-            raise DecodeError("job", [FieldError("kind", f"expected video.encode, got {job.kind}")])
         message = CurrentMessage.get_current_message()
         retries = int(message.options.get("retries", 0)) if message else 0
-        encoder.run(job, retries=retries, last_try=retries >= max_retries)
+        try:
+            job = decode_job(payload)
+            if not isinstance(job, EncodeVideo):
+                raise DecodeError(
+                    "job", [FieldError("kind", f"expected video.encode, got {job.kind}")])
+        except DecodeError as exc:
+            # Recorded as failed when its ids can be read; else dramatiq dead-letters it.
+            if encoder.reject(payload, exc, retries=retries):
+                return
+            raise
+        try:
+            encoder.run(job, retries=retries, last_try=retries >= max_retries)
+        except JobHandedBack:
+            if message is None:
+                raise
+            # Back on its queue now, not after the broker's 60 s heartbeat timeout; the
+            # message in hand is then acked. A hand-back is not a retry.
+            broker.enqueue(message.copy())
+            log.info("video.requeued", message_id=message.message_id)
 
     declare = dramatiq.actor(
         actor_name=ENCODE_VIDEO,

@@ -9,6 +9,7 @@ result is checked against the same list, and the encode run forces the probed de
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from jobplatform.errors import JobError
+from jobplatform.errors import JobError, JobHandedBack
 from jobplatform.settings import VideoSettings
 
 #: Demuxers accepted for uploads (first name of ffmpeg's comma-separated demuxer names). Each
@@ -39,6 +40,11 @@ _REFUSED_KINDS: Final = (
 PROBE_TIMEOUT_S: Final = 60.0
 MAX_DIMENSION: Final = 8192
 MAX_DURATION_S: Final = 86_000.0
+#: Fewest bytes a second of a real video takes (8 kbit/s, far below any real stream): a
+#: file's size over this bounds its duration whatever its container or timestamps claim.
+MIN_BYTES_PER_S: Final = 1000
+#: Slowest rate the packet scan of :func:`measure_duration` is allowed (it only reads).
+SCAN_BYTES_PER_S: Final = 20 * 1024 * 1024
 
 
 def ffmpeg_exe(settings: VideoSettings) -> str:
@@ -70,6 +76,7 @@ class Probe:
 
     demuxer: str
     duration_s: float
+    """What the container claims (0 when it claims nothing); see :func:`measure_duration`."""
     width: int
     height: int
     video_index: int
@@ -113,14 +120,47 @@ def probe(exe: str, path: Path, ffprobe: str | None = None) -> Probe:
     return validate(parse_banner(done.stderr))
 
 
-def _run_probe(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+def _run_probe(
+    cmd: list[str], timeout_s: float = PROBE_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
-            cmd, capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S,
-            stdin=subprocess.DEVNULL, check=False,
+            cmd, capture_output=True, text=True, errors="replace", timeout=timeout_s,
+            stdin=subprocess.DEVNULL, check=False, preexec_fn=die_with_parent(),
         )
     except subprocess.TimeoutExpired as exc:
-        raise JobError(f"probing the file took longer than {PROBE_TIMEOUT_S:.0f} s") from exc
+        raise JobError(f"probing the file took longer than {timeout_s:.0f} s") from exc
+
+
+def measure_duration(exe: str, path: Path, found: Probe) -> float | None:
+    """The duration the file's packets span (video and the audio encoded), read by a stream
+    copy to nowhere: demuxing only, no decoding. A container's header may claim anything;
+    this is what an encode will meet. None when ffmpeg read no timestamp."""
+    maps = ["-map", f"0:{found.video_index}"]
+    if found.audio_index is not None:
+        maps += ["-map", f"0:{found.audio_index}"]
+    cmd = [exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-nostats",
+           "-progress", "pipe:1", *input_args(path, found.demuxer), *maps,
+           "-c", "copy", "-f", "null", "-"]
+    timeout = PROBE_TIMEOUT_S + path.stat().st_size / SCAN_BYTES_PER_S
+    parser = ProgressParser(1.0)
+    last = None
+    for line in _run_probe(cmd, timeout).stdout.splitlines():
+        last = parser.feed(line) or last
+    return last.out_time_s if last is not None and last.out_time_s > 0 else None
+
+
+def encode_duration(found: Probe, measured: float | None, size_bytes: int) -> float:
+    """The duration a job's time limit and progress go by: the packets' span when it could be
+    read, else the container's claim; never more than the file's size allows
+    (:data:`MIN_BYTES_PER_S`). :class:`JobError` when it is unknown or out of range."""
+    seconds = measured if measured is not None else found.duration_s
+    seconds = min(seconds, size_bytes / MIN_BYTES_PER_S)
+    if seconds <= 0:
+        raise JobError("could not determine the video's duration")
+    if seconds >= MAX_DURATION_S:
+        raise JobError(f"unsupported duration {seconds:.1f} s")
+    return seconds
 
 
 def _probe_failure(stderr: str) -> str:
@@ -227,14 +267,12 @@ def _build(
         if audio_index is not None:
             raise JobError("not a video: the file has audio but no video stream")
         raise JobError("not a video: the file has no video stream")
-    if seconds is None:
-        raise JobError("could not determine the video's duration")
-    return Probe(demuxer=demuxer, duration_s=seconds, audio_index=audio_index, **video)
+    # The container's claim, 0 when it makes none: see measure_duration for what counts.
+    claimed = seconds if seconds is not None and seconds > 0 else 0.0
+    return Probe(demuxer=demuxer, duration_s=claimed, audio_index=audio_index, **video)
 
 
 def validate(found: Probe) -> Probe:
-    if not 0 < found.duration_s < MAX_DURATION_S:
-        raise JobError(f"unsupported duration {found.duration_s:.1f} s")
     if not (16 <= found.width <= MAX_DIMENSION and 16 <= found.height <= MAX_DIMENSION):
         raise JobError(
             f"unsupported frame size {found.width}x{found.height} "
@@ -261,6 +299,7 @@ class ProgressParser:
     def __init__(self, duration_s: float) -> None:
         self.duration_s = duration_s
         self._block: dict[str, str] = {}
+        self._out_s = 0.0
 
     def feed(self, line: str) -> EncodeProgress | None:
         """Consume one line; a block's closing ``progress=`` line yields a report."""
@@ -271,18 +310,24 @@ class ProgressParser:
         if key != "progress":
             return None
         block, self._block = self._block, {}
-        out_s = _out_time_s(block)
+        # ffmpeg reports ``out_time_us=N/A`` at times (often just before the end): that is no
+        # news, not time 0, and progress never moves backwards.
+        reported = _out_time_s(block)
+        if reported is not None:
+            self._out_s = max(self._out_s, reported)
+        out_s = self._out_s
         done = value.strip() == "end"
         percent = 100.0 if done else min(99.9, max(0.0, 100.0 * out_s / self.duration_s))
         return EncodeProgress(round(percent, 1), out_s, _speed(block.get("speed")), done)
 
 
-def _out_time_s(block: dict[str, str]) -> float:
+def _out_time_s(block: dict[str, str]) -> float | None:
+    """The block's output time, None when ffmpeg gave none (``N/A``)."""
     for key in ("out_time_us", "out_time_ms"):  # ffmpeg's out_time_ms is in microseconds too
         raw = block.get(key, "")
         if raw.lstrip("-").isdigit():
             return max(0.0, int(raw) / 1_000_000)
-    return 0.0
+    return None
 
 
 def _speed(raw: str | None) -> float | None:
@@ -295,6 +340,27 @@ def _speed(raw: str | None) -> float | None:
 
 
 # --- running -----------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG: Final = 1
+try:
+    _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` for a child process: the kernel SIGKILLs the child when the thread
+    that started it dies (``PR_SET_PDEATHSIG``), so an ffmpeg never outlives a killed worker.
+    It calls nothing that takes a lock, so it is safe between fork and exec."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return preexec
 
 _NOISE = re.compile(
     r"^(Conversion failed!|Last message repeated|Terminating thread|Task finished with error"
@@ -318,24 +384,30 @@ def run_encode(
     time_limit_s: float,
     stderr_path: Path,
     on_progress: Callable[[EncodeProgress], None],
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run an ffmpeg command that writes ``-progress pipe:1``, killing it past ``time_limit_s``.
 
-    A non-zero exit raises :class:`JobError` with ffmpeg's last meaningful error line.
+    A non-zero exit raises :class:`JobError` with ffmpeg's last meaningful error line. When
+    ``should_stop`` turns true (checked at least once a second) ffmpeg is killed and
+    :class:`JobHandedBack` raised.
     """
     parser = ProgressParser(duration_s)
     deadline = time.monotonic() + time_limit_s
     with stderr_path.open("wb") as err:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=die_with_parent(),
         )
     try:
         assert proc.stdout is not None
-        for line in _lines_until(proc.stdout, deadline):
+        for line in _lines_until(proc.stdout, deadline, should_stop):
             report = parser.feed(line)
             if report is not None:
                 on_progress(report)
+        if should_stop is not None and should_stop() and proc.poll() is None:
+            _kill(proc)
+            raise JobHandedBack("the worker is stopping: the encode was stopped")
         if time.monotonic() >= deadline and proc.poll() is None:
             _kill(proc)
             raise JobError(
@@ -356,14 +428,19 @@ def run_encode(
         raise JobError(f"ffmpeg failed ({describe_exit(code)}): {detail}")
 
 
-def _lines_until(stream: Any, deadline: float) -> Iterable[str]:
-    """Lines of a pipe until EOF or the deadline, never blocking past the deadline."""
+def _lines_until(
+    stream: Any, deadline: float, should_stop: Callable[[], bool] | None = None
+) -> Iterable[str]:
+    """Lines of a pipe until EOF, the deadline or ``should_stop``, never blocking past the
+    deadline."""
     fd = stream.fileno()
     os.set_blocking(fd, False)
     buffer = b""
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_READ)
         while (remaining := deadline - time.monotonic()) > 0:
+            if should_stop is not None and should_stop():
+                return
             if not sel.select(timeout=min(remaining, 1.0)):
                 continue
             chunk = os.read(fd, 65536)

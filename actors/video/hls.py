@@ -7,6 +7,7 @@ every rung, the smallest rung is kept and encoded at the source's own size (neve
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -138,10 +139,51 @@ class VariantOutput:
     """Path of the variant's playlist relative to the output folder."""
     bandwidth: int
     segments: tuple[str, ...]
+    duration_s: float = 0.0
+    """The sum of the segments' durations (``#EXTINF``): what was encoded."""
 
 
 _STREAM_INF = re.compile(r"^#EXT-X-STREAM-INF:(?P<attrs>.*)$")
 _BANDWIDTH = re.compile(r"(?:^|,)BANDWIDTH=(\d+)")
+_EXTINF = re.compile(r"^#EXTINF:(?P<s>\d+(?:\.\d+)?)", re.M)
+_TARGET = re.compile(r"^#EXT-X-TARGETDURATION:(?P<s>\d+)\s*$", re.M)
+
+
+def playlist_duration(text: str) -> float:
+    """The sum of a media playlist's ``#EXTINF`` durations."""
+    return sum(float(m.group("s")) for m in _EXTINF.finditer(text))
+
+
+def repair_output(out_dir: Path, variants: list[Variant]) -> bool:
+    """Complete what ffmpeg leaves out for very short clips (about half a second or less):
+    a master playlist listing no variant, and a target duration of 0. The master is written
+    anew from the variants whose playlists exist; True when anything was rewritten."""
+    repaired = False
+    for variant in variants:
+        path = out_dir / variant.name / VARIANT_PLAYLIST
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        longest = max((float(m.group("s")) for m in _EXTINF.finditer(text)), default=0.0)
+        target = _TARGET.search(text)
+        if target and int(target.group("s")) < max(1, round(longest)):
+            text = _TARGET.sub(f"#EXT-X-TARGETDURATION:{max(1, math.ceil(longest))}", text)
+            path.write_text(text)
+            repaired = True
+    master = out_dir / MASTER_PLAYLIST
+    listed = playlist_uris(master.read_text()) if master.is_file() else []
+    present = [v for v in variants if (out_dir / v.name / VARIANT_PLAYLIST).is_file()]
+    if present and len(listed) < len(present):
+        lines = ["#EXTM3U", "#EXT-X-VERSION:6", "#EXT-X-INDEPENDENT-SEGMENTS"]
+        for variant in present:
+            lines += [
+                f"#EXT-X-STREAM-INF:BANDWIDTH={variant.bandwidth},"
+                f"RESOLUTION={variant.width}x{variant.height}",
+                f"{variant.name}/{VARIANT_PLAYLIST}",
+            ]
+        master.write_text("\n".join(lines) + "\n")
+        repaired = True
+    return repaired
 
 
 def playlist_uris(text: str) -> list[str]:
@@ -170,14 +212,16 @@ def read_output(out_dir: Path, variants: list[Variant]) -> list[VariantOutput]:
         if playlist not in bandwidths:
             raise JobError(f"the master playlist does not list rendition {variant.name}")
         path = out_dir / playlist
-        segments = tuple(playlist_uris(path.read_text())) if path.is_file() else ()
+        text = path.read_text() if path.is_file() else ""
+        segments = tuple(playlist_uris(text))
         if not segments:
             raise JobError(f"encoding produced no segments for rendition {variant.name}")
         for segment in segments:
             if "/" in segment or not (path.parent / segment).is_file():
                 raise JobError(f"rendition {variant.name} lists a missing segment {segment!r}")
         outputs.append(
-            VariantOutput(variant, playlist, bandwidths[playlist] or variant.bandwidth, segments)
+            VariantOutput(variant, playlist, bandwidths[playlist] or variant.bandwidth, segments,
+                          playlist_duration(text))
         )
     return outputs
 

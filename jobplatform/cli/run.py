@@ -16,13 +16,14 @@ from jobplatform.cli._common import settings_from_env
               show_envvar=True, help="The Procfile; processes run in its folder.")
 @click.option("-s", "--scale", envvar="JOBPLATFORM_SCALE", show_envvar=True,
               help="Processes per line, e.g. video=2,ai=2,writer=2 (default: 1 each).")
-@click.option("--stop-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+@click.option("--stop-timeout", type=click.FloatRange(min=0), default=None,
               envvar="JOBPLATFORM_STOP_TIMEOUT", show_envvar=True,
-              help="Seconds a process may take to drain after its SIGTERM; then SIGKILL.")
+              help="Seconds a process may take to drain after its SIGTERM; then SIGKILL. "
+                   "Default: 30, or VIDEO_STOP_GRACE_S + 10 when that is longer.")
 @click.option("--migrate/--no-migrate", default=True, show_default=True,
               help="Apply pending database migrations before starting.")
-def run(names: tuple[str, ...], procfile: Path, scale: str | None, stop_timeout: float,
-        migrate: bool) -> None:
+def run(names: tuple[str, ...], procfile: Path, scale: str | None,
+        stop_timeout: float | None, migrate: bool) -> None:
     """Run the Procfile's processes (or only NAMES), prefixing and colouring their output.
 
     Services come from the environment, else the local or embedded stack (stopped again at
@@ -32,10 +33,23 @@ def run(names: tuple[str, ...], procfile: Path, scale: str | None, stop_timeout:
     production run the same Procfile under your supervisor (systemd, a Heroku-like platform,
     one Kubernetes Deployment per line).
     """
-    from jobplatform.runner import Formation, FormationError, parse_scale, read_procfile
+    from jobplatform.runner import (
+        Formation,
+        FormationError,
+        parse_scale,
+        read_procfile,
+        stop_timeout_for,
+    )
     from jobplatform.stack import session_services
 
     settings = settings_from_env()
+    needed = stop_timeout_for(settings.video.stop_grace_s)
+    if stop_timeout is None:
+        stop_timeout = needed
+    elif stop_timeout < needed:
+        click.echo(f"warning: --stop-timeout {stop_timeout:g} s is shorter than "
+                   f"VIDEO_STOP_GRACE_S + 10 s ({needed:g} s): an encode in hand may be killed "
+                   "and redelivered only after the broker's 60 s heartbeat timeout", err=True)
     types = read_procfile(procfile)
     if names:
         unknown = sorted(set(names) - {t.name for t in types})

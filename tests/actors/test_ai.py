@@ -3,6 +3,7 @@ and the rows in PostgreSQL once the writer's sink applies the intents."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from jobplatform.errors import TransientJobError
 from jobplatform.progress import ProgressStore
 from jobplatform.s3 import ensure_bucket, s3_client
 from jobplatform.settings import Settings
-from schemas import ImportRoster, RosterChunk, RosterStatus
+from schemas import DecodeError, ImportRoster, RosterChunk, RosterStatus
 from schemas.intents import AnyIntent
 from tests.actors import roster_corpus as corpus
 from tests.actors.conftest import read_intents
@@ -206,9 +207,10 @@ def test_registered_actor_keeps_serving_after_a_bad_file(
     good = upload(s3, roster_settings, corpus.write_clean_xlsx(tmp_path))
     # When the actor runs them one after the other (as a worker thread would)
     actor(bad.model_dump(mode="json"))
-    actor({"kind": "roster.import", "tenant_id": "not a number"})
+    with pytest.raises(DecodeError):  # no ids to record it by: dramatiq dead-letters it
+        actor({"kind": "roster.import", "tenant_id": "not a number"})
     actor(good.model_dump(mode="json"))
-    # Then the bad file failed, the undecodable job was dropped, the good one was imported
+    # Then the bad file failed, the undecodable job was refused, the good one was imported
     def both_finished(found: list[AnyIntent]) -> bool:
         return len([s for s in statuses(found) if s.status in ("failed", "writing")]) >= 2
 
@@ -267,3 +269,63 @@ def test_rows_land_in_postgresql_through_the_writer_sink(
     assert imported is not None
     assert imported[1:] == (7, 5, 2, 1, 2, report_key(job.source_key))
     assert imported[0] in ("writing", "done")
+
+
+def test_finished_import_status_links_the_report_and_sample_errors(
+    tmp_path: Path, broker: dramatiq.Broker, roster_settings: Settings, s3: S3Client
+) -> None:
+    from writer.consumer import Writer
+
+    from jobplatform.broker import Queues, build_broker
+    from jobplatform.publish import Publisher
+    from tests.writer.conftest import WriterThread
+
+    # Given the actor on the test's broker and a writer applying what it emits
+    actor = register(broker, roster_settings)
+    assert roster_settings.redis_url is not None
+    assert roster_settings.database_url is not None
+    writer_broker = build_broker(roster_settings, roster_settings.redis_url, set_global=False)
+    writer = WriterThread(Writer(
+        roster_settings.writer, database_url=roster_settings.database_url, broker=writer_broker,
+        queues=Queues.from_settings(roster_settings), standby_poll_s=0.2, heartbeat_s=1.0,
+    )).start()
+    publisher = Publisher(roster_settings, broker=broker, s3=s3)
+    job = upload(s3, roster_settings, corpus.write_messy_xlsx(tmp_path))
+    try:
+        # When the import is published and run
+        publisher.publish(job)
+        actor(job.model_dump(mode="json"))
+        deadline = time.monotonic() + 30
+        while (status := publisher.status(job)).state != "done":
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+    finally:
+        writer.stop()
+        writer_broker.close()
+    # Then the finished import's status links its report and carries the sample errors,
+    # beside the writer's counts
+    assert status.report_key == report_key(job.source_key)
+    assert [(e.row, e.column) for e in status.sample_errors] == [
+        (9, "학생 이름"), (10, "휴대폰 번호"), (10, "학년"), (10, "생일")
+    ]
+    assert (status.progress["created"], status.progress["invalid"]) == (4, 2)
+
+
+def test_an_invalid_job_with_readable_ids_is_recorded_as_failed(
+    broker: dramatiq.Broker, roster_settings: Settings, s3: S3Client
+) -> None:
+    from jobplatform.publish import Publisher
+
+    actor = register(broker, roster_settings)
+    job = ImportRoster(tenant_id=TENANT, import_id=uuid.uuid4(), lecture_id=LECTURE,
+                       source_key=f"tenants/{TENANT}/x.xlsx")
+    # When a job with a bad field (an unsafe key) reaches the actor
+    actor(job.model_dump(mode="json") | {"source_key": "tenants/7/../../etc/passwd"})
+    # Then it is failed in its status and for the writer, with the decode error as the reason
+    [failed] = statuses(read_intents(broker, roster_settings.queue_writes_fast))
+    assert (failed.status, failed.import_id, failed.lecture_id) == (
+        "failed", job.import_id, LECTURE)
+    assert "source_key" in (failed.error or "")
+    status = Publisher(roster_settings, broker=broker, s3=s3).status(job)
+    assert status.state == "failed"
+    assert "source_key" in (status.error or "")

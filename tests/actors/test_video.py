@@ -10,6 +10,7 @@ import dramatiq
 import pytest
 from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
+from rich.console import Console
 
 from actors.video import register
 from jobplatform.broker import ENCODE_VIDEO, make_message
@@ -94,3 +95,43 @@ def test_a_message_that_is_not_a_video_job_is_dead_lettered(
     worker.join()
     assert dead_letters(broker, video_settings.queue_video) == 1
     assert read_intents(broker, video_settings.queue_writes_fast) == []
+
+
+def test_an_invalid_job_with_readable_ids_is_recorded_as_failed(
+    broker: RedisBroker, video_settings: Settings, worker: Worker,
+) -> None:
+    # Given a job whose ids are fine but whose source key is not allowed
+    register(broker, video_settings)
+    job = video_job()
+    payload = job.model_dump(mode="json") | {"source_key": "/etc/passwd"}
+    broker.enqueue(make_message(video_settings.queue_video, ENCODE_VIDEO, payload,
+                                job_id=job.job_id))
+    worker.start()
+    # Then the writer is told it failed, with the decode error as the reason
+    [failed] = read_intents(broker, video_settings.queue_writes_fast, until=terminal)
+    assert isinstance(failed, VideoFailed)
+    assert (failed.video_id, failed.tenant_id) == (job.video_id, job.tenant_id)
+    assert "source_key" in failed.reason
+    # And its status says so, and nothing is left in the dead-letter queue
+    status = Publisher(video_settings, broker=broker).status(job)
+    assert status.state == "failed"
+    assert status.error is not None
+    assert "source_key" in status.error
+    assert dead_letters(broker, video_settings.queue_video) == 0
+
+
+def test_an_invalid_job_without_ids_shows_in_watch(
+    broker: RedisBroker, video_settings: Settings, worker: Worker,
+) -> None:
+    from jobplatform.watch import render, take_snapshot
+
+    register(broker, video_settings)
+    broker.enqueue(make_message(video_settings.queue_video, ENCODE_VIDEO, {"video_id": "x"}))
+    worker.start()
+    broker.join(video_settings.queue_video)
+    worker.join()
+    snapshot = take_snapshot(broker.client, video_settings)
+    assert snapshot.dead == {video_settings.queue_video: 1, video_settings.queue_ai: 0}
+    console = Console(width=160, record=True)
+    console.print(render(snapshot))
+    assert "dead-lettered jobs" in console.export_text()

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import io
+import socket
+import subprocess
 import uuid
 from typing import Any
 
 import dramatiq
 import pytest
+import redis
 
 from jobplatform.broker import ENCODE_VIDEO, IMPORT_ROSTER
+from jobplatform.content import XLSX
 from jobplatform.errors import PublishError
 from jobplatform.publish import (
     IDEMPOTENCY_TTL_S,
@@ -21,6 +25,9 @@ from jobplatform.settings import Settings
 from schemas import EncodeVideo, ImportRoster, RosterStatus, VideoQueued, decode_intent, decode_job
 from schemas.jobs import check_key
 from tests.jobplatform.conftest import drain
+
+#: The start of an MP4 file: an ``ftyp`` box of brand ``isom``.
+MP4_HEAD = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2"
 
 
 def video_job(tenant_id: int = 7, **changes: Any) -> EncodeVideo:
@@ -157,7 +164,7 @@ def test_failed_publish_frees_its_idempotency_key(
 
 def test_upload_stores_source_under_tenant_prefix(publisher: Publisher, tmp_path: Any) -> None:
     path = tmp_path / "강의 1 (final).mp4"
-    path.write_bytes(b"\x00video bytes")
+    path.write_bytes(MP4_HEAD + b"\x00video bytes")
 
     from_path = publisher.upload(path, 7, "video", path.name)
     from_stream = publisher.upload(io.BytesIO(b"sheet"), 7, "roster", "../../etc/명단.xlsx")
@@ -170,7 +177,7 @@ def test_upload_stores_source_under_tenant_prefix(publisher: Publisher, tmp_path
     assert from_stream.endswith("/명단.xlsx")
     bucket = publisher.settings.s3.bucket
     obj = publisher.s3.get_object(Bucket=bucket, Key=from_path)
-    assert obj["Body"].read() == b"\x00video bytes"
+    assert obj["Body"].read() == MP4_HEAD + b"\x00video bytes"
     assert obj["ContentType"] == "video/mp4"
     assert obj["Metadata"] == {"kind": "video"}
     assert publisher.s3.get_object(Bucket=bucket, Key=from_stream)["Body"].read() == b"sheet"
@@ -192,7 +199,9 @@ def test_upload_refuses_bad_tenant_and_kind(publisher: Publisher) -> None:
         ("../../etc/passwd", "passwd"),
         ("C:\\Users\\kim\\명단 2024.xlsx", "명단_2024.xlsx"),
         ("...", "upload"),
-        (".hidden", "hidden"),
+        (".hidden", "upload.hidden"),
+        (".mp4", "upload.mp4"),
+        ("lecture..MP4", "lecture.MP4"),
         ("a\x00b;rm -rf.xlsx", "a_b_rm_-rf.xlsx"),
         ("x" * 300 + ".xlsx", "x" * 115 + ".xlsx"),
     ],
@@ -235,3 +244,98 @@ def test_status_reads_live_progress_then_outcome(publisher: Publisher) -> None:
     failed = publisher.status(job)
     assert (failed.state, failed.error, failed.finished) == ("failed", "not a video file", True)
     assert failed.updated_at is not None
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.parametrize("idempotency_key", [None, "request-1"])
+def test_publish_raises_publish_error_when_redis_is_down(
+    bus_settings: Settings, idempotency_key: str | None
+) -> None:
+    # Given a publisher whose Redis does not answer
+    down = bus_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{closed_port()}/0"})
+    # Then publishing raises the documented error, with or without an idempotency key
+    with Publisher(down) as publisher, pytest.raises(
+            PublishError, match="could not publish") as caught:
+        publisher.publish(video_job(), idempotency_key=idempotency_key)
+    assert isinstance(caught.value.__cause__, redis.ConnectionError)
+
+
+def test_upload_keeps_the_extension_and_takes_the_type_from_the_content(
+    publisher: Publisher, tmp_path: Any
+) -> None:
+    import imageio_ffmpeg
+    import openpyxl
+
+    clip = tmp_path / "clip.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi",
+                    "-i", "testsrc=size=64x64:rate=5:duration=1", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(clip)], check=True)
+    book = openpyxl.Workbook()
+    book.active.append(["이름", "전화번호"])
+    sheet = tmp_path / "roster.xlsx"
+    book.save(sheet)
+    bucket = publisher.settings.s3.bucket
+
+    def stored(key: str) -> str:
+        return str(publisher.s3.head_object(Bucket=bucket, Key=key)["ContentType"])
+
+    # A file named only ".mp4" keeps its extension
+    named_ext = publisher.upload(clip, 7, "video", ".mp4")
+    assert named_ext.endswith("/upload.mp4")
+    assert stored(named_ext) == "video/mp4"
+    # A real MP4 named like a playlist is stored as what it is, from a path or a stream
+    as_playlist = publisher.upload(clip, 7, "video", "lecture.m3u8")
+    assert as_playlist.endswith("/lecture.m3u8")
+    assert stored(as_playlist) == "video/mp4"
+    with clip.open("rb") as stream:
+        streamed = publisher.upload(stream, 7, "video", "lecture.m3u8")
+    assert stored(streamed) == "video/mp4"
+    assert publisher.s3.get_object(Bucket=bucket, Key=streamed)["Body"].read() == (
+        clip.read_bytes())
+    # A spreadsheet named .csv is a spreadsheet; a non-seekable stream is read whole
+    with sheet.open("rb") as raw:
+        unseekable = io.BufferedReader(NoSeek(raw))  # type: ignore[arg-type]
+        roster = publisher.upload(unseekable, 7, "roster", "명단.csv")
+    assert stored(roster) == XLSX
+    assert publisher.s3.get_object(Bucket=bucket, Key=roster)["Body"].read() == (
+        sheet.read_bytes())
+    # And a playlist is not given a playlist's type by its name
+    text = publisher.upload(io.BytesIO(b"#EXTM3U\n"), 7, "video", "x.m3u8")
+    assert stored(text) == "application/octet-stream"
+
+
+class NoSeek(io.RawIOBase):
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.inner.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def test_a_running_job_whose_worker_went_silent_is_interrupted() -> None:
+    from jobplatform.publish import status_from_record
+
+    record = {"step": "encode", "percent": 22.0, "worker": "host-a pid 41",
+              "broker_id": "b-1"}
+    alive = status_from_record("video:x", record, worker_silent_s=1.0, heartbeat_timeout_s=10)
+    dead = status_from_record("video:x", record, worker_silent_s=12.4, heartbeat_timeout_s=10)
+    gone = status_from_record("video:x", record, worker_silent_s=float("inf"))
+    assert (alive.state, alive.error) == ("running", None)
+    assert dead.state == gone.state == "interrupted"
+    assert dead.error is not None
+    assert "host-a pid 41" in dead.error
+    assert "12 s ago" in dead.error
+    # A finished job's record is never interrupted
+    done = status_from_record("video:x", record | {"step": "done"}, worker_silent_s=99.0)
+    assert done.state == "done"

@@ -208,3 +208,10 @@ def test_run_exits_with_the_crashed_process_code(tmp_path: Path, services: Servi
 
     assert done.returncode == 3, done.stdout + done.stderr
     assert "crash.1 exited unexpectedly: stopping the formation" in done.stdout
+
+
+def test_the_stop_timeout_leaves_a_video_worker_its_grace() -> None:
+    from jobplatform.runner import DEFAULT_STOP_TIMEOUT_S, stop_timeout_for
+
+    assert stop_timeout_for(20.0) == DEFAULT_STOP_TIMEOUT_S == 30.0
+    assert stop_timeout_for(120.0) == 130.0

@@ -2,16 +2,21 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from actors.video.ffmpeg import (
     EncodeProgress,
+    Probe,
     ProgressParser,
     check_demuxer,
+    encode_duration,
     last_error_line,
+    measure_duration,
     parse_ffprobe_json,
     probe,
     run_encode,
@@ -238,3 +243,52 @@ def test_run_encode_failure_names_ffmpeg_error(ffmpeg: str, tmp_path: Path) -> N
            "-f", "lavfi", "-i", "testsrc=duration=1", "-c:v", "no_such_codec", "-f", "null", "-"]
     with pytest.raises(JobError, match=r"ffmpeg failed \(exit code \d+\): .*Encoder not found"):
         run_encode(cmd, 1.0, 60, tmp_path / "err.log", lambda _: None)
+
+
+def test_progress_without_an_output_time_does_not_move_backwards() -> None:
+    # ffmpeg writes out_time_us=N/A now and then, often just before the end of an encode
+    parser = ProgressParser(duration_s=10.0)
+    reports = feed(parser, BLOCK.format(us=8_500_000, speed="2x", state="continue")
+                   + BLOCK.format(us="N/A", speed="2x", state="continue")
+                   + BLOCK.format(us=9_000_000, speed="2x", state="continue")
+                   + BLOCK.format(us="N/A", speed="N/A", state="end"))
+    assert [r.percent for r in reports] == [85.0, 85.0, 90.0, 100.0]
+    assert [r.out_time_s for r in reports] == [8.5, 8.5, 9.0, 9.0]
+
+
+def lying_mkv(ffmpeg: str, folder: Path, claimed_s: float = 80_000.0) -> Path:
+    """A 1 s Matroska clip whose header claims ``claimed_s`` seconds."""
+    clip = make_clip(ffmpeg, folder / "one.mkv", size="320x240", seconds=1, audio=True)
+    data = bytearray(clip.read_bytes())
+    at = data.find(b"\x44\x89\x88")  # Segment Info: Duration, an 8-byte float, in ms
+    if at >= 0:
+        data[at + 3:at + 11] = struct.pack(">d", claimed_s * 1000)
+    else:
+        at = data.index(b"\x44\x89\x84")
+        data[at + 3:at + 7] = struct.pack(">f", claimed_s * 1000)
+    liar = folder / "liar.mkv"
+    liar.write_bytes(bytes(data))
+    return liar
+
+
+def test_the_packets_duration_is_measured_not_the_containers_claim(
+    ffmpeg: str, tmp_path: Path
+) -> None:
+    liar = lying_mkv(ffmpeg, tmp_path)
+    found = probe(ffmpeg, liar)
+    assert found.duration_s == pytest.approx(80_000.0)
+    measured = measure_duration(ffmpeg, liar, found)
+    assert measured == pytest.approx(1.0, abs=0.1)
+    assert encode_duration(found, measured, liar.stat().st_size) == measured
+
+
+def test_duration_is_bounded_by_the_file_size() -> None:
+    claimed = Probe(demuxer="matroska", duration_s=80_000.0, width=320, height=240,
+                    video_index=0)
+    # Unreadable timestamps: the claim, but no more than 1 s per kB
+    assert encode_duration(claimed, None, 21_000) == 21.0
+    assert encode_duration(claimed, None, 10**9) == 80_000.0
+    with pytest.raises(JobError, match="could not determine"):
+        encode_duration(replace(claimed, duration_s=0.0), None, 21_000)
+    with pytest.raises(JobError, match="unsupported duration"):
+        encode_duration(claimed, 90_000.0, 10**12)

@@ -341,3 +341,78 @@ def test_playlist_upload_cannot_read_local_files(
         assert marker.encode() not in blob
         assert secret_head[188:376] not in blob
 
+
+
+def test_progress_never_moves_backwards_within_a_step(store: RecordingStore) -> None:
+    from actors.video.ffmpeg import EncodeProgress
+    from actors.video.pipeline import _Reporter
+
+    reporter = _Reporter(store.reporter("video:test", 0.0), attempt=1)
+    reporter.step("encode")
+    for percent in (40.0, 88.0, 6.0, 91.0):
+        reporter.encode(EncodeProgress(percent, 0.0, None, False))
+    encode = [u["step_percent"] for u in store.updates if u["step"] == "encode"]
+    assert encode == [0.0, 40.0, 88.0, 88.0, 91.0]
+    # A new step starts from its own beginning
+    reporter.step("upload")
+    reporter.share("upload", 0.5)
+    assert [u["step_percent"] for u in store.updates[-2:]] == [0.0, 50.0]
+    assert store.get("video:test")["percent"] == 97.5
+
+
+@pytest.mark.parametrize(("frames", "audio"), [(1, True), (1, False), (12, True), (13, False)])
+def test_short_clips_encode_with_the_ladder_intact(
+    encoder: VideoEncoder, broker: dramatiq.Broker, video_settings: Settings, s3: S3Client,
+    ffmpeg: str, tmp_path: Path, frames: int, audio: bool,
+) -> None:
+    # Given a clip of a few frames at 25 fps: ffmpeg's master playlist lists no variant
+    clip = make_clip(ffmpeg, tmp_path / "short.mp4", seconds=frames / 25, audio=audio,
+                     extra=("-frames:v", str(frames)))
+    job = video_job()
+    put_source(s3, video_settings, job, clip)
+
+    encoder.run(job)
+
+    # Then it is ready, with the renditions the ladder gives a 640x360 source
+    _, ready = intents(broker, video_settings)
+    assert isinstance(ready, VideoReady), ready
+    assert [(r.name, r.width, r.height) for r in ready.renditions] == [
+        ("360p", 640, 360), ("240p", 426, 240)]
+    assert ready.duration_s == pytest.approx(frames / 25, abs=0.05)
+    # And the master lists each rendition, whose playlist is valid HLS
+    bucket = video_settings.s3.bucket
+    master = text(s3, bucket, ready.hls_key)
+    assert uris(master) == ["360p/index.m3u8", "240p/index.m3u8"]
+    assert "RESOLUTION=640x360" in master
+    for rendition in ready.renditions:
+        playlist = text(s3, bucket, rendition.playlist_key)
+        target = re.search(r"#EXT-X-TARGETDURATION:(\d+)", playlist)
+        assert target is not None
+        assert int(target.group(1)) >= 1
+        assert len(uris(playlist)) == 1
+
+
+def test_stored_duration_is_what_was_encoded_not_the_containers_claim(
+    encoder: VideoEncoder, broker: dramatiq.Broker, video_settings: Settings, s3: S3Client,
+    ffmpeg: str, tmp_path: Path, store: RecordingStore,
+) -> None:
+    from tests.actors.video.test_ffmpeg import lying_mkv
+
+    # Given a 1 s file whose container claims 80,000 s
+    job = video_job()
+    put_source(s3, video_settings, job, lying_mkv(ffmpeg, tmp_path))
+
+    with capture_logs() as logs:
+        encoder.run(job)
+
+    # Then the stored duration is the encoded one
+    _, ready = intents(broker, video_settings)
+    assert isinstance(ready, VideoReady)
+    assert ready.duration_s == pytest.approx(1.0, abs=0.1)
+    assert store.get(job.job_id)["duration_s"] == ready.duration_s
+    [probed] = [e for e in logs if e["event"] == "video.probed"]
+    assert probed["claimed_s"] == pytest.approx(80_000.0)
+    # And the time limit went by the real duration (10 x 1 s + 120 s), not 800,120 s
+    [encoding] = [e for e in logs if e["event"] == "video.encoding"]
+    assert encoding["duration_s"] == pytest.approx(1.0, abs=0.1)
+    assert encoding["time_limit_s"] == pytest.approx(130, abs=2)
