@@ -12,7 +12,7 @@ from jobplatform.extras import missing_extra
 try:
     from actors import ai, video
 except ImportError as exc:
-    missing = missing_extra(exc, "the actors (dramatiq actors.worker)")
+    missing = missing_extra(exc, "`dramatiq actors.worker`")
     if missing is None:
         raise
     raise missing from exc

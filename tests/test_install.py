@@ -234,5 +234,5 @@ def test_the_cli_names_the_missing_extra(capsys: pytest.CaptureFixture[str]) -> 
 
     group = click.Group(commands={"cmd": cmd})
     assert run_cli(group, ["cmd"]) == 1
-    assert "needs the 'video' extra (imageio_ffmpeg is not installed): pip install" \
-        " 'jobplatform[video]'" in capsys.readouterr().err
+    assert "error: `jobplatform cmd` needs the 'video' extra (imageio_ffmpeg is not installed):" \
+        " pip install 'jobplatform[video]'" in capsys.readouterr().err

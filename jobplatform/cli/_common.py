@@ -43,8 +43,10 @@ def run_cli(group: click.Group, argv: list[str] | None) -> int:
         return 2 if isinstance(exc, ConfigError) else 1
     except Exception as exc:
         # An optional dependency of the subcommand (psycopg for the writer ...): name its extra.
+        words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+        what = f"`jobplatform {words[0]}`" if words else "this command"
         known = exc if isinstance(exc, MissingExtra) else (
-            missing_extra(exc) if isinstance(exc, ImportError) else None)
+            missing_extra(exc, what) if isinstance(exc, ImportError) else None)
         if known is not None:
             click.echo(f"error: {known}", err=True)
             return 1

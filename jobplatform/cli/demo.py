@@ -56,7 +56,7 @@ def demo(rows: int, videos: int, as_json: bool, timeout: float, procfile: Path |
     # The demo runs every pool and generates a spreadsheet and videos itself.
     for extra in ("writer", "roster") if settings.video.ffmpeg_path else (
             "writer", "roster", "video"):
-        require_extra(extra, "jobplatform demo")
+        require_extra(extra, "`jobplatform demo`")
     types = read_procfile(procfile) if procfile is not None else builtin_formation()
     missing = sorted(set(POOLS) - {t.name for t in types})
     if missing:
