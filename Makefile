@@ -1,10 +1,13 @@
 # One entry point for developers and CI. `make run` and `make test` work on a fresh machine:
-# they create the virtualenv, and services that are neither configured nor running locally are
-# started embedded under .jobplatform/.
+# they create the virtualenv (the package with its worker, embedded and dev extras), and
+# services that are neither configured nor running locally are started embedded under
+# .jobplatform/.
 
-# The first interpreter that runs and is 3.11 or 3.12 (pyenv may list shims that do not run).
-PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
-	$$p -c 'import sys; assert (3, 11) <= sys.version_info[:2] <= (3, 12)' 2>/dev/null \
+# The first interpreter that runs and is 3.11 to 3.14 (pyenv may list shims that do not run).
+# 3.11 and 3.12 come first: the embedded PostgreSQL and Redis wheels exist only for them; on
+# newer Pythons the local stack uses the PostgreSQL and Redis binaries found on the machine.
+PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3.14 python3; do \
+	$$p -c 'import sys; assert (3, 11) <= sys.version_info[:2] <= (3, 14)' 2>/dev/null \
 	&& { command -v $$p; break; }; done)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,7 +16,7 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: run test lint typecheck imports check clean stack-down
 
 $(STAMP): pyproject.toml
-	@test -n "$(PYTHON)" || { echo "Python 3.11 or 3.12 is needed (the embedded PostgreSQL and Redis wheels stop at 3.12); set PYTHON=/path/to/python3.12" >&2; exit 1; }
+	@test -n "$(PYTHON)" || { echo "Python 3.11 to 3.14 is needed; set PYTHON=/path/to/python3" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

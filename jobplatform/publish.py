@@ -18,11 +18,18 @@ key; the failure reason), so a finished job's status needs no database. ``writin
 import whose rows are all parsed and handed to the writer (the record has the row and chunk
 counts); the database marks the import ``done`` once the writer has applied every chunk, and
 the status follows when the writer records that in the job's progress record.
+
+Idempotency before bytes: with an idempotency key, :meth:`Publisher.upload` and
+:meth:`Publisher.presign_upload` first reserve the key (:meth:`Publisher.reserve_upload`), so a
+retried request gets the first attempt's source key back and uploads nothing once those bytes
+are in S3 (or once the job is published); then :meth:`Publisher.publish` with the same key
+enqueues nothing twice.
 """
 
 from __future__ import annotations
 
 import math
+import mimetypes
 import re
 import time
 import unicodedata
@@ -50,13 +57,35 @@ from schemas.intents import RowError
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+__all__ = [
+    "IDEMPOTENCY_TTL_S",
+    "MAX_PRESIGN_EXPIRES_S",
+    "InvalidJob",
+    "JobState",
+    "JobStatus",
+    "PublishReceipt",
+    "Publisher",
+    "UploadKind",
+    "UploadReservation",
+    "UploadTicket",
+    "job_state",
+    "safe_filename",
+    "status_from_record",
+    "tenant_prefix",
+    "upload_key",
+]
+
 #: How long a retried request with the same idempotency key returns the first receipt.
 IDEMPOTENCY_TTL_S = 24 * 3600
 MAX_IDEMPOTENCY_KEY = 255
 MAX_FILENAME = 120
+#: The longest a presigned upload may stay valid (S3's limit for SigV4 signatures).
+MAX_PRESIGN_EXPIRES_S = 7 * 24 * 3600
 
 JobState = Literal["unknown", "queued", "running", "interrupted", "writing", "done", "failed"]
 UploadKind = Literal["video", "roster"]
+#: The job kind each upload kind feeds.
+UPLOAD_JOB_KIND: Mapping[str, str] = {"video": "video.encode", "roster": "roster.import"}
 
 #: ``step`` values of a progress record that stand for a state other than ``running``.
 STEP_STATES: Mapping[str, JobState] = {"done": "done", "failed": "failed", "writing": "writing"}
@@ -90,8 +119,51 @@ class PublishReceipt(BaseModel):
     actor: str
     published_at: datetime
     idempotency_key: str | None = None
+    source_key: str | None = None
+    """The S3 key of the job's source (the upload), so a retried request can find its bytes."""
     duplicate: bool = False
     """True when this is the receipt of an earlier publish with the same idempotency key."""
+
+
+class UploadReservation(BaseModel):
+    """Where a request's upload goes; with an idempotency key, the first attempt's answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source_key: str
+    kind: UploadKind
+    idempotency_key: str | None = None
+    reserved_at: datetime
+    uploaded: bool = False
+    """The object is already in S3 (an earlier attempt stored it): upload nothing."""
+    receipt: PublishReceipt | None = None
+    """The job already published with this key (``duplicate=True``): nothing is left to do."""
+
+    @property
+    def needs_upload(self) -> bool:
+        return not self.uploaded and self.receipt is None
+
+
+class UploadTicket(BaseModel):
+    """A presigned upload for a client that sends the bytes to S3 itself.
+
+    ``PUT``: send the file as the body of ``PUT url`` with ``headers``. ``POST``: send a
+    multipart form to ``url`` with ``fields`` followed by the file as the field ``file``; S3
+    refuses a file larger than ``max_bytes``. ``url`` is None when there is nothing to upload
+    (``uploaded`` or ``receipt``, as in :class:`UploadReservation`).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    source_key: str
+    method: Literal["PUT", "POST"]
+    url: str | None
+    headers: dict[str, str] = {}
+    fields: dict[str, str] = {}
+    expires_at: datetime
+    max_bytes: int
+    uploaded: bool = False
+    receipt: PublishReceipt | None = None
 
 
 class JobStatus(BaseModel):
@@ -217,6 +289,10 @@ def safe_filename(filename: str) -> str:
     return f"{stem}.{ext}" if ext else stem
 
 
+def _content_type(filename: str) -> str:
+    return mimetypes.guess_type(filename)[0] or "application/octet-stream"
+
+
 def tenant_prefix(tenant_id: int) -> str:
     return f"tenants/{tenant_id}/"
 
@@ -284,12 +360,20 @@ class Publisher:
     # --- upload ----------------------------------------------------------------------------
 
     def upload(
-        self, source: str | Path | IO[bytes], tenant_id: int, kind: UploadKind, filename: str
+        self, source: str | Path | IO[bytes], tenant_id: int, kind: UploadKind, filename: str,
+        *, idempotency_key: str | None = None,
     ) -> str:
-        """Store a job's source file in S3 and return its key, ready for ``source_key``."""
-        if kind not in ("video", "roster"):
-            raise InvalidJob(f"kind: must be 'video' or 'roster' (got {kind!r})")
-        key = upload_key(tenant_id, filename)
+        """Store a job's source file in S3 and return its key, ready for ``source_key``.
+
+        With ``idempotency_key`` (the same one the request then publishes with) the key is
+        reserved first: a retry returns the first attempt's key and reads nothing of
+        ``source`` when those bytes are already stored or the job already published.
+        """
+        reservation = self.reserve_upload(tenant_id, kind, filename,
+                                          idempotency_key=idempotency_key)
+        if not reservation.needs_upload:
+            return reservation.source_key
+        key = reservation.source_key
         # The type the content has, never the one its name suggests (jobplatform.content).
         if isinstance(source, str | Path):
             with open(source, "rb") as head:
@@ -303,6 +387,102 @@ class Publisher:
         else:
             self.s3.upload_fileobj(source, bucket, key, ExtraArgs=extra)
         return key
+
+    def reserve_upload(
+        self, tenant_id: int, kind: UploadKind, filename: str, *,
+        idempotency_key: str | None = None,
+    ) -> UploadReservation:
+        """The S3 key a request's upload goes to, reserved for ``idempotency_key`` for
+        :data:`IDEMPOTENCY_TTL_S`.
+
+        The first attempt gets a new key; a retry (or a concurrent twin) gets the same key
+        back, with ``uploaded`` when the object is in S3 and ``receipt`` when the job was
+        published with this key. A retry that names another filename still gets the first key.
+        """
+        if kind not in UPLOAD_JOB_KIND:
+            raise InvalidJob(f"kind: must be 'video' or 'roster' (got {kind!r})")
+        key = upload_key(tenant_id, filename)
+        now = datetime.now(UTC)
+        if idempotency_key is None:
+            return UploadReservation(source_key=key, kind=kind, reserved_at=now)
+        idem = self._idem_key(tenant_id, idempotency_key)
+        published = self.redis.get(idem)
+        first = UploadReservation(source_key=key, kind=kind, idempotency_key=idempotency_key,
+                                  reserved_at=now)
+        held = self._reserve(self._upload_idem_key(idem), first)
+        if held.kind != kind:
+            raise InvalidJob(
+                f"idempotency_key: {idempotency_key!r} was used for a {held.kind} upload"
+                f" ({held.source_key}), not a {kind} upload")
+        if published is not None:
+            receipt = PublishReceipt.model_validate_json(published)
+            if receipt.kind != UPLOAD_JOB_KIND[kind]:
+                raise InvalidJob(
+                    f"idempotency_key: {idempotency_key!r} was used for a {receipt.kind} job"
+                    f" ({receipt.job_id}), not a {UPLOAD_JOB_KIND[kind]} job")
+            return held.model_copy(update={
+                "receipt": receipt.model_copy(update={"duplicate": True}),
+                "source_key": receipt.source_key or held.source_key})
+        return held.model_copy(update={"uploaded": self._stored(held.source_key)})
+
+    def presign_upload(
+        self, tenant_id: int, kind: UploadKind, filename: str, *,
+        idempotency_key: str | None = None, method: Literal["PUT", "POST"] = "PUT",
+        expires_in_s: int = 3600, max_bytes: int | None = None,
+    ) -> UploadTicket:
+        """A presigned ``PUT`` or ``POST`` for the client to upload its file straight to S3,
+        so the API process proxies no bytes; then publish with ``ticket.source_key``.
+
+        ``max_bytes`` (default: ``VIDEO_MAX_SOURCE_BYTES`` or ``ROSTER_MAX_FILE_BYTES``) is
+        enforced by S3 for ``POST`` only; the actors check the size again either way. With
+        ``idempotency_key``, a retry gets the same key (see :meth:`reserve_upload`).
+        """
+        if method not in ("PUT", "POST"):
+            raise InvalidJob(f"method: must be 'PUT' or 'POST' (got {method!r})")
+        if not 1 <= expires_in_s <= MAX_PRESIGN_EXPIRES_S:
+            raise InvalidJob(
+                f"expires_in_s: must be 1 to {MAX_PRESIGN_EXPIRES_S} (got {expires_in_s!r})")
+        reservation = self.reserve_upload(tenant_id, kind, filename,
+                                          idempotency_key=idempotency_key)
+        limit = max_bytes if max_bytes is not None else (
+            self.settings.video.max_source_bytes if kind == "video"
+            else self.settings.roster.max_file_bytes)
+        if limit <= 0:
+            raise InvalidJob(f"max_bytes: must be positive (got {limit!r})")
+        ticket = UploadTicket(
+            source_key=reservation.source_key, method=method, url=None,
+            expires_at=datetime.fromtimestamp(time.time() + expires_in_s, UTC), max_bytes=limit,
+            uploaded=reservation.uploaded, receipt=reservation.receipt,
+        )
+        if not reservation.needs_upload:
+            return ticket
+        bucket, key = self.settings.s3.bucket, reservation.source_key
+        content_type = _content_type(filename)
+        headers = {"Content-Type": content_type, "x-amz-meta-kind": kind}
+        if method == "PUT":
+            url = self.s3.generate_presigned_url(
+                "put_object", ExpiresIn=expires_in_s,
+                Params={"Bucket": bucket, "Key": key, "ContentType": content_type,
+                        "Metadata": {"kind": kind}},
+            )
+            return ticket.model_copy(update={"url": url, "headers": headers})
+        post = self.s3.generate_presigned_post(
+            bucket, key, Fields=headers, ExpiresIn=expires_in_s,
+            Conditions=[{"Content-Type": content_type}, {"x-amz-meta-kind": kind},
+                        ["content-length-range", 1, limit]],
+        )
+        return ticket.model_copy(update={"url": post["url"], "fields": dict(post["fields"])})
+
+    def _stored(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.s3.head_object(Bucket=self.settings.s3.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
 
     # --- publish ---------------------------------------------------------------------------
 
@@ -328,6 +508,7 @@ class Publisher:
             actor=actor,
             published_at=datetime.now(UTC),
             idempotency_key=idempotency_key,
+            source_key=job.source_key if isinstance(job, SourceJob) else None,
         )
         idem = None
         if idempotency_key is not None:
@@ -388,6 +569,22 @@ class Publisher:
                 f" characters (got {key!r:.80})"
             )
         return f"{self.settings.broker_namespace}:idem:{tenant_id}:{key}"
+
+    @staticmethod
+    def _upload_idem_key(idem: str) -> str:
+        return idem.replace(":idem:", ":idem-upload:", 1)
+
+    def _reserve(self, key: str, first: UploadReservation) -> UploadReservation:
+        """Take ``key`` for ``first``, or return the reservation that holds it."""
+        payload = first.model_dump_json(include={"source_key", "kind", "idempotency_key",
+                                                 "reserved_at"})
+        for _ in range(3):
+            if self.redis.set(key, payload, nx=True, ex=IDEMPOTENCY_TTL_S):
+                return first
+            raw = self.redis.get(key)
+            if raw is not None:
+                return UploadReservation.model_validate_json(raw)
+        raise PublishError(f"could not reserve the idempotency key {key!r}")
 
     def _claim(self, idem: str, receipt: PublishReceipt) -> PublishReceipt | None:
         """Take ``idem`` for ``receipt``; None when taken, else the receipt that holds it."""

@@ -79,7 +79,26 @@ def parse_procfile(text: str, source: str = "Procfile") -> list[ProcessType]:
     return types
 
 
+#: The formation of an installed package, the same as the repository's Procfile (a test checks
+#: it): ``jobplatform run`` and ``jobplatform demo`` start it when no Procfile is given.
+BUILTIN_PROCFILE = """\
+writer: jobplatform writer
+video: dramatiq actors.worker --queues video --processes 1 --threads 1
+ai: dramatiq actors.worker --queues ai --processes 1 --threads 2
+"""
+
+
+def builtin_formation() -> list[ProcessType]:
+    """The built-in formation: one writer, one video worker, one ai worker."""
+    return parse_procfile(BUILTIN_PROCFILE, "the built-in formation")
+
+
 def read_procfile(path: Path) -> list[ProcessType]:
+    """The process types of the Procfile at ``path``; a missing one raises FormationError."""
+    if not path.exists():
+        raise FormationError(
+            f"Procfile {path} does not exist (resolved from {Path.cwd()}): pass an existing"
+            " file to --procfile, or leave it out to run the built-in formation")
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

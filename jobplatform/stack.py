@@ -139,7 +139,7 @@ def choose(settings: Settings, probe: Probe = port_open) -> dict[str, Choice]:
         url = configured[name]
         if url:
             choices[name] = Choice(name, "configured", url)
-        elif name in _LOCAL and probe(*_LOCAL[name][:2]):
+        elif name in _LOCAL and settings.stack.use_local and probe(*_LOCAL[name][:2]):
             choices[name] = Choice(name, "local", _LOCAL[name][2])
         elif name == S3 and (settings.production or _aws_credentials(settings)):
             choices[name] = Choice(name, "aws", None)
@@ -227,10 +227,11 @@ def _start(name: str, state_dir: Path, stack: StackSettings,
     if name == POSTGRES:
         return start_embedded_postgres(
             state_dir, preferred_port=port or stack.postgres_port, run_as=stack.run_as,
-            timeout=timeout)
+            timeout=timeout, binaries=stack.binaries)
     if name == REDIS:
         return start_embedded_redis(
-            state_dir, preferred_port=port or stack.redis_port, timeout=timeout)
+            state_dir, preferred_port=port or stack.redis_port, timeout=timeout,
+            binaries=stack.binaries)
     return start_embedded_s3(state_dir, preferred_port=port or stack.s3_port, timeout=timeout)
 
 

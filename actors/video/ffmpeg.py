@@ -51,7 +51,14 @@ def ffmpeg_exe(settings: VideoSettings) -> str:
     """The ffmpeg binary: ``VIDEO_FFMPEG_PATH``, else the static build imageio-ffmpeg ships."""
     if settings.ffmpeg_path:
         return settings.ffmpeg_path
-    import imageio_ffmpeg
+    try:
+        import imageio_ffmpeg
+    except ImportError as exc:
+        from jobplatform.extras import MissingExtra
+
+        raise MissingExtra(
+            "the video actor needs ffmpeg: pip install 'jobplatform[video]' (a static build),"
+            " or set VIDEO_FFMPEG_PATH to a system ffmpeg", name="imageio_ffmpeg") from exc
 
     exe: str = imageio_ffmpeg.get_ffmpeg_exe()
     return exe

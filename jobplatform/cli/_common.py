@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from jobplatform.errors import JobPlatformError
+from jobplatform.extras import MissingExtra, missing_extra
 from jobplatform.logging import configure_logging
 from jobplatform.settings import Settings, load_settings
 
@@ -41,6 +42,14 @@ def run_cli(group: click.Group, argv: list[str] | None) -> int:
         click.echo(f"error: {describe_chain(exc)}", err=True)
         return 2 if isinstance(exc, ConfigError) else 1
     except Exception as exc:
+        # An optional dependency of the subcommand (psycopg for the writer ...): name its extra.
+        words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+        what = f"`jobplatform {words[0]}`" if words else "this command"
+        known = exc if isinstance(exc, MissingExtra) else (
+            missing_extra(exc, what) if isinstance(exc, ImportError) else None)
+        if known is not None:
+            click.echo(f"error: {known}", err=True)
+            return 1
         # A driver's error (PostgreSQL unreachable...) or a bug: the chain of causes, and the
         # traceback when debugging.
         if os.environ.get("LOG_LEVEL", "").upper() == "DEBUG":

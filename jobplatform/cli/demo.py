@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from jobplatform.cli._common import echo_json, settings_from_env
-from jobplatform.settings import PROJECT_ROOT, Settings
+from jobplatform.settings import Settings
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -37,22 +37,27 @@ POOLS = ("video", "ai", "writer")
 @click.option("--timeout", type=click.FloatRange(min=1), default=900.0, show_default=True,
               help="Seconds to wait for every job to finish.")
 @click.option("-f", "--procfile", type=click.Path(dir_okay=False, path_type=Path),
-              default=PROJECT_ROOT / "Procfile", show_default=True,
-              help="The formation to start (its video, ai and writer lines).")
+              help="The formation to start (its video, ai and writer lines). Default: the"
+                   " built-in formation, the same as the repository's Procfile.")
 @click.option("-s", "--scale", help="Processes per Procfile line, e.g. video=2,ai=2.")
-def demo(rows: int, videos: int, as_json: bool, timeout: float, procfile: Path,
+def demo(rows: int, videos: int, as_json: bool, timeout: float, procfile: Path | None,
          scale: str | None) -> None:
     """Start the services and the formation, import a generated roster while encoding
     generated videos, show their progress, and print a summary with the incident's
     checklist. Stops what it started. Exits 1 when a job failed or a check did not pass."""
     from rich.console import Console
 
-    from jobplatform.runner import FormationError, parse_scale, read_procfile
+    from jobplatform.extras import require_extra
+    from jobplatform.runner import FormationError, builtin_formation, parse_scale, read_procfile
     from jobplatform.stack import session_services
 
     settings = settings_from_env()
     console = Console(stderr=as_json, highlight=False, soft_wrap=True)
-    types = read_procfile(procfile)
+    # The demo runs every pool and generates a spreadsheet and videos itself.
+    for extra in ("writer", "roster") if settings.video.ffmpeg_path else (
+            "writer", "roster", "video"):
+        require_extra(extra, "`jobplatform demo`")
+    types = read_procfile(procfile) if procfile is not None else builtin_formation()
     missing = sorted(set(POOLS) - {t.name for t in types})
     if missing:
         raise FormationError(f"{procfile} has no {', '.join(missing)} line: the demo needs "

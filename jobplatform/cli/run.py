@@ -12,8 +12,9 @@ from jobplatform.cli._common import settings_from_env
 @click.command()
 @click.argument("names", nargs=-1)
 @click.option("-f", "--procfile", type=click.Path(dir_okay=False, path_type=Path),
-              default="Procfile", show_default=True, envvar="JOBPLATFORM_PROCFILE",
-              show_envvar=True, help="The Procfile; processes run in its folder.")
+              envvar="JOBPLATFORM_PROCFILE", show_envvar=True,
+              help="The Procfile; processes run in its folder. Default: ./Procfile when there"
+                   " is one, else the built-in formation (writer, video, ai).")
 @click.option("-s", "--scale", envvar="JOBPLATFORM_SCALE", show_envvar=True,
               help="Processes per line, e.g. video=2,ai=2,writer=2 (default: 1 each).")
 @click.option("--stop-timeout", type=click.FloatRange(min=0), default=None,
@@ -22,7 +23,7 @@ from jobplatform.cli._common import settings_from_env
                    "Default: 30, or VIDEO_STOP_GRACE_S + 10 when that is longer.")
 @click.option("--migrate/--no-migrate", default=True, show_default=True,
               help="Apply pending database migrations before starting.")
-def run(names: tuple[str, ...], procfile: Path, scale: str | None,
+def run(names: tuple[str, ...], procfile: Path | None, scale: str | None,
         stop_timeout: float | None, migrate: bool) -> None:
     """Run the Procfile's processes (or only NAMES), prefixing and colouring their output.
 
@@ -36,6 +37,7 @@ def run(names: tuple[str, ...], procfile: Path, scale: str | None,
     from jobplatform.runner import (
         Formation,
         FormationError,
+        builtin_formation,
         parse_scale,
         read_procfile,
         stop_timeout_for,
@@ -50,11 +52,14 @@ def run(names: tuple[str, ...], procfile: Path, scale: str | None,
         click.echo(f"warning: --stop-timeout {stop_timeout:g} s is shorter than "
                    f"VIDEO_STOP_GRACE_S + 10 s ({needed:g} s): an encode in hand may be killed "
                    "and redelivered only after the broker's 60 s heartbeat timeout", err=True)
-    types = read_procfile(procfile)
+    if procfile is None and Path("Procfile").is_file():
+        procfile = Path("Procfile")
+    types = read_procfile(procfile) if procfile is not None else builtin_formation()
+    source = str(procfile) if procfile is not None else "the built-in formation"
     if names:
         unknown = sorted(set(names) - {t.name for t in types})
         if unknown:
-            raise FormationError(f"no process {', '.join(unknown)} in {procfile}")
+            raise FormationError(f"no process {', '.join(unknown)} in {source}")
         types = [t for t in types if t.name in names]
     counts = parse_scale(scale, types)
     # Embedded servers started for this run stop with it (unless `jobplatform stack up` holds
@@ -65,6 +70,7 @@ def run(names: tuple[str, ...], procfile: Path, scale: str | None,
 
             upgrade(services.database_url)
         formation = Formation(types, scale=counts, env=services.environ(),
-                              cwd=procfile.resolve().parent, stop_timeout_s=stop_timeout)
+                              cwd=procfile.resolve().parent if procfile else None,
+                              stop_timeout_s=stop_timeout)
         code = formation.run()
     raise click.exceptions.Exit(code)

@@ -20,7 +20,9 @@ from jobplatform.cli._common import echo_json, settings_from_env
 def writer(ctx: click.Context, intent_log: bool) -> None:
     """Run the writer until SIGTERM/SIGINT (a second one started waits as a hot standby).
 
-    Resolves the services, upgrades the schema, then consumes writes.fast and writes.bulk.
+    Checks the write-intent log's folder (in production it must be set: WRITER_LOG_DIR or
+    JOBPLATFORM_STATE_DIR), resolves the services, upgrades the schema, then consumes
+    writes.fast and writes.bulk.
     One SIGTERM stops it gracefully: the batch in hand is committed and acked (or put back on
     its queue when the database is down), the lock is released, the exit code is 0.
     """
@@ -28,11 +30,15 @@ def writer(ctx: click.Context, intent_log: bool) -> None:
         return
     from jobplatform.broker import build_broker
     from jobplatform.logging import get_logger
+    from jobplatform.settings import check_intent_log_dir
     from jobplatform.stack import ensure_services
     from writer.engine import IntentLogWriter, Writer
     from writer.migrate import upgrade
 
     settings = settings_from_env()
+    if intent_log:
+        # Before any connection: a production writer must not log inside the package.
+        check_intent_log_dir(settings)
     settings = ensure_services(settings).apply(settings)
     assert settings.database_url is not None
     assert settings.redis_url is not None

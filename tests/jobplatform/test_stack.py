@@ -6,6 +6,7 @@ these tests pass with or without a local PostgreSQL and Redis.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -162,6 +163,8 @@ def test_accessible_to_follows_every_parent(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the copy is only made for root's PostgreSQL user")
+@pytest.mark.skipif(importlib.util.find_spec("pgserver") is None,
+                    reason="the pgserver wheel exists for Python 3.11 and 3.12 only")
 def test_binaries_under_a_private_home_are_copied_where_the_user_can_run_them(
     tmp_path: Path,
 ) -> None:
