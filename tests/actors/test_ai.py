@@ -274,11 +274,10 @@ def test_rows_land_in_postgresql_through_the_writer_sink(
 def test_finished_import_status_links_the_report_and_sample_errors(
     tmp_path: Path, broker: dramatiq.Broker, roster_settings: Settings, s3: S3Client
 ) -> None:
-    from writer.engine import Writer
-
     from jobplatform.broker import Queues, build_broker
     from jobplatform.publish import Publisher
     from tests.writer.conftest import WriterThread
+    from writer.engine import Writer
 
     # Given the actor on the test's broker and a writer applying what it emits
     actor = register(broker, roster_settings)
