@@ -3,16 +3,25 @@ and Redis."""
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import pytest
+import yaml
 
 from jobplatform.settings import Settings
 from schemas.intents import AnyIntent
+from tests.promql import Unsupported, fires
 from tests.scrape import get, scrape, value
 from tests.writer.conftest import WriterThread, emit_all, scalar, wait_until
 from tests.writer.intent_factory import chunks, queued, ready, roster_status, student
 from writer.metrics import WriterMetrics
+
+ROOT = Path(__file__).parents[2]
 
 
 def test_scrape_matches_the_database_and_redis(
@@ -104,3 +113,68 @@ def test_a_standby_with_a_connection_is_ready(
         assert value(samples, "jobplatform_writer_active") == 0
     finally:
         server.close()
+
+
+def _rules() -> dict[str, str]:
+    document = yaml.safe_load((ROOT / "ops" / "prometheus-rules.yml").read_text())
+    return {rule["alert"]: rule["expr"] for group in document["groups"]
+            for rule in group["rules"]}
+
+
+def test_alert_rules_evaluated_against_a_real_scrape(
+    settings: Settings, broker: Any, start_writer: Callable[..., WriterThread]
+) -> None:
+    rules = _rules()
+    # The rule file names each alert of the checklist
+    assert set(rules) == {"JobplatformNoActiveWriter", "JobplatformWriterLagHigh",
+                          "JobplatformDeadLetters", "JobplatformDbBudgetExceeded",
+                          "JobplatformDbConnectionsHigh", "JobplatformCommitP99High"}
+    evaluable = {"JobplatformNoActiveWriter", "JobplatformWriterLagHigh",
+                 "JobplatformDbBudgetExceeded", "JobplatformCommitP99High"}
+    # Given a writer that applied some status changes, scraped while active
+    metrics = WriterMetrics()
+    runner = start_writer(hooks=[metrics])
+    server = metrics.serve(runner.writer, port=0)
+    try:
+        emit_all(broker, settings, [queued(uuid.uuid4()) for _ in range(20)])
+        wait_until(lambda: runner.writer.get_stats()["acks"] == 20, message="acked")
+        samples = scrape(server.port)
+        # Then no alert fires
+        assert {name for name in evaluable if fires(rules[name], samples)} == set()
+        # and the p99 rule reads the same figure as the writer's own stats
+        assert value(samples, "jobplatform_writer_commit_p99_seconds") == pytest.approx(
+            runner.writer.get_stats()["commit_ms_p99"] / 1000)
+        # When the writer stops (its process still answering the scrape)
+        runner.stop()
+        samples = scrape(server.port)
+        # Then "no active writer" fires, and only it
+        assert {name for name in evaluable if fires(rules[name], samples)} == {
+            "JobplatformNoActiveWriter"}
+    finally:
+        server.close()
+
+
+def test_the_evaluator_refuses_what_it_cannot_read() -> None:
+    with pytest.raises(Unsupported):
+        fires(_rules()["JobplatformDeadLetters"], {})
+    assert fires("max(x - y) > 0", {("x", frozenset()): 2.0, ("y", frozenset()): 1.0})
+    assert not fires("max(x - y) > 0", {("x", frozenset()): 1.0, ("y", frozenset()): 1.0})
+
+
+def test_the_dashboard_plots_metrics_the_endpoints_serve(
+    settings: Settings, start_writer: Callable[..., WriterThread]
+) -> None:
+    dashboard = json.loads((ROOT / "ops" / "grafana-dashboard.json").read_text())
+    names = {name for panel in dashboard["panels"] for target in panel["targets"]
+             for name in re.findall(r"\b(jobplatform_[a-z0-9_]+)", target["expr"])}
+    metrics = WriterMetrics()
+    runner = start_writer(hooks=[metrics])
+    server = metrics.serve(runner.writer, port=0)
+    try:
+        served = {sample for sample, _ in scrape(server.port)}
+    finally:
+        server.close()
+    actor = {"jobplatform_actor_jobs_total", "jobplatform_actor_failures_total",
+             "jobplatform_actor_dead_letters_total", "jobplatform_actor_duration_seconds_bucket",
+             "jobplatform_queue_messages"}  # served by actor workers (tests/jobplatform)
+    assert names - served - actor == set()
