@@ -161,6 +161,28 @@ class _WriterCollector:
                      "p99 transaction time of the last 4,096 batches.",
                      stats["commit_ms_p99"] / 1000)
         yield from self._queues()
+        yield from self._intent_log()
+
+    def _intent_log(self) -> Iterable[Metric]:
+        """The write-intent log's segments and shipping, when it keeps stats."""
+        get_stats = getattr(self.writer.log_writer, "get_stats", None)
+        if not callable(get_stats):
+            return
+        stats = get_stats()
+        for name in ("batches", "intents", "bytes", "segments_opened", "segments_closed",
+                     "segments_shipped", "ship_failures"):
+            if name in stats:
+                counter = CounterMetricFamily(f"jobplatform_writer_intent_log_{name}",
+                                              f"Write-intent log: {name.replace('_', ' ')}.")
+                counter.add_metric((), float(stats[name]))
+                yield counter
+        if getattr(self.writer.log_writer, "shipper", None) is not None:
+            yield _gauge("jobplatform_writer_intent_log_unshipped_segments",
+                         "Closed segments not shipped to S3 yet.",
+                         stats.get("segments_closed", 0) - stats.get("segments_shipped", 0))
+        if "sync_ms_max" in stats:
+            yield _gauge("jobplatform_writer_intent_log_sync_max_seconds",
+                         "Longest fsync of an append.", float(stats["sync_ms_max"]) / 1000)
 
     def _queues(self) -> Iterable[Metric]:
         writer = self.writer

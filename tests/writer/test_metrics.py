@@ -178,3 +178,26 @@ def test_the_dashboard_plots_metrics_the_endpoints_serve(
              "jobplatform_actor_dead_letters_total", "jobplatform_actor_duration_seconds_bucket",
              "jobplatform_queue_messages"}  # served by actor workers (tests/jobplatform)
     assert names - served - actor == set()
+
+
+def test_the_intent_log_state_is_scraped(
+    settings: Settings, broker: Any, start_writer: Callable[..., WriterThread]
+) -> None:
+    from writer.intentlog import IntentLog
+
+    url = settings.database_url
+    assert url is not None
+    log = IntentLog.from_settings(settings)
+    metrics = WriterMetrics()
+    runner = start_writer(hooks=[metrics], log_writer=log)
+    server = metrics.serve(runner.writer, port=0)
+    try:
+        emit_all(broker, settings, [queued(uuid.uuid4()) for _ in range(15)])
+        wait_until(lambda: runner.writer.get_stats()["acks"] == 15, message="acked")
+        samples = scrape(server.port)
+        ledger = int(scalar(url, "SELECT count(*) FROM writer_ledger"))
+        assert value(samples, "jobplatform_writer_intent_log_intents_total") == ledger == 15
+        assert value(samples, "jobplatform_writer_intent_log_segments_opened_total") == \
+            log.get_stats()["segments_opened"] >= 1
+    finally:
+        server.close()
