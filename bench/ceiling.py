@@ -325,7 +325,10 @@ def command(small_count: int, rows: int, chunk_rows: int, budget: float, intent_
         click.echo(f"metrics on/off, small intents, {metrics_runs} alternate runs each, "
                    f"scraped every {scrape_s} s: median intents/s on "
                    f"{metrics_ab['median_on']:,.0f}, off {metrics_ab['median_off']:,.0f}, "
-                   f"ratio {metrics_ab['ratio']:.3f}")
+                   f"ratio {metrics_ab['ratio']:.3f}; writer CPU per 1,000 intents on "
+                   f"{metrics_ab['cpu_per_1000_on']:.3f} s, off "
+                   f"{metrics_ab['cpu_per_1000_off']:.3f} s, ratio "
+                   f"{metrics_ab['cpu_ratio']:.3f}")
 
 
 def _metrics_ab(instance: EmulatedInstance, settings: Settings, redis_url: str, count: int,
@@ -338,16 +341,24 @@ def _metrics_ab(instance: EmulatedInstance, settings: Settings, redis_url: str, 
     intents = list(small_intents(count))
     on: list[float] = []
     off: list[float] = []
+    cpu: dict[bool, list[float]] = {True: [], False: []}
     for n in range(runs):
         for enabled in ((True, False) if n % 2 == 0 else (False, True)):
             result = drain(instance, settings, redis_url, f"ceiling_metrics_{n}", intents,
                            intent_log, timeout_s, scrape_s if enabled else None)
             rate = float(result["intents_per_s"] or 0.0)
             (on if enabled else off).append(rate)
-            echo(f"  run {n + 1} metrics {'on ' if enabled else 'off'}: {rate:,.0f} intents/s")
+            # the writer process's CPU (its threads, the scraper's included) per 1,000 intents
+            per_k = result["cpu_s"]["writer_process"] / len(intents) * 1000
+            cpu[enabled].append(per_k)
+            echo(f"  run {n + 1} metrics {'on ' if enabled else 'off'}: {rate:,.0f} intents/s, "
+                 f"writer CPU {per_k:.3f} s per 1,000")
     median_on, median_off = statistics.median(on), statistics.median(off)
+    cpu_on, cpu_off = statistics.median(cpu[True]), statistics.median(cpu[False])
     return {"on": on, "off": off, "median_on": median_on, "median_off": median_off,
-            "ratio": median_on / median_off if median_off else None}
+            "ratio": median_on / median_off if median_off else None,
+            "cpu_per_1000_on": cpu_on, "cpu_per_1000_off": cpu_off,
+            "cpu_ratio": cpu_on / cpu_off if cpu_off else None}
 
 
 def table(runs: dict[str, dict[str, Any]]) -> str:
