@@ -26,5 +26,9 @@ settings = ensure_services(get_settings()).apply(get_settings())
 configure_logging(settings)
 assert settings.redis_url is not None
 broker = build_broker(settings, settings.redis_url)
+if settings.metrics_port:
+    from jobplatform.metrics import ActorMetrics
+
+    broker.add_middleware(ActorMetrics(settings))
 encode_video = video.register(broker, settings)
 import_roster = ai.register(broker, settings)

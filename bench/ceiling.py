@@ -136,9 +136,41 @@ def _redis_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
+class _Scraper:
+    """The writer's metrics endpoint, served and scraped every ``every_s`` during a drain."""
+
+    def __init__(self, writer: Writer, every_s: float) -> None:
+        from writer.metrics import WriterMetrics
+
+        self.metrics = WriterMetrics()
+        writer.hooks = (*writer.hooks, self.metrics)
+        self.server = self.metrics.serve(writer, port=0, host="127.0.0.1")
+        self.every_s = every_s
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.server.port}/metrics"
+        while not self._stop.wait(self.every_s):
+            with urllib.request.urlopen(url, timeout=10) as response:
+                response.read()
+            self.scrapes += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+        self.server.close()
+
+
 def drain(instance: EmulatedInstance, settings: Settings, redis_url: str, name: str,
-          intents: list[AnyIntent], intent_log: bool, timeout_s: float) -> dict[str, Any]:
-    """Queue ``intents``, then let one writer drain them; measure the drain."""
+          intents: list[AnyIntent], intent_log: bool, timeout_s: float,
+          scrape_s: float | None = None) -> dict[str, Any]:
+    """Queue ``intents``, then let one writer drain them; measure the drain. With
+    ``scrape_s``, the writer serves its metrics and they are scraped that often."""
     url = instance.create_database(name, template=TEMPLATE)
     rows = sum(len(i.rows) for i in intents if isinstance(i, RosterChunk))
     try:
@@ -163,16 +195,23 @@ def drain(instance: EmulatedInstance, settings: Settings, redis_url: str, name: 
                             log_writer=log_writer, hooks=[phases])
             client = redis.Redis.from_url(redis_url)
             monitor = psycopg.connect(instance.admin_url(name), autocommit=True)
+            scraper = _Scraper(writer, scrape_s) if scrape_s else None
+            scrapes = 0
             try:
                 result = _measure(instance, writer, phases, monitor, client, len(intents),
                                   timeout_s)
             finally:
+                if scraper is not None:
+                    scraper.close()
+                    scrapes = scraper.scrapes
                 monitor.close()
                 client.close()
                 broker.close()
     finally:
         instance.drop_database(name)
     wall = result["drain_s"]
+    if scrape_s:
+        result["scrapes"] = scrapes
     result.update(intents=len(intents), rows=rows,
                   intents_per_s=len(intents) / wall if wall else None,
                   rows_per_s=rows / wall if wall and rows else None)
@@ -232,9 +271,14 @@ def _measure(instance: EmulatedInstance, writer: Writer, phases: _Phases,
 @click.option("--intent-log/--no-intent-log", default=True, show_default=True,
               help="Append applied intents to the write-intent log, as the writer does.")
 @click.option("--timeout-s", type=click.FloatRange(min=1), default=300.0, show_default=True)
+@click.option("--metrics-runs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Then drain the small backlog this many times with the metrics endpoint "
+                   "served and scraped, and as many without, alternately: medians and ratio.")
+@click.option("--scrape-s", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+              help="Scrape interval of the metrics runs (Prometheus' default is 15 s).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def command(small_count: int, rows: int, chunk_rows: int, budget: float, intent_log: bool,
-            timeout_s: float, as_json: bool) -> None:
+            timeout_s: float, metrics_runs: int, scrape_s: float, as_json: bool) -> None:
     """One writer draining a backlog on an uncapped database: intents/s, rows/s, time split."""
     from bench._common import machine
     from jobplatform.cli._common import echo_json, settings_from_env
@@ -260,17 +304,61 @@ def command(small_count: int, rows: int, chunk_rows: int, budget: float, intent_
         echo(f"roster chunks: queueing {rows:,} rows in chunks of {chunk_rows} ...")
         runs["roster"] = drain(instance, settings, services.redis_url, "ceiling_roster",
                                list(roster_chunks(rows, chunk_rows, 20)), intent_log, timeout_s)
+        metrics_ab = None
+        if metrics_runs:
+            metrics_ab = _metrics_ab(instance, settings, services.redis_url, small_count,
+                                     intent_log, timeout_s, metrics_runs, scrape_s, echo)
         result = {
             "instance": {**instance.describe(), "machine": machine()},
             "writer_settings": settings.writer.model_dump(mode="json"),
             "intent_log": intent_log,
             **runs,
+            "metrics_ab": metrics_ab,
         }
     if as_json:
         echo_json(result)
         return
     click.echo("")
     click.echo(table(runs))
+    if metrics_ab is not None:
+        click.echo("")
+        click.echo(f"metrics on/off, small intents, {metrics_runs} alternate runs each, "
+                   f"scraped every {scrape_s} s: median intents/s on "
+                   f"{metrics_ab['median_on']:,.0f}, off {metrics_ab['median_off']:,.0f}, "
+                   f"ratio {metrics_ab['ratio']:.3f}; writer CPU per 1,000 intents on "
+                   f"{metrics_ab['cpu_per_1000_on']:.3f} s, off "
+                   f"{metrics_ab['cpu_per_1000_off']:.3f} s, ratio "
+                   f"{metrics_ab['cpu_ratio']:.3f}")
+
+
+def _metrics_ab(instance: EmulatedInstance, settings: Settings, redis_url: str, count: int,
+                intent_log: bool, timeout_s: float, runs: int, scrape_s: float,
+                echo: Callable[[str], None]) -> dict[str, Any]:
+    """The small backlog drained with metrics served and scraped, and without, alternately
+    (so the machine's noise falls on both): medians of intents/s and their ratio."""
+    import statistics
+
+    intents = list(small_intents(count))
+    on: list[float] = []
+    off: list[float] = []
+    cpu: dict[bool, list[float]] = {True: [], False: []}
+    for n in range(runs):
+        for enabled in ((True, False) if n % 2 == 0 else (False, True)):
+            result = drain(instance, settings, redis_url, f"ceiling_metrics_{n}", intents,
+                           intent_log, timeout_s, scrape_s if enabled else None)
+            rate = float(result["intents_per_s"] or 0.0)
+            (on if enabled else off).append(rate)
+            # the writer process's CPU (its threads, the scraper's included) per 1,000 intents
+            per_k = result["cpu_s"]["writer_process"] / len(intents) * 1000
+            cpu[enabled].append(per_k)
+            echo(f"  run {n + 1} metrics {'on ' if enabled else 'off'}: {rate:,.0f} intents/s, "
+                 f"writer CPU {per_k:.3f} s per 1,000")
+    median_on, median_off = statistics.median(on), statistics.median(off)
+    cpu_on, cpu_off = statistics.median(cpu[True]), statistics.median(cpu[False])
+    return {"on": on, "off": off, "median_on": median_on, "median_off": median_off,
+            "ratio": median_on / median_off if median_off else None,
+            "cpu_per_1000_on": cpu_on, "cpu_per_1000_off": cpu_off,
+            "cpu_ratio": cpu_on / cpu_off if cpu_off else None}
 
 
 def table(runs: dict[str, dict[str, Any]]) -> str:

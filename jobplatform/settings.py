@@ -177,6 +177,8 @@ class Settings(BaseSettings):
     worker_heartbeat_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     """A running job whose worker has sent no broker heartbeat for this long (a live one
     sends one a second) is reported ``interrupted``."""
+    metrics_port: Annotated[int, Field(ge=0, lt=65536)] = 0
+    """Port of the process's ``/metrics``, ``/healthz`` and ``/readyz``; 0 serves none."""
 
     s3: S3Settings = Field(default_factory=S3Settings)
     writer: WriterSettings = Field(default_factory=WriterSettings)

@@ -18,13 +18,16 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from jobplatform.broker import Queues
+from jobplatform.broker import Queues, heartbeats_key
+from jobplatform.metrics import QueueDepth, oldest_ready_age_ms, queue_depths
 from jobplatform.progress import ProgressStore, writer_stats_key
 from jobplatform.publish import JobStatus, status_from_record, worker_silence
 from jobplatform.settings import Settings
 
 #: Finished jobs stay on screen this long after their last update.
 DEFAULT_RECENT_S = 120.0
+#: A writer whose broker heartbeat is older than this is not running (it beats every 5 s).
+WRITER_SILENT_S = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +35,19 @@ class Snapshot:
     at: float
     jobs: list[JobStatus]
     queues: dict[str, int]
+    """Messages not yet done per queue: ready, prefetched or in progress, and delayed."""
     writer: dict[str, Any] | None = None
     hidden: int = 0
     """Finished jobs older than the window, not listed."""
     dead: dict[str, int] = field(default_factory=dict)
-    """Messages of the actor queues in dramatiq's dead-letter set (``<queue>.XQ``): jobs that
-    failed in a way no status could record (their ids unreadable, or an actor crashed)."""
+    """Messages in dramatiq's dead-letter set (``<queue>.XQ``): jobs that failed in a way no
+    status could record (their ids unreadable, or an actor crashed)."""
+    depths: list[QueueDepth] = field(default_factory=list)
+    writer_seen_s: float | None = None
+    """Seconds since the writer of :attr:`writer` was last seen (its stats' time or its broker
+    heartbeat, whichever is later); None without stats."""
+    lag_ms: float = 0.0
+    """Age of the oldest intent waiting in the writer's lanes; 0 when they are empty."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +57,10 @@ class Snapshot:
             "writer": self.writer,
             "hidden": self.hidden,
             "dead": self.dead,
+            "depths": {d.queue: {"ready": d.ready, "unacked": d.unacked,
+                                 "delayed": d.delayed, "dead": d.dead} for d in self.depths},
+            "writer_seen_s": self.writer_seen_s,
+            "lag_ms": self.lag_ms,
         }
 
 
@@ -94,16 +108,32 @@ def take_snapshot(
         else:
             shown.append(job)
     queues = Queues.from_settings(settings)
-    depths = {
-        name: int(client.llen(f"{settings.broker_namespace}:{name}"))
-        for name in (queues.video, queues.ai, queues.writes_fast, queues.writes_bulk)
-    }
-    dead = {
-        name: int(client.zcard(f"{settings.broker_namespace}:{name}.XQ"))
-        for name in (queues.video, queues.ai)
-    }
-    return Snapshot(now, shown, depths, read_writer_stats(client, settings.broker_namespace),
-                    hidden, dead)
+    ns = settings.broker_namespace
+    depths = queue_depths(client, ns, (queues.video, queues.ai, *queues.writes))
+    stats = read_writer_stats(client, ns)
+    lanes = [d for d in depths if d.queue in queues.writes]
+    lag = 0.0
+    if any(d.waiting for d in lanes):
+        lag = max([oldest_ready_age_ms(client, ns, q, now * 1000) for q in queues.writes]
+                  + [float(stats.get("lag_ms", 0.0)) if stats else 0.0])
+    return Snapshot(now, shown, {d.queue: d.waiting for d in depths}, stats, hidden,
+                    {d.queue: d.dead for d in depths}, depths,
+                    writer_seen(client, ns, stats, now), round(lag, 1))
+
+
+def writer_seen(client: redis.Redis, namespace: str, stats: dict[str, Any] | None,
+                now: float) -> float | None:
+    """Seconds since the publishing writer last showed life: its stats' time or its broker
+    heartbeat (a live writer beats every few seconds), whichever is later."""
+    if stats is None:
+        return None
+    seen = [float(stats["at"])] if isinstance(stats.get("at"), int | float) else []
+    broker_id = stats.get("broker_id")
+    if isinstance(broker_id, str):
+        beat = client.zscore(heartbeats_key(namespace), broker_id)
+        if beat is not None:
+            seen.append(float(beat) / 1000)
+    return max(0.0, now - max(seen)) if seen else None
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -166,36 +196,54 @@ def render(snapshot: Snapshot) -> RenderableType:
         )
     if not snapshot.jobs:
         jobs.add_row("(no running jobs)", "", "", "", "")
-    footer = Text(
-        "queues: " + "  ".join(f"{name} {depth:,}" for name, depth in snapshot.queues.items())
-        + (f"   ({snapshot.hidden} older finished jobs not shown)" if snapshot.hidden else "")
-    )
+    footer = Text("queues (ready+held+delayed): " + "  ".join(
+        f"{d.queue} {d.waiting:,}" + (f" ({d.unacked:,} held, {d.delayed:,} delayed)"
+                                      if d.unacked or d.delayed else "")
+        for d in snapshot.depths) if snapshot.depths else "queues: " + "  ".join(
+        f"{name} {depth:,}" for name, depth in snapshot.queues.items()))
+    if snapshot.hidden:
+        footer.append(f"\n({snapshot.hidden} older finished jobs not shown)")
     dead = {name: n for name, n in snapshot.dead.items() if n}
     if dead:
         footer.append(
-            "\ndead-lettered jobs (dramatiq's <queue>.XQ, kept 7 days): "
+            "\ndead letters (dramatiq's <queue>.XQ, kept 7 days): "
             + "  ".join(f"{name} {n:,}" for name, n in dead.items()), style="bold red")
-    return Group(jobs, footer, render_writer(snapshot.writer))
+    return Group(jobs, footer, render_writer(snapshot.writer, seen_s=snapshot.writer_seen_s,
+                                             lag_ms=snapshot.lag_ms))
 
 
-def render_writer(stats: dict[str, Any] | None) -> RenderableType:
+def _figure(value: Any) -> str:
+    return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def render_writer(stats: dict[str, Any] | None, *, seen_s: float | None = None,
+                  lag_ms: float | None = None) -> RenderableType:
+    """The writer's figures in two short rows (fits 80 columns); a writer silent for more
+    than :data:`WRITER_SILENT_S`, or stopped, is said to be so, whatever its last stats say."""
     if stats is None:
         return Text("writer: no stats published (not running, or WRITER_STATS_INTERVAL_S not yet "
                     "elapsed)", style="dim")
-    table = Table(title="writer", title_justify="left", show_edge=False)
-    figures = {
-        "role": stats.get("role"),
-        "batches": stats.get("batches"),
-        "batches/s": stats.get("batches_per_s"),
-        "intents/s": stats.get("intents_per_s"),
-        "rows": stats.get("rows"),
-        "lag ms": stats.get("lag_ms"),
-        "commit ms p50": stats.get("commit_ms_p50"),
-        "commit ms p99": stats.get("commit_ms_p99"),
-        "db share": stats.get("db_share"),
-    }
-    for name in figures:
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_row(*("-" if v is None else f"{v:,}" if isinstance(v, int) else str(v)
-                    for v in figures.values()))
-    return table
+    role = str(stats.get("role"))
+    if role == "stopped":
+        ago = "" if seen_s is None else f" {seen_s:.0f} s ago"
+        return Text(f"writer: stopped{ago} ({stats.get('name', '?')})", style="bold red")
+    if seen_s is not None and seen_s > WRITER_SILENT_S:
+        return Text(f"writer: no writer seen for {seen_s:.0f} s (last: {role} "
+                    f"{stats.get('name', '?')})", style="bold red")
+    lag = stats.get("lag_ms") if lag_ms is None else lag_ms
+    rows = [
+        {"role": role, "batches": stats.get("batches"), "batches/s": stats.get("batches_per_s"),
+         "intents/s": stats.get("intents_per_s"), "rows": stats.get("rows")},
+        {"lag ms": lag, "commit p50 ms": stats.get("commit_ms_p50"),
+         "commit p99 ms": stats.get("commit_ms_p99"), "db share": stats.get("db_share"),
+         "budget": stats.get("db_budget")},
+    ]
+    tables: list[RenderableType] = []
+    for i, figures in enumerate(rows):
+        table = Table(title="writer" if i == 0 else None, title_justify="left",
+                      show_edge=False)
+        for name in figures:
+            table.add_column(name, justify="right", no_wrap=True)
+        table.add_row(*(_figure(v) for v in figures.values()))
+        tables.append(table)
+    return Group(*tables)

@@ -16,6 +16,7 @@ from jobplatform.cli import (
     db,
     dead,
     demo,
+    doctor,
     kinds,
     log,
     replay,
@@ -40,6 +41,7 @@ COMMANDS: list[click.Command] = [
     log.log,
     kinds.kinds,
     roster.roster,
+    doctor.doctor,
 ]
 
 

@@ -49,7 +49,13 @@ def writer(ctx: click.Context, intent_log: bool) -> None:
         from writer.intentlog import IntentLog
 
         log_writer = IntentLog.from_settings(settings)
-    instance = Writer.from_settings(settings, broker, log_writer=log_writer)
+    hooks = []
+    if settings.metrics_port:
+        from writer.metrics import WriterMetrics
+
+        hooks.append(WriterMetrics())
+    instance = Writer.from_settings(settings, broker, log_writer=log_writer, hooks=hooks)
+    server = hooks[0].serve(instance, port=settings.metrics_port) if hooks else None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         get_logger("writer").info("stop requested", signal=signal.Signals(signum).name)
@@ -61,6 +67,8 @@ def writer(ctx: click.Context, intent_log: bool) -> None:
         with instance:
             instance.run()
     finally:
+        if server is not None:
+            server.close()
         broker.close()
 
 

@@ -131,7 +131,9 @@ def test_an_invalid_job_without_ids_shows_in_watch(
     broker.join(video_settings.queue_video)
     worker.join()
     snapshot = take_snapshot(broker.client, video_settings)
-    assert snapshot.dead == {video_settings.queue_video: 1, video_settings.queue_ai: 0}
+    assert snapshot.dead == {video_settings.queue_video: 1, video_settings.queue_ai: 0,
+                             video_settings.queue_writes_fast: 0,
+                             video_settings.queue_writes_bulk: 0}
     console = Console(width=160, record=True)
     console.print(render(snapshot))
-    assert "dead-lettered jobs" in console.export_text()
+    assert "dead letters (dramatiq's <queue>.XQ" in console.export_text()

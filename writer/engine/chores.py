@@ -74,7 +74,8 @@ class Chores:
             self._next_stats = now + self.writer.settings.stats_interval_s
             self.emit_stats()
 
-    def emit_stats(self) -> None:
+    def emit_stats(self, *, publish: bool = False) -> None:
+        """Log the stats; publish them to Redis when active (or when ``publish``)."""
         writer = self.writer
         stats = writer.get_stats()
         then, batches, intents = self._last_emit
@@ -84,7 +85,7 @@ class Chores:
         stats["intents_per_s"] = round(max(0, stats["intents"] - intents) / elapsed, 1)
         self._last_emit = (now, stats["batches"], stats["intents"])
         log.info("writer stats", **stats)
-        if stats["role"] != "active":
+        if stats["role"] != "active" and not publish:
             return
         document: dict[str, Any] = {**stats, "name": writer.name,
                                     "broker_id": writer.broker.broker_id, "at": time.time()}

@@ -178,9 +178,9 @@ class Writer:
             return
         was_active = self.leader.resign()
         self.session.drop()
-        if was_active:
-            self.chores.emit_stats()
         self.set_role("stopped")
+        if was_active:  # the last stats say "stopped", so no reader takes them for a live writer
+            self.chores.emit_stats(publish=True)
 
     # --- shared by the stages --------------------------------------------------------------
 
