@@ -10,7 +10,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck imports check clean stack-down
+.PHONY: run test lint typecheck imports check clean stack-down roster-fixtures
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or 3.12 is needed (the embedded PostgreSQL and Redis wheels stop at 3.12); set PYTHON=/path/to/python3.12" >&2; exit 1; }
@@ -34,6 +34,12 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 check: lint test
+
+## roster-fixtures: remake the roster test files made by LibreOffice (needs libreoffice-calc and
+## python3-uno, e.g. Debian's; CI reads the committed files)
+UNO_PYTHON ?= /usr/bin/python3
+roster-fixtures:
+	$(UNO_PYTHON) tests/actors/roster/fixtures/make_fixtures.py tests/actors/roster/fixtures
 
 stack-down: $(STAMP)
 	$(BIN)/jobplatform stack down
