@@ -104,7 +104,7 @@ def _check_zip(path: Path, limits: Limits) -> Format:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise RosterRejected(
-            f"the file is damaged or truncated (not a readable zip: {exc})"
+            "the file is damaged or truncated (it is not a readable zip archive)"
         ) from exc
     with archive, path.open("rb") as raw:
         members = archive.infolist()
@@ -189,7 +189,7 @@ def _inflate(raw: BinaryIO, member: zipfile.ZipInfo, budget: int) -> Iterator[by
             piece = inflater.decompress(data, _READ_CHUNK) if inflater is not None else data
         except zlib.error as exc:
             raise RosterRejected(
-                f"the file is damaged (part {member.filename!r} does not inflate: {exc})"
+                f"the file is damaged (part {member.filename!r} does not inflate)"
             ) from exc
         produced += len(piece)
         if produced > limit:
