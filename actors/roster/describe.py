@@ -13,6 +13,8 @@ from pathlib import Path
 
 from actors.roster.precheck import Format
 
+__all__ = ["describe", "unreadable", "writer_of"]
+
 _KINDS = {
     Format.XLSX: "an Excel workbook (.xlsx)",
     Format.XLS: "an Excel 97-2003 workbook (.xls)",
@@ -41,7 +43,9 @@ def writer_of(path: Path, fmt: Format) -> str | None:
         return None
     if found is None:
         return None
-    name = _PRINTABLE.sub("", found.group(1).decode("utf-8", "replace")).strip()
+    # LibreOffice writes "LibreOffice/7.4.7.2$Linux_X86_64 LibreOffice_project/...".
+    text = found.group(1).decode("utf-8", "replace").split("$", 1)[0]
+    name = _PRINTABLE.sub("", text).strip()
     return name[:80] or None
 
 

@@ -11,10 +11,13 @@ is checked first, cheaply and without building anything:
   size it declares, ``ROSTER_MAX_UNCOMPRESSED_BYTES`` and ``ROSTER_MAX_COMPRESSION_RATIO``
   (checked on members over 1 MiB), and its CRC; a member cut short means a truncated file;
 - no XML part may declare a DOCTYPE or ENTITY (entity expansion is refused, not defused);
-- sheet XML: cell and row references past ``ROSTER_MAX_COLUMNS`` or the row limit (read as the
-  reader reads them: column letters in either case, leading zeros skipped), cells and rows
-  without a reference (placed after the ones before, as the reader places them), and a grid
-  larger than ``ROSTER_MAX_CELLS``, are refused before the reader allocates it.
+- sheet XML: what the reader will build is bounded before it builds it. It keeps the cells
+  holding a value and the grid they span, so those are counted: cells holding values past
+  ``ROSTER_MAX_COLUMNS`` or the row limit (references read as the reader reads them: column
+  letters in either case, leading zeros skipped; cells and rows without a reference placed after
+  the ones before, as the reader places them), and a grid larger than ``ROSTER_MAX_CELLS``, are
+  refused. Emptiness costs nothing: cells and rows carrying only a style, and the empty columns,
+  cells and rows an .ods file repeats to the edge of the sheet.
 """
 
 from __future__ import annotations

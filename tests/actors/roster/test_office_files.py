@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from actors.roster import Limits, RosterRejected, open_roster, precheck
+from actors.roster.describe import describe
 from schemas import StudentRow
 from tests.actors import roster_corpus as corpus
 
@@ -115,3 +116,14 @@ def test_fixture_readme_names_the_libreoffice_version() -> None:
     assert version in (corpus.FIXTURES / "README.md").read_text().replace("**", "")
     for name, _ in MADE_BY_LIBREOFFICE:
         assert f"`{Path(name).stem}" in (corpus.FIXTURES / "README.md").read_text()
+
+
+@pytest.mark.parametrize(("name", "described"), [
+    ("fods-to.xlsx", "an Excel workbook (.xlsx) written by LibreOffice/7.4.7.2"),
+    ("fods-to.ods", "an OpenDocument spreadsheet (.ods) written by LibreOffice/7.4.7.2"),
+    ("fods-to.xls", "an Excel 97-2003 workbook (.xls)"),
+    ("koffice-form.ods", "an OpenDocument spreadsheet (.ods) written by KOffice/2.3.3"),
+])
+def test_files_are_described_by_kind_and_writer(name: str, described: str) -> None:
+    path = corpus.fixture(name)
+    assert describe(path, precheck(path, Limits())) == described
