@@ -479,7 +479,8 @@ _ODS_TAG = re.compile(
 )
 _ODS_REPEAT = re.compile(rb"number-(?:rows|columns)-repeated\s*=\s*[\"']\s*([0-9]*)")
 _ODS_NAME = re.compile(rb"table:name\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
-_ODS_CELL_END = b"table-cell>"
+# A cell's end tag (text cannot hold "<", so these are tags).
+_ODS_CELL_ENDS = (b"</table:table-cell>", b"</table:covered-table-cell>")
 
 
 def _repeat(attributes: bytes) -> int:
@@ -524,6 +525,13 @@ class _OdsContentScanner(_Scanner):
         self._columns = 0
 
     def scan(self, data: bytes, end: int) -> None:
+        if b"<!" in data and (b"<!--" in data or b"<![CDATA[" in data):
+            # They could hide tags from this scan, or show it tags the reader does not see.
+            raise RosterRejected(
+                f"part {self.part!r} holds XML comments or CDATA sections, which spreadsheet"
+                " software does not write; open the file in Excel or LibreOffice and save it as"
+                " .xlsx"
+            )
         at = self._skip
         if self._in_cell:
             at = self._leave_cell(data, at, end)
@@ -578,7 +586,8 @@ class _OdsContentScanner(_Scanner):
 
     def _leave_cell(self, data: bytes, at: int, end: int) -> int:
         """Past the end of the cell ``at`` is in; refuses rows, cells or tables inside it."""
-        close = data.find(_ODS_CELL_END, at)
+        ends = [c for c in (data.find(e, at) for e in _ODS_CELL_ENDS) if c != -1]
+        close = min(ends) if ends else -1
         inside_end = close if close != -1 else end
         if (
             data.find(b"<table:table", at, inside_end) != -1
@@ -591,7 +600,7 @@ class _OdsContentScanner(_Scanner):
         if close == -1:
             return max(end, at)
         self._in_cell = False
-        return close + len(_ODS_CELL_END)
+        return data.index(b">", close) + 1
 
     def _end_row(self) -> None:
         if not self._in_row:

@@ -507,9 +507,24 @@ def write_row_inside_cell_ods(folder: Path) -> Path:
     content = (
         '<table:table-row><table:table-cell office:value-type="float" office:value="1" '
         'table:number-columns-repeated="150"/><table:table-cell office:value-type="string">'
-        "<text:p>x</text:p><table:table-row><table:table-cell/></table:table-row>"
+        "<text:p>x table-cell></text:p><table:table-row><table:table-cell/></table:table-row>"
         '</table:table-cell><table:table-cell office:value-type="float" office:value="1" '
         'table:number-columns-repeated="150"/></table:table-row>'
+    )
+    _write_ods_content(path, [("명단", content)])
+    return path
+
+
+def write_commented_ods(folder: Path) -> Path:
+    """A comment ending the table early, as far as a scan of the tags could tell, before a value
+    a million empty rows further down."""
+    path = folder / "commented.ods"
+    content = (
+        '<table:table-row><table:table-cell office:value-type="string"><text:p>이름</text:p>'
+        '</table:table-cell></table:table-row><table:table-row table:number-rows-repeated='
+        '"1000000"><table:table-cell/></table:table-row><!-- </table:table> -->'
+        '<table:table-row><table:table-cell office:value-type="float" office:value="1"/>'
+        "</table:table-row>"
     )
     _write_ods_content(path, [("명단", content)])
     return path
