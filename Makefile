@@ -13,7 +13,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck imports check clean stack-down
+.PHONY: run test lint typecheck imports check clean stack-down roster-fixtures
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 to 3.14 is needed; set PYTHON=/path/to/python3" >&2; exit 1; }
@@ -37,6 +37,12 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 check: lint test
+
+## roster-fixtures: remake the roster test files made by LibreOffice (needs libreoffice-calc and
+## python3-uno, e.g. Debian's; CI reads the committed files)
+UNO_PYTHON ?= /usr/bin/python3
+roster-fixtures:
+	$(UNO_PYTHON) tests/actors/roster/fixtures/make_fixtures.py tests/actors/roster/fixtures
 
 stack-down: $(STAMP)
 	$(BIN)/jobplatform stack down

@@ -55,6 +55,10 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+#: Headers of a column of sequence numbers (folded): a row holding only its number is an empty
+#: slot of a sheet numbered in advance.
+SEQUENCE_HEADERS = frozenset({"번호", "순번", "연번", "no", "#"})
+
 _NOISE = re.compile(r"[\s_\-./*:()\[\]{}<>·•※]+")
 
 
@@ -77,6 +81,8 @@ class HeaderMatch:
     """Every header cell's text, by column ("" where blank)."""
     unknown: tuple[str, ...] = field(default=())
     """Header cells that name no field (and repeats of a field already found), in order."""
+    sequence: int | None = None
+    """The 0-based column headed as sequence numbers (번호, No., #, 순번), if any."""
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -92,17 +98,21 @@ def match_header(cells: Sequence[object]) -> HeaderMatch:
     columns: dict[str, int] = {}
     names: list[str] = []
     unknown: list[str] = []
+    sequence: int | None = None
     for index, cell in enumerate(cells):
         name = cell.strip() if isinstance(cell, str) else ("" if cell in (None, "") else str(cell))
         names.append(name)
         if not name:
             continue
-        field_name = _BY_ALIAS.get(fold(name))
+        folded = fold(name)
+        field_name = _BY_ALIAS.get(folded)
         if field_name is None or field_name in columns:
             unknown.append(name)
+            if sequence is None and folded in SEQUENCE_HEADERS:
+                sequence = index
         else:
             columns[field_name] = index
-    return HeaderMatch(columns, tuple(names), tuple(unknown))
+    return HeaderMatch(columns, tuple(names), tuple(unknown), sequence)
 
 
 def looks_like_header(match: HeaderMatch) -> bool:

@@ -11,10 +11,13 @@ is checked first, cheaply and without building anything:
   size it declares, ``ROSTER_MAX_UNCOMPRESSED_BYTES`` and ``ROSTER_MAX_COMPRESSION_RATIO``
   (checked on members over 1 MiB), and its CRC; a member cut short means a truncated file;
 - no XML part may declare a DOCTYPE or ENTITY (entity expansion is refused, not defused);
-- sheet XML: cell and row references past ``ROSTER_MAX_COLUMNS`` or the row limit (read as the
-  reader reads them: column letters in either case, leading zeros skipped), cells and rows
-  without a reference (placed after the ones before, as the reader places them), and a grid
-  larger than ``ROSTER_MAX_CELLS``, are refused before the reader allocates it.
+- sheet XML: what the reader will build is bounded before it builds it. It keeps the cells
+  holding a value and the grid they span, so those are counted: cells holding values past
+  ``ROSTER_MAX_COLUMNS`` or the row limit (references read as the reader reads them: column
+  letters in either case, leading zeros skipped; cells and rows without a reference placed after
+  the ones before, as the reader places them), and a grid larger than ``ROSTER_MAX_CELLS``, are
+  refused. Emptiness costs nothing: cells and rows carrying only a style, and the empty columns,
+  cells and rows an .ods file repeats to the edge of the sheet.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ def _check_zip(path: Path, limits: Limits) -> Format:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise RosterRejected(
-            f"the file is damaged or truncated (not a readable zip: {exc})"
+            "the file is damaged or truncated (it is not a readable zip archive)"
         ) from exc
     with archive, path.open("rb") as raw:
         members = archive.infolist()
@@ -189,7 +192,7 @@ def _inflate(raw: BinaryIO, member: zipfile.ZipInfo, budget: int) -> Iterator[by
             piece = inflater.decompress(data, _READ_CHUNK) if inflater is not None else data
         except zlib.error as exc:
             raise RosterRejected(
-                f"the file is damaged (part {member.filename!r} does not inflate: {exc})"
+                f"the file is damaged (part {member.filename!r} does not inflate)"
             ) from exc
         produced += len(piece)
         if produced > limit:
@@ -324,36 +327,52 @@ _TAG = re.compile(
 )
 _REF_ATTRIBUTE = re.compile(rb"\sr\s*=\s*[\"']([A-Za-z]*)([0-9]*)")
 _PREFIXED = re.compile(rb":(?:c|row)[\s/>]")
+_VALUE_ENDS = (b"/v>", b"/is>")
+
+
+def _holds_value(data: bytes, tag: re.Match[bytes]) -> bool:
+    """Whether a cell element (matched by :data:`_TAG`) has content: the reader keeps only
+    cells with a value, so a cell written ``<c .../>`` or ``<c ...></c>`` (a style, no value)
+    costs nothing."""
+    return not tag.group(2).endswith(b"/") and not data.startswith(b"</", tag.end())
 
 
 class _XlsxSheetScanner(_Scanner):
-    """Refuses references past the limits and estimates the grid a worksheet spans.
+    """Refuses references past the limits and bounds the grid a worksheet's values span.
+
+    The reader keeps the cells that hold a value and builds the grid they span; cells that carry
+    only a style (LibreOffice 5 and 6 write them out to column 1024) and rows without values are
+    dropped, so they cost nothing here either.
 
     The regex matches only cells worth a closer look: a reference that is wide (two or more
     column letters, in either case), has a leading zero or is past the row limit, or a cell
-    whose first attribute is not its reference; so a normal sheet costs one pass that matches
-    almost nothing (a lookahead on the number's length keeps each test short). The grid's
-    height is taken from the row elements (their count and the last one's number).
+    whose first attribute is not its reference; a wide cell written ``<c r=".." .../>`` (no
+    value) is skipped by the regex itself. So a normal sheet costs one pass that matches almost
+    nothing (a lookahead on the number's length keeps each test short). The grid's height is
+    taken, in each piece, from the reference of the last cell holding a value.
 
     The reader places a cell without a reference just after the cell before it, and a row
     without one just below the row before it. A part with such a cell, with elements under a
     namespace prefix, or with unusual attribute quoting takes an exact path from there on: it
-    reads every row and cell element and follows the reader's placement.
+    reads every row and cell element and follows the reader's placement, starting from the
+    position of the cell and row just before.
     """
 
     def __init__(self, part: str, limits: Limits) -> None:
         super().__init__(part, limits)
         row_limit = limits.max_row_number
         self._fast = re.compile(
-            rb'<c(?! r="[A-Za-z](?![A-Za-z0]|(?=[0-9]{%d})%s"))'
+            rb'<c(?=[\s/>])(?! r="[A-Za-z](?![A-Za-z0]|(?=[0-9]{%d})%s"))'
+            rb'(?! r="[A-Za-z]+[0-9]+"(?: [\w:.-]+="[^"]*+")*+ ?/>)'
             % (len(str(row_limit)), _greater_than(row_limit))
         )
         self._ref = re.compile(rb' r="([A-Za-z]*)([0-9]*)')
-        self._last_row = re.compile(rb'<row r="([0-9]+)"')
-        self.rows = 0
+        self._row_ref = re.compile(rb'<row r="([0-9]+)"')
         self.max_row = 1
         self.max_column = 1
         self._exact = False
+        # Where the reader is after the last element looked at: the row, and the column of the
+        # cell before (0 at the start of a row).
         self._row = 0
         self._column = 0
 
@@ -361,56 +380,89 @@ class _XlsxSheetScanner(_Scanner):
         if not self._exact and (
             _unusual_attributes(data) or (b":" in data and _PREFIXED.search(data) is not None)
         ):
-            self._start_exact()
+            self._exact = True
         if self._exact:
-            self._scan_exact(data, end)
+            self._scan_exact(data, end, 0)
             return
-        last = data.rfind(b"<row r=", 0, end + 6)
-        row = self._last_row.match(data, last) if last != -1 else None
-        if row is not None:
-            self._note(1, _row_number(row.group(1)))
         for found in self._fast.finditer(data):
-            if found.start() >= end:
+            at = found.start()
+            if at >= end:
                 break
-            ref = self._ref.match(data, found.start() + 2)
+            ref = self._ref.match(data, at + 2)
             if ref is None:  # a cell whose first attribute is not its reference
-                self._start_exact()
-                self._scan_exact(data, end)
+                self._row, self._column = self._position_before(data, at)
+                self._exact = True
+                self._scan_exact(data, end, at)
                 return
+            tag = _TAG.match(data, at)
+            if tag is None or _holds_value(data, tag):
+                row_at = data.rfind(b"<row r=", 0, at)
+                row = self._row_ref.match(data, row_at) if row_at != -1 else None
+                if row is not None:  # the row holding it, as far down as its number says
+                    self.refuse_grid(_row_number(row.group(1)), 1, f"sheet part {self.part!r}")
+                self._note(_column_number(ref.group(1) or b"A"), _row_number(ref.group(2)) or 1)
+        self._note_last_value(data, end)
+        self._row, self._column = self._position_before(data, end)
+
+    def _note_last_value(self, data: bytes, end: int) -> None:
+        """Note the cell of the last value closing before ``end``: in a sheet whose rows come
+        in order (the reader's own requirement for a sane file) the lowest of the piece."""
+        at = max(data.rfind(marker, 0, end + len(marker)) for marker in _VALUE_ENDS)
+        if at == -1:
+            return
+        cell = data.rfind(b'<c r="', 0, at)
+        ref = self._ref.match(data, cell + 2) if cell != -1 else None
+        if ref is not None:
             self._note(_column_number(ref.group(1) or b"A"), _row_number(ref.group(2)) or 1)
-        self.rows += data.count(b"<row", 0, end + 3)
 
-    def _start_exact(self) -> None:
-        """Go on exactly, from a position no smaller than where the reader is."""
-        self._exact = True
-        if self.rows:
-            self._row = max(self.rows, self.max_row)
-            self._column = max(self.max_column, 26)
+    def _position_before(self, data: bytes, at: int) -> tuple[int, int]:
+        """The reader's row and column (of the cell before) at ``at``, where every cell before
+        has a reference: from the last row and cell elements before it."""
+        row_at = data.rfind(b"<row", 0, at)
+        cell_at = data.rfind(b"<c ", 0, at)
+        if row_at == -1 and cell_at == -1:
+            return self._row, self._column
+        row = self._row
+        if row_at != -1:
+            # The last row with a number, plus one for each row without one since.
+            ref_at = data.rfind(b'<row r="', 0, at)
+            found = self._row_ref.match(data, ref_at) if ref_at != -1 else None
+            if found is None:
+                row += data.count(b"<row", 0, at)
+            else:
+                row = _row_number(found.group(1)) + data.count(b"<row", ref_at + 4, at)
+        if cell_at < row_at:
+            return row, 0
+        ref = self._ref.match(data, cell_at + 2)
+        column = _column_number(ref.group(1) or b"A") if ref else self.limits.max_columns
+        return row, column
 
-    def _scan_exact(self, data: bytes, end: int) -> None:
+    def _scan_exact(self, data: bytes, end: int, start: int) -> None:
         row, column = self._row, self._column
-        rows, max_row, max_column = self.rows, self.max_row, self.max_column
-        for tag in _TAG.finditer(data):
+        max_row, max_column = self.max_row, self.max_column
+        for tag in _TAG.finditer(data, start):
             if tag.start() >= end:
                 break
             attributes = tag.group(2)
             ref = _REF_ATTRIBUTE.search(attributes) if b"r" in attributes else None
             if tag.group(1) == b"row":
-                rows += 1
                 row = _row_number(ref.group(2)) if ref is not None else row + 1
                 column = 0
-            elif ref is not None:
+                continue
+            if ref is not None:
                 column = _column_number(ref.group(1) or b"A")
-                max_row = max(max_row, _row_number(ref.group(2)) or 1)
+                cell_row = _row_number(ref.group(2)) or 1
             else:
                 column += 1
-            if column > max_column:
-                max_column = column
-            if row > max_row:
-                max_row = row
+                cell_row = row
+            if _holds_value(data, tag):
+                if column > max_column:
+                    max_column = column
+                if cell_row > max_row:
+                    max_row = cell_row
         self._row, self._column = row, column
-        self.rows, self.max_row, self.max_column = rows, max_row, max_column
-        self.refuse_grid(max(rows, max_row), max_column, f"sheet part {self.part!r}")
+        self.max_row, self.max_column = max_row, max_column
+        self.refuse_grid(max_row, max_column, f"sheet part {self.part!r}")
 
     def _note(self, column: int, row: int) -> None:
         self.max_column = max(self.max_column, column)
@@ -418,53 +470,171 @@ class _XlsxSheetScanner(_Scanner):
         self.refuse_grid(row, column, f"sheet part {self.part!r}")
 
     def done(self) -> None:
-        what = f"sheet part {self.part!r}"
-        self.refuse_grid(max(self.rows, self.max_row), self.max_column, what)
+        self.refuse_grid(self.max_row, self.max_column, f"sheet part {self.part!r}")
+
+
+_ODS_TAG = re.compile(
+    rb"<(/?)table:(table|table-row|table-cell|covered-table-cell)(?=[\s/>])"
+    rb"((?:[^>\"']++|\"[^\"]*+\"|'[^']*+')*+)>"
+)
+_ODS_REPEAT = re.compile(rb"number-(?:rows|columns)-repeated\s*=\s*[\"']\s*([0-9]*)")
+_ODS_NAME = re.compile(rb"table:name\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
+# A cell's end tag (text cannot hold "<", so these are tags).
+_ODS_CELL_ENDS = (b"</table:table-cell>", b"</table:covered-table-cell>")
+
+
+def _repeat(attributes: bytes) -> int:
+    found = _ODS_REPEAT.search(attributes) if b"repeated" in attributes else None
+    if found is None:
+        return 1
+    digits = found.group(1).lstrip(b"0")
+    return int(digits) if len(digits) <= 12 else 10**12
 
 
 class _OdsContentScanner(_Scanner):
-    """Counts an .ods file's rows and widest repeated cell, repeats included.
+    """Bounds the grid each sheet of an .ods file holds values in, repeats included.
 
-    LibreOffice pads each sheet with a trailing empty row repeated to the end of the grid and
-    rows with a trailing empty cell repeated to the last column; those padding repeats are
-    ignored, since they hold nothing. Any other repeat counts in full.
+    The reader keeps, in each row, the cells up to the last one holding a value (a value or
+    formula attribute), and the rows up to the last one holding a value; empty cells and rows
+    between them count, repeated as written. So what LibreOffice writes to fill out a sheet (a
+    column declaration or an empty cell repeated to column 16384, an empty row repeated to row
+    1048576, a whole sheet formatted at once) costs nothing, while values repeated across a huge
+    grid count in full. Sheets are all read when the file opens, so their grids add up against
+    ``ROSTER_MAX_CELLS``.
+
+    A table, row or cell element inside a cell is refused: spreadsheets do not write them, and
+    the reader would place what follows differently.
     """
-
-    _REPEAT = re.compile(rb"number-(rows|columns)-repeated\s*=\s*[\"']([0-9]+)")
 
     def __init__(self, part: str, limits: Limits) -> None:
         super().__init__(part, limits)
-        self.rows = 0
-        self.widest = 1
+        self._skip = 0
+        self._in_cell = False
+        self._depth = 0
+        self._sheet = "?"
+        self._cells_before = 0
+        self._start_table()
+
+    def _start_table(self) -> None:
+        self._row = 0
+        self._in_row = False
+        self._row_repeat = 1
+        self._column = 0
+        self._width = 0
+        self._rows = 0
+        self._columns = 0
 
     def scan(self, data: bytes, end: int) -> None:
-        self.rows += data.count(b"<table:table-row", 0, end + 15)
-        for found in self._REPEAT.finditer(data):
-            if found.start() >= end:
+        if b"<!" in data and (b"<!--" in data or b"<![CDATA[" in data):
+            # They could hide tags from this scan, or show it tags the reader does not see.
+            raise RosterRejected(
+                f"part {self.part!r} holds XML comments or CDATA sections, which spreadsheet"
+                " software does not write; open the file in Excel or LibreOffice and save it as"
+                " .xlsx"
+            )
+        at = self._skip
+        if self._in_cell:
+            at = self._leave_cell(data, at, end)
+        search = _ODS_TAG.search
+        while at < end:
+            tag = search(data, at)
+            if tag is None or tag.start() >= end:
                 break
-            count = int(found.group(2)) if len(found.group(2)) < 12 else 10**12
-            if count <= 1:
+            at = tag.end()
+            closing, name, attributes = tag.groups()
+            if closing:
+                if name == b"table-row":
+                    self._end_row()
+                elif name == b"table":
+                    self._end_table()
                 continue
-            after = data.find(b">", found.end())
-            if found.group(1) == b"rows":
-                row_end = data.find(b"</table:table-row>", found.end())
-                trailing = (
-                    row_end != -1
-                    and data.startswith(b"</table:table>", row_end + 18)
-                    and b"office:value" not in data[found.end() : row_end]
-                    and b"<text:" not in data[found.end() : row_end]
-                )
-                if not trailing:
-                    self.rows += count - 1
+            if name == b"table-cell" or name == b"covered-table-cell":
+                if not self._in_row:
+                    continue  # the reader reads cells in rows only
+                self._column += _repeat(attributes)
+                if b"office:" in attributes or b"table:formula" in attributes:
+                    self._width = self._column
+                    if self._column > self.limits.max_columns:
+                        self.refuse_grid(self._row + 1, self._column, self._what())
+                if not attributes.endswith(b"/"):
+                    self._in_cell = True
+                    at = self._leave_cell(data, at, end)
+            elif name == b"table-row":
+                if self._in_row:
+                    self._end_row()
+                self._in_row = True
+                self._row_repeat = _repeat(attributes)
+                self._column = self._width = 0
+                if attributes.endswith(b"/"):
+                    self._end_row()
             else:
-                empty = after != -1 and data[after - 1 : after] == b"/"
-                trailing = empty and data.startswith(b"</table:table-row>", after + 1)
-                if not trailing:
-                    self.widest = max(self.widest, count)
-            self.refuse_grid(self.rows, self.widest, f"sheet part {self.part!r}")
+                self._depth += 1
+                if self._depth > 1:
+                    raise RosterRejected(
+                        f"{self._what()} has a table inside it, which this importer cannot"
+                        " read; open the file in LibreOffice or Excel and save it as .xlsx"
+                    )
+                name_found = _ODS_NAME.search(attributes)
+                if name_found is not None:
+                    self._sheet = (name_found.group(1) or name_found.group(2) or b"").decode(
+                        "utf-8", "replace"
+                    )
+                self._start_table()
+                if attributes.endswith(b"/"):
+                    self._end_table()
+        self._skip = max(at - end, 0)
+
+    def _leave_cell(self, data: bytes, at: int, end: int) -> int:
+        """Past the end of the cell ``at`` is in; refuses rows, cells or tables inside it."""
+        ends = [c for c in (data.find(e, at) for e in _ODS_CELL_ENDS) if c != -1]
+        close = min(ends) if ends else -1
+        inside_end = close if close != -1 else end
+        if (
+            data.find(b"<table:table", at, inside_end) != -1
+            or data.find(b"<table:covered-table-cell", at, inside_end) != -1
+        ):
+            raise RosterRejected(
+                f"{self._what()} has rows or cells inside a cell, which spreadsheets do not"
+                " write; open the file in LibreOffice or Excel and save it as .xlsx"
+            )
+        if close == -1:
+            return max(end, at)
+        self._in_cell = False
+        return data.index(b">", close) + 1
+
+    def _end_row(self) -> None:
+        if not self._in_row:
+            return
+        self._in_row = False
+        self._row += self._row_repeat
+        if self._width:
+            self._rows = self._row
+            self._columns = max(self._columns, self._width)
+            self._refuse_sheet()
+
+    def _end_table(self) -> None:
+        self._end_row()
+        if self._depth:
+            self._depth -= 1
+        self._cells_before += self._rows * self._columns
+        self._start_table()
+
+    def _refuse_sheet(self) -> None:
+        self.refuse_grid(self._rows, self._columns, self._what())
+        if self._cells_before and self._cells_before + self._rows * self._columns > (
+            self.limits.max_cells
+        ):
+            raise RosterRejected(
+                f"the sheets span {self._cells_before + self._rows * self._columns} cells in all,"
+                f" more than {self.limits.max_cells} (ROSTER_MAX_CELLS); an .ods file's sheets"
+                " are all read at once"
+            )
+
+    def _what(self) -> str:
+        return f"sheet {self._sheet!r}"
 
     def done(self) -> None:
-        self.refuse_grid(self.rows, self.widest, f"sheet part {self.part!r}")
+        self._end_table()
 
 
 def _mib(size: int) -> str:

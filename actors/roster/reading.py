@@ -7,6 +7,7 @@ a rejected file never produces a chunk. :meth:`Roster.rows` then streams validat
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -20,10 +21,14 @@ from pydantic import BaseModel
 
 from actors.roster import normalise
 from actors.roster.columns import FIELDS, LABELS, HeaderMatch, looks_like_header, match_header
+from actors.roster.describe import unreadable
 from actors.roster.errors import RosterRejected
 from actors.roster.limits import HEADER_SEARCH_ROWS, Limits
 from actors.roster.precheck import Format, precheck
+from jobplatform.logging import get_logger
 from schemas import StudentRow
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,8 @@ class Problem:
 class Counts:
     """``total`` non-empty rows below the header = ``valid`` + ``invalid``; ``duplicates`` valid
     rows whose phone a later row repeats (the later row wins), so ``valid - duplicates`` students.
+    ``empty_slots`` rows holding nothing but a sequence number (the empty numbered rows of a
+    sheet prepared in advance): skipped, and counted in neither ``total`` nor ``invalid``.
     """
 
     total: int = 0
@@ -49,6 +56,7 @@ class Counts:
     invalid: int = 0
     duplicates: int = 0
     chunks: int = 0
+    empty_slots: int = 0
     problems: list[Problem] = field(default_factory=list)
     notes: dict[int, str] = field(default_factory=dict)
     """Per source row, the text of the report's reason column (errors and duplicate notes)."""
@@ -121,7 +129,10 @@ class Roster:
         held: dict[str, list[int]] = {}
         recover: dict[int, list[int]] = {}
         total = self.data_rows
-        validate_row = _RowValidator({f: columns.get(f, -1) for f in FIELDS}, self.header.names)
+        validate_row = _RowValidator(
+            {f: columns.get(f, -1) for f in FIELDS}, self.header.names, self.header.sequence,
+            self._first_column_numbered,
+        )
         valid = invalid = 0
         for number, phone, cells in zip(count(self.header_row + 1), phones, self._cells()):
             result = validate_row(number, cells, phone)
@@ -150,6 +161,7 @@ class Roster:
                 if on_progress is not None:
                     on_progress(number - self.header_row, total)
         counts.valid, counts.invalid, counts.total = valid, invalid, valid + invalid
+        counts.empty_slots = validate_row.empty_slots
         for earlier in held.values():  # none unless a last row read as empty: send, not lose
             recover[earlier[-1]] = earlier[:-1]
         if recover:
@@ -160,6 +172,14 @@ class Roster:
         if on_progress is not None:
             on_progress(total, total)
         return counts
+
+    def _first_column_numbered(self) -> bool:
+        """Whether the first column names no field and holds nothing but sequence numbers."""
+        if 0 in self.header.columns.values():
+            return False
+        return all(
+            _is_sequence_number(cells[0]) or _is_blank(cells[0]) for cells in self._cells() if cells
+        )
 
     def _phones(self) -> tuple[list[str | None], dict[str | None, int]]:
         """Each data row's phone (``None`` where it does not normalise) and, for each phone, the
@@ -230,13 +250,40 @@ def _student(values: dict[str, Any]) -> StudentRow:
     return row
 
 
+def _is_blank(cell: Any) -> bool:
+    return cell == "" or cell is None or (isinstance(cell, str) and not cell.strip())
+
+
+_SEQUENCE_TEXT = re.compile(r"\s*[0-9]{1,6}\.?\s*")
+
+
+def _is_sequence_number(cell: Any) -> bool:
+    """A whole number as a sheet numbers its rows: ``7``, ``7.0``, or the text ``"7"``/``"7."``."""
+    if type(cell) is int:
+        return cell >= 0
+    if type(cell) is float:
+        return cell.is_integer() and cell >= 0
+    return type(cell) is str and _SEQUENCE_TEXT.fullmatch(cell) is not None
+
+
 class _RowValidator:
-    """Validates rows of one sheet; caches conversions of values that repeat (grades, schools)."""
+    """Validates rows of one sheet; caches conversions of values that repeat (grades, schools).
+
+    Counts in ``empty_slots`` the rows whose only cell is a sequence number: in the ``sequence``
+    column, or in the first column when ``first_column_numbered()`` (asked once, when needed).
+    """
 
     _CACHE_LIMIT = 4096
 
-    def __init__(self, index: dict[str, int], names: tuple[str, ...]) -> None:
+    def __init__(
+        self, index: dict[str, int], names: tuple[str, ...], sequence: int | None = None,
+        first_column_numbered: Callable[[], bool] | None = None,
+    ) -> None:
         self.names = names
+        self.empty_slots = 0
+        self._sequence = sequence
+        self._first_column_numbered = first_column_numbered
+        self._first_numbered: bool | None = None
         self.today = date.today()
         self._at = (
             index["name"], index["phone"], index["school"], index["parent_phone"],
@@ -249,19 +296,21 @@ class _RowValidator:
     def __call__(
         self, number: int, cells: list[Any], phone: str | None
     ) -> StudentRow | list[Problem] | None:
-        """A row validated: a :class:`StudentRow`, its problems, or ``None`` for an empty row.
+        """A row validated: a :class:`StudentRow`, its problems, or ``None`` for an empty row
+        or an empty slot (counted in ``empty_slots``).
 
         ``phone`` is the row's phone already normalised, or ``None`` to normalise it here.
         """
         name_at, phone_at, school_at, parent_at, grade_at, birth_at = self._at
         raw_name = cells[name_at]
         raw_phone = cells[phone_at]
-        if (
-            (raw_name == "" or raw_name is None)
-            and (raw_phone == "" or raw_phone is None)
-            and all(c == "" or c is None or (isinstance(c, str) and not c.strip()) for c in cells)
-        ):
-            return None
+        if (raw_name == "" or raw_name is None) and (raw_phone == "" or raw_phone is None):
+            filled = [at for at, c in enumerate(cells) if not _is_blank(c)]
+            if not filled:
+                return None
+            if len(filled) == 1 and self._is_slot(filled[0], cells[filled[0]]):
+                self.empty_slots += 1
+                return None
         names = self.names
         problems: list[Problem] | None = None
         name = raw_name.strip() if type(raw_name) is str else _text(raw_name)
@@ -324,6 +373,18 @@ class _RowValidator:
             "school": school, "grade": grade, "birth_date": birth_date,
         })
 
+    def _is_slot(self, at: int, cell: Any) -> bool:
+        """Whether ``cell``, alone in its row at column ``at``, is the row's sequence number."""
+        if not _is_sequence_number(cell):
+            return False
+        if at == self._sequence:
+            return True
+        if at != 0 or self._first_column_numbered is None:
+            return False
+        if self._first_numbered is None:
+            self._first_numbered = self._first_column_numbered()
+        return self._first_numbered
+
     def _grade(self, value: Any, school: str | None) -> int | str | None:
         """The grade, or the reason it is not one (as a string)."""
         level = None
@@ -366,15 +427,18 @@ def open_roster(path: Path, limits: Limits) -> Roster:
     except calamine.PasswordError as exc:
         raise RosterRejected(_PROTECTED) from exc
     except Exception as exc:  # the reader's errors are not all CalamineError
-        raise RosterRejected(f"the file is damaged or not a spreadsheet ({_short(exc)})") from exc
+        log.info("roster reader failed", format=str(fmt), error=_short(exc))
+        raise RosterRejected(unreadable(path, fmt)) from exc
     try:
-        return _locate(workbook, fmt, limits)
+        return _locate(workbook, fmt, limits, path)
     except BaseException:
         workbook.close()
         raise
 
 
-def _locate(workbook: calamine.CalamineWorkbook, fmt: Format, limits: Limits) -> Roster:
+def _locate(
+    workbook: calamine.CalamineWorkbook, fmt: Format, limits: Limits, path: Path
+) -> Roster:
     partial: tuple[str, HeaderMatch] | None = None
     for meta in workbook.sheets_metadata:
         if meta.typ != calamine.SheetTypeEnum.WorkSheet:
@@ -384,9 +448,8 @@ def _locate(workbook: calamine.CalamineWorkbook, fmt: Format, limits: Limits) ->
         except calamine.PasswordError as exc:
             raise RosterRejected(_PROTECTED) from exc
         except Exception as exc:
-            raise RosterRejected(
-                f"sheet {meta.name!r} is damaged and cannot be read ({_short(exc)})"
-            ) from exc
+            log.info("roster reader failed", format=str(fmt), sheet=meta.name, error=_short(exc))
+            raise RosterRejected(unreadable(path, fmt, meta.name)) from exc
         if sheet.width > limits.max_columns:
             raise RosterRejected(
                 f"sheet {meta.name!r} has {sheet.width} columns, more than the limit of"

@@ -52,6 +52,7 @@ def check(file: Path, as_json: bool) -> None:
         "valid": counts.valid,
         "invalid": counts.invalid,
         "duplicates": counts.duplicates,
+        "empty_slots": counts.empty_slots,
         "errors": [p.as_dict() for p in counts.problems],
     }
     if as_json:
@@ -64,7 +65,7 @@ def check(file: Path, as_json: bool) -> None:
         click.echo("ignored columns: " + ", ".join(where["ignored_columns"]))
     click.echo(
         f"total {counts.total}, valid {counts.valid}, invalid {counts.invalid},"
-        f" duplicates {counts.duplicates}"
+        f" duplicates {counts.duplicates}, empty slots {counts.empty_slots}"
     )
     for problem in counts.problems:
         click.echo(f"row {problem.row}, {problem.column}: {problem.reason}")

@@ -1,4 +1,7 @@
-"""The roster test corpus, written on demand into a folder: no binary files are kept in the repo.
+"""The roster test corpus, written on demand into a folder.
+
+Files made by real LibreOffice are the exception: they are kept in ``roster/fixtures/`` (see its
+README), since CI has no LibreOffice; :func:`fixture` finds them.
 
 Each ``write_*`` function writes one file and returns its path. Clean files hold :data:`CLEAN`;
 the messy and hostile ones are described where they are made. .xlsx files come from openpyxl or,
@@ -435,6 +438,177 @@ def write_repeated_rows_ods(folder: Path) -> Path:
         'office:value-type="string"><text:p>김철수</text:p></table:table-cell></table:table-row>'
     )
     _write_ods_content(path, [("명단", content)])
+    return path
+
+
+def write_repeated_value_columns_ods(folder: Path) -> Path:
+    """A value repeated across 16,384 columns (the reader builds every one of them)."""
+    path = folder / "repeated-value-columns.ods"
+    content = (
+        '<table:table-row><table:table-cell office:value-type="string"><text:p>이름</text:p>'
+        '</table:table-cell><table:table-cell office:value-type="string"><text:p>전화번호'
+        '</text:p></table:table-cell></table:table-row>'
+        '<table:table-row><table:table-cell office:value-type="float" office:value="1" '
+        'table:number-columns-repeated="16384"/></table:table-row>'
+    )
+    _write_ods_content(path, [("명단", content)])
+    return path
+
+
+def write_value_below_padding_ods(folder: Path) -> Path:
+    """LibreOffice's trailing padding row, then a row with a value under it: the padding is now
+    in the middle of the sheet, a million empty rows the reader builds."""
+    path = folder / "value-below-padding.ods"
+    content = (
+        '<table:table-row><table:table-cell office:value-type="string"><text:p>이름</text:p>'
+        '</table:table-cell><table:table-cell office:value-type="string"><text:p>전화번호'
+        '</text:p></table:table-cell></table:table-row>'
+        '<table:table-row table:number-rows-repeated="1000000"><table:table-cell '
+        'table:number-columns-repeated="1024"/></table:table-row>'
+        '<table:table-row><table:table-cell office:value-type="float" office:value="1"/>'
+        "</table:table-row>"
+    )
+    _write_ods_content(path, [("명단", content)])
+    return path
+
+
+def write_nested_table_ods(folder: Path) -> Path:
+    """A table (of values repeated across a huge grid) inside a cell."""
+    path = folder / "nested-table.ods"
+    content = (
+        '<table:table-row><table:table-cell office:value-type="string"><text:p>이름</text:p>'
+        f"{_INNER_TABLE}</table:table-cell></table:table-row>"
+    )
+    _write_ods_content(path, [("명단", content)])
+    return path
+
+
+def write_table_inside_table_ods(folder: Path) -> Path:
+    """A table between the rows of another."""
+    path = folder / "table-inside-table.ods"
+    content = (
+        '<table:table-row><table:table-cell office:value-type="string"><text:p>이름</text:p>'
+        f"</table:table-cell></table:table-row>{_INNER_TABLE}"
+    )
+    _write_ods_content(path, [("명단", content)])
+    return path
+
+
+_INNER_TABLE = (
+    '<table:table table:name="inner"><table:table-row table:number-rows-repeated="1000000">'
+    '<table:table-cell office:value-type="float" office:value="1" '
+    'table:number-columns-repeated="16384"/></table:table-row></table:table>'
+)
+
+
+def write_row_inside_cell_ods(folder: Path) -> Path:
+    """Row and cell elements inside a cell, as if to restart the row's count."""
+    path = folder / "row-inside-cell.ods"
+    content = (
+        '<table:table-row><table:table-cell office:value-type="float" office:value="1" '
+        'table:number-columns-repeated="150"/><table:table-cell office:value-type="string">'
+        "<text:p>x table-cell></text:p><table:table-row><table:table-cell/></table:table-row>"
+        '</table:table-cell><table:table-cell office:value-type="float" office:value="1" '
+        'table:number-columns-repeated="150"/></table:table-row>'
+    )
+    _write_ods_content(path, [("명단", content)])
+    return path
+
+
+def write_commented_ods(folder: Path) -> Path:
+    """A comment ending the table early, as far as a scan of the tags could tell, before a value
+    a million empty rows further down."""
+    path = folder / "commented.ods"
+    content = (
+        '<table:table-row><table:table-cell office:value-type="string"><text:p>이름</text:p>'
+        '</table:table-cell></table:table-row><table:table-row table:number-rows-repeated='
+        '"1000000"><table:table-cell/></table:table-row><!-- </table:table> -->'
+        '<table:table-row><table:table-cell office:value-type="float" office:value="1"/>'
+        "</table:table-row>"
+    )
+    _write_ods_content(path, [("명단", content)])
+    return path
+
+
+def write_many_sheets_ods(folder: Path, sheets: int = 3, rows: int = 100) -> Path:
+    """``sheets`` sheets, each ``rows`` rows of 100 values (repeated cells)."""
+    path = folder / "many-sheets.ods"
+    row = (
+        f'<table:table-row table:number-rows-repeated="{rows}"><table:table-cell '
+        'office:value-type="float" office:value="1" table:number-columns-repeated="100"/>'
+        "</table:table-row>"
+    )
+    _write_ods_content(path, [(f"명단{i}", row) for i in range(sheets)])
+    return path
+
+
+def write_far_style_then_unreferenced_xlsx(folder: Path) -> Path:
+    """A style-only cell in the last column, then a value without a reference: the reader places
+    the value just after the styled cell, past the last column."""
+    rows = [
+        _row(1, [_text("A1", "이름"), _text("B1", "전화번호")]),
+        _row(2, ['<c r="XFD2" s="1"/>', "<c><v>1</v></c>"]),
+    ]
+    path = folder / "far-style-then-unreferenced.xlsx"
+    write_raw_xlsx(path, [("Sheet1", _sheet(rows))])
+    return path
+
+
+def write_styled_padding_xlsx(folder: Path) -> Path:
+    """The clean roster's values, then style-only cells out to the last column and style-only
+    rows down to the last row, as office software pads a formatted sheet."""
+    from openpyxl.utils import get_column_letter
+
+    rows = []
+    for r, values in enumerate((HEADER, *CLEAN), start=1):
+        cells = [
+            _text(f"{get_column_letter(c)}{r}", v.isoformat() if isinstance(v, date) else str(v))
+            for c, v in enumerate(values, start=1) if v is not None
+        ]
+        cells += [f'<c r="{get_column_letter(c)}{r}" s="1"/>' for c in (300, 1024, 16384)]
+        rows.append(_row(r, cells))
+    rows += [
+        f'<row r="{r}" s="1" customFormat="1"><c r="XFD{r}" s="1"/></row>'
+        for r in (100, 200_000, 1_048_576)
+    ]
+    path = folder / "styled-padding.xlsx"
+    write_raw_xlsx(path, [("Sheet1", _sheet(rows))])
+    return path
+
+
+def write_numbered_slots_xlsx(
+    folder: Path, header: str | None = "번호", students: int = 3, slots: int = 4,
+    numbers: Sequence[Any] | None = None, extra: dict[int, tuple[Any, ...]] | None = None,
+) -> Path:
+    """A roster numbered in advance: ``students`` students, then empty numbered rows, with the
+    number in the first column (headed ``header``, or blank when None). ``numbers`` replaces the
+    numbers written; ``extra`` replaces whole rows (by 0-based data row)."""
+    from openpyxl import Workbook
+
+    workbook = Workbook(write_only=True)
+    sheet = workbook.create_sheet("명단")
+    sheet.append([header, *HEADER])
+    count = students + slots
+    written = list(numbers) if numbers is not None else list(range(1, count + 1))
+    for i in range(count):
+        if extra and i in extra:
+            sheet.append(list(extra[i]))
+        elif i < students:
+            sheet.append([written[i], f"학생{i}", f"010-4000-{i:04d}"])
+        else:
+            sheet.append([written[i]])
+    path = folder / "numbered.xlsx"
+    workbook.save(path)
+    return path
+
+
+FIXTURES = Path(__file__).parent / "roster" / "fixtures"
+
+
+def fixture(name: str) -> Path:
+    """A file made by LibreOffice, kept in ``roster/fixtures/``."""
+    path = FIXTURES / name
+    assert path.is_file(), f"missing fixture {name}; see {FIXTURES / 'README.md'}"
     return path
 
 

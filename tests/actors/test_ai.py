@@ -328,3 +328,36 @@ def test_an_invalid_job_with_readable_ids_is_recorded_as_failed(
     status = Publisher(roster_settings, broker=broker, s3=s3).status(job)
     assert status.state == "failed"
     assert "source_key" in (status.error or "")
+
+
+def test_libreoffice_ods_with_empty_slots_imports(
+    tmp_path: Path, roster_settings: Settings, s3: S3Client, progress: ProgressStore
+) -> None:
+    # Given an Excel roster saved as .ods by LibreOffice: 18 students, 12 empty numbered slots
+    job = upload(s3, roster_settings, corpus.fixture("excel-saved-as.ods"))
+    sink: list[AnyIntent] = []
+    import_roster(job, services_for(roster_settings, s3, progress, sink), final_attempt=False)
+    # Then the students are sent, the slots are no errors, and no report is written
+    done = statuses(sink)[-1]
+    assert (done.status, done.total, done.valid, done.invalid, done.report_key) == (
+        "writing", 18, 18, 0, None
+    )
+    assert sum(len(c.rows) for c in chunks(sink)) == 18
+    # And the progress record counts the slots
+    seen = progress.get(job.job_id)
+    assert (seen["step"], seen["rows"], seen["empty_slots"]) == ("writing", 30, 12)
+
+
+def test_a_file_the_reader_cannot_read_fails_with_what_to_do(
+    tmp_path: Path, roster_settings: Settings, s3: S3Client
+) -> None:
+    job = upload(s3, roster_settings, corpus.fixture("koffice-form.ods"))
+    sink: list[AnyIntent] = []
+    import_roster(job, services_for(roster_settings, s3, None, sink), final_attempt=False)
+    assert chunks(sink) == []
+    failed = statuses(sink)[-1]
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert "written by KOffice/2.3.3" in failed.error
+    assert "open it in Excel or LibreOffice and save it as .xlsx" in failed.error
+    assert "Expecting" not in failed.error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +43,17 @@ HOSTILE: list[tuple[Callable[[Path], Path], str]] = [
      "is past the limit of 200 columns (ROSTER_MAX_COLUMNS)"),
     (corpus.write_missing_column_xlsx,
      "required column 전화번호/phone is missing (sheet 'Sheet'); columns found: 이름, 학교, 학년"),
+    # Values, not padding: repeated, or far from the rest, they are built by the reader.
+    (corpus.write_repeated_value_columns_ods,
+     "sheet '명단': column 16384 is past the limit of 200 columns (ROSTER_MAX_COLUMNS)"),
+    (corpus.write_value_below_padding_ods,
+     "sheet '명단': row 1000002 is past the limit of 50 rows (ROSTER_MAX_ROWS)"),
+    (corpus.write_nested_table_ods, "sheet '명단' has rows or cells inside a cell"),
+    (corpus.write_table_inside_table_ods, "sheet '명단' has a table inside it"),
+    (corpus.write_commented_ods, "part 'content.xml' holds XML comments or CDATA sections"),
+    (corpus.write_row_inside_cell_ods, "sheet '명단' has rows or cells inside a cell"),
+    (corpus.write_far_style_then_unreferenced_xlsx,
+     "column 16385 is past the limit of 200 columns (ROSTER_MAX_COLUMNS)"),
 ]
 
 
@@ -123,3 +135,48 @@ def test_a_reference_across_the_scan_boundary_is_seen(tmp_path: Path) -> None:
         path = corpus.write_straddling_far_cell_xlsx(tmp_path, boundary - before)
         with pytest.raises(RosterRejected, match="column 16384 is past the limit"):
             precheck(path, Limits())
+
+
+def test_style_only_cells_and_rows_cost_nothing(tmp_path: Path) -> None:
+    # Given the clean roster with style-only cells out to column XFD and style-only rows down to
+    # row 1048576, as office software pads a sheet formatted as a whole
+    path = corpus.write_styled_padding_xlsx(tmp_path)
+    # Then the pre-check, like the reader, counts only the values: even with tight limits
+    assert precheck(path, Limits(max_rows=5, max_columns=6, max_cells=60)) is Format.XLSX
+    rows: list[StudentRow] = []
+    with open_roster(path, SMALL) as roster:
+        assert (roster.sheet.height, roster.sheet.width) == (5, 6)
+        counts = roster.validate(rows.extend)
+    assert counts.invalid == 0
+    assert [
+        (r.name, r.phone, r.parent_phone, r.school, r.grade, r.birth_date) for r in rows
+    ] == list(corpus.CLEAN_EXPECTED)
+
+
+def test_padding_repeats_of_an_ods_cost_nothing(tmp_path: Path) -> None:
+    # write_ods pads every row with 1,000 empty cells and the sheet with 1,048,000 empty rows
+    path = corpus.write_clean_ods(tmp_path)
+    assert precheck(path, Limits(max_rows=4, max_columns=6, max_cells=30)) is Format.ODS
+
+
+def test_the_sheets_of_an_ods_add_up(tmp_path: Path) -> None:
+    # Given three sheets of 100 x 100 values: each within the limit, all three read at once
+    path = corpus.write_many_sheets_ods(tmp_path)
+    assert precheck(path, Limits(max_cells=30_000)) is Format.ODS
+    with pytest.raises(RosterRejected, match=r"the sheets span 30000 cells in all, more than 25"):
+        precheck(path, Limits(max_cells=25_000))
+    with pytest.raises(RosterRejected, match=r"sheet '명단0'.*more than 9999 cells"):
+        precheck(path, Limits(max_cells=9_999))
+
+
+def test_a_value_past_the_limits_is_refused_behind_padding(tmp_path: Path) -> None:
+    # Given the styled padding file with a value in the padding's last row
+    path = corpus.write_styled_padding_xlsx(tmp_path)
+    with zipfile.ZipFile(path) as archive:
+        sheet = archive.read("xl/worksheets/sheet1.xml").decode()
+    valued = sheet.replace('<c r="XFD1048576" s="1"/>', '<c r="A1048576" s="1"><v>1</v></c>')
+    assert valued != sheet
+    corpus.write_raw_xlsx(path, [("Sheet1", valued)])
+    # Then it is refused, as it would be without the padding
+    with pytest.raises(RosterRejected, match="row 1048576 is past the limit of 50 rows"):
+        precheck(path, SMALL)

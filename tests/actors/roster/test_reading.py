@@ -169,3 +169,60 @@ def test_a_bool_grade_is_refused_without_affecting_the_grade_1(tmp_path: Path) -
     # Then the TRUE is refused and the 1 is read as grade 1
     assert [p.reason for p in counts.problems] == ["not a grade (True)"]
     assert [(r.source_row, r.grade) for c in chunks for r in c] == [(3, 1)]
+
+
+@pytest.mark.parametrize("header", ["번호", "No.", "#", "순번", "NO", None])
+def test_numbered_empty_slots_are_skipped_and_counted(tmp_path: Path, header: str | None) -> None:
+    # Given 3 students and 4 empty slots numbered in advance (in a column headed as numbers, or
+    # in a first column holding numbers only)
+    path = corpus.write_numbered_slots_xlsx(tmp_path, header=header)
+    chunks, counts = read_all(path)
+    # Then the slots are neither rows nor errors
+    assert (counts.total, counts.valid, counts.invalid, counts.empty_slots) == (3, 3, 0, 4)
+    assert counts.problems == []
+    assert [r.source_row for c in chunks for r in c] == [2, 3, 4]
+
+
+def test_an_empty_template_reports_no_errors(tmp_path: Path) -> None:
+    path = corpus.write_numbered_slots_xlsx(tmp_path, students=0, slots=30)
+    chunks, counts = read_all(path)
+    assert (counts.total, counts.invalid, counts.empty_slots, chunks) == (0, 0, 30, [])
+
+
+def test_numbers_typed_as_text_are_sequence_numbers(tmp_path: Path) -> None:
+    path = corpus.write_numbered_slots_xlsx(
+        tmp_path, numbers=[1, 2, 3, "4", " 5.", 6.0, "7"]
+    )
+    _, counts = read_all(path)
+    assert (counts.invalid, counts.empty_slots) == (0, 4)
+
+
+def test_a_slot_with_anything_else_in_it_is_an_invalid_row(tmp_path: Path) -> None:
+    # Given a numbered row with a school typed in, and one with a name but no phone
+    path = corpus.write_numbered_slots_xlsx(tmp_path, extra={
+        3: (4, None, None, None, "한빛고등학교"),
+        4: (5, "학생5"),
+    })
+    _, counts = read_all(path)
+    # Then those are invalid rows; the other two slots are slots
+    assert (counts.invalid, counts.empty_slots) == (2, 2)
+    assert [(p.row, p.reason) for p in counts.problems] == [
+        (5, "name is missing"), (5, "phone is missing"), (6, "phone is missing")
+    ]
+
+
+def test_a_first_column_not_of_numbers_holds_no_slots(tmp_path: Path) -> None:
+    # Given an unheaded first column holding a word somewhere: not a column of sequence numbers
+    path = corpus.write_numbered_slots_xlsx(
+        tmp_path, header=None, numbers=[1, 2, 3, "메모", 5, 6, 7]
+    )
+    _, counts = read_all(path)
+    # Then the rows holding only a number (or the word) are invalid, as before
+    assert (counts.invalid, counts.empty_slots) == (4, 0)
+
+
+def test_a_number_outside_the_sequence_column_is_no_slot(tmp_path: Path) -> None:
+    # Given a row holding only a grade (a number, in a field's column)
+    path = corpus.write_numbered_slots_xlsx(tmp_path, extra={3: (None, None, None, None, None, 3)})
+    _, counts = read_all(path)
+    assert (counts.invalid, counts.empty_slots) == (1, 3)
