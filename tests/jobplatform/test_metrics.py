@@ -69,10 +69,17 @@ def _scrape_when(port: int, ready: Any, timeout: float = 60) -> Samples:
     pytest.fail(f"the endpoint never showed what was expected; last scrape: {last!r}")
 
 
-def _jobs(samples: Samples, queue: str) -> float:
-    key = ("jobplatform_actor_jobs_total",
-           frozenset({("queue", queue), ("actor", IMPORT_ROSTER)}))
+def _jobs(samples: Samples, queue: str, name: str = "jobplatform_actor_jobs_total") -> float:
+    key = (name, frozenset({("queue", queue), ("actor", IMPORT_ROSTER)}))
     return samples.get(key, 0.0)
+
+
+def _settled(samples: Samples, queue: str, jobs: int) -> bool:
+    """Every job counted and timed, none in progress: a job's counters are separate writes, so
+    a scrape may land between them."""
+    return (_jobs(samples, queue) >= jobs
+            and _jobs(samples, queue, "jobplatform_actor_duration_seconds_count") >= jobs
+            and _jobs(samples, queue, "jobplatform_actor_in_progress") == 0)
 
 
 @pytest.mark.slow
@@ -100,7 +107,7 @@ def test_an_actor_workers_endpoint_sums_its_processes(bus_settings: Settings, br
             payload = {"tenant_id": tenant, "import_id": str(uuid.uuid4()), "lecture_id": 1,
                        "source_key": f"tenants/{tenant}/rosters/missing.xlsx"}
             broker.enqueue(make_message(queue, IMPORT_ROSTER, payload))
-        samples = _scrape_when(port, lambda s: _jobs(s, queue) >= jobs)
+        samples = _scrape_when(port, lambda s: _settled(s, queue, jobs))
         # Then every job is counted once, across both processes, with its duration
         assert _jobs(samples, queue) == jobs
         assert value(samples, "jobplatform_actor_duration_seconds_count", queue=queue,
