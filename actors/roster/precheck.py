@@ -479,12 +479,10 @@ _ODS_TAG = re.compile(
 )
 _ODS_REPEAT = re.compile(rb"number-(?:rows|columns)-repeated\s*=\s*[\"']\s*([0-9]*)")
 _ODS_NAME = re.compile(rb"table:name\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
-# A cell's end tag (text cannot hold "<", so these are tags).
-_ODS_CELL_ENDS = (b"</table:table-cell>", b"</table:covered-table-cell>")
 
 
 def _repeat(attributes: bytes) -> int:
-    found = _ODS_REPEAT.search(attributes) if b"repeated" in attributes else None
+    found = _ODS_REPEAT.search(attributes)
     if found is None:
         return 1
     digits = found.group(1).lstrip(b"0")
@@ -508,7 +506,6 @@ class _OdsContentScanner(_Scanner):
 
     def __init__(self, part: str, limits: Limits) -> None:
         super().__init__(part, limits)
-        self._skip = 0
         self._in_cell = False
         self._depth = 0
         self._sheet = "?"
@@ -532,75 +529,58 @@ class _OdsContentScanner(_Scanner):
                 " software does not write; open the file in Excel or LibreOffice and save it as"
                 " .xlsx"
             )
-        at = self._skip
-        if self._in_cell:
-            at = self._leave_cell(data, at, end)
-        search = _ODS_TAG.search
-        while at < end:
-            tag = search(data, at)
-            if tag is None or tag.start() >= end:
+        max_columns = self.limits.max_columns
+        for tag in _ODS_TAG.finditer(data):
+            if tag.start() >= end:
                 break
-            at = tag.end()
             closing, name, attributes = tag.groups()
+            if self._in_cell:
+                if closing and (name == b"table-cell" or name == b"covered-table-cell"):
+                    self._in_cell = False
+                    continue
+                raise RosterRejected(
+                    f"{self._what()} has rows or cells inside a cell, which spreadsheets do not"
+                    " write; open the file in Excel or LibreOffice and save it as .xlsx"
+                )
             if closing:
                 if name == b"table-row":
                     self._end_row()
                 elif name == b"table":
                     self._end_table()
-                continue
-            if name == b"table-cell" or name == b"covered-table-cell":
+            elif name == b"table-cell" or name == b"covered-table-cell":
                 if not self._in_row:
                     continue  # the reader reads cells in rows only
-                self._column += _repeat(attributes)
+                self._column += _repeat(attributes) if b"repeated" in attributes else 1
                 if b"office:" in attributes or b"table:formula" in attributes:
                     self._width = self._column
-                    if self._column > self.limits.max_columns:
+                    if self._column > max_columns:
                         self.refuse_grid(self._row + 1, self._column, self._what())
                 if not attributes.endswith(b"/"):
                     self._in_cell = True
-                    at = self._leave_cell(data, at, end)
             elif name == b"table-row":
                 if self._in_row:
                     self._end_row()
                 self._in_row = True
-                self._row_repeat = _repeat(attributes)
+                self._row_repeat = _repeat(attributes) if b"repeated" in attributes else 1
                 self._column = self._width = 0
                 if attributes.endswith(b"/"):
                     self._end_row()
             else:
-                self._depth += 1
-                if self._depth > 1:
-                    raise RosterRejected(
-                        f"{self._what()} has a table inside it, which this importer cannot"
-                        " read; open the file in LibreOffice or Excel and save it as .xlsx"
-                    )
-                name_found = _ODS_NAME.search(attributes)
-                if name_found is not None:
-                    self._sheet = (name_found.group(1) or name_found.group(2) or b"").decode(
-                        "utf-8", "replace"
-                    )
-                self._start_table()
-                if attributes.endswith(b"/"):
-                    self._end_table()
-        self._skip = max(at - end, 0)
+                self._start_sheet(attributes)
 
-    def _leave_cell(self, data: bytes, at: int, end: int) -> int:
-        """Past the end of the cell ``at`` is in; refuses rows, cells or tables inside it."""
-        ends = [c for c in (data.find(e, at) for e in _ODS_CELL_ENDS) if c != -1]
-        close = min(ends) if ends else -1
-        inside_end = close if close != -1 else end
-        if (
-            data.find(b"<table:table", at, inside_end) != -1
-            or data.find(b"<table:covered-table-cell", at, inside_end) != -1
-        ):
+    def _start_sheet(self, attributes: bytes) -> None:
+        self._depth += 1
+        if self._depth > 1:
             raise RosterRejected(
-                f"{self._what()} has rows or cells inside a cell, which spreadsheets do not"
-                " write; open the file in LibreOffice or Excel and save it as .xlsx"
+                f"{self._what()} has a table inside it, which this importer cannot read; open the"
+                " file in Excel or LibreOffice and save it as .xlsx"
             )
-        if close == -1:
-            return max(end, at)
-        self._in_cell = False
-        return data.index(b">", close) + 1
+        found = _ODS_NAME.search(attributes)
+        if found is not None:
+            self._sheet = (found.group(1) or found.group(2) or b"").decode("utf-8", "replace")
+        self._start_table()
+        if attributes.endswith(b"/"):
+            self._end_table()
 
     def _end_row(self) -> None:
         if not self._in_row:
