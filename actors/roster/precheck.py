@@ -473,12 +473,49 @@ class _XlsxSheetScanner(_Scanner):
         self.refuse_grid(self.max_row, self.max_column, f"sheet part {self.part!r}")
 
 
+_ODS_ATTRIBUTES = rb"(?:[^>\"'/]++|\"[^\"]*+\"|'[^']*+'|/(?!>))*+"
 _ODS_TAG = re.compile(
     rb"<(/?)table:(table|table-row|table-cell|covered-table-cell)(?=[\s/>])"
     rb"((?:[^>\"']++|\"[^\"]*+\"|'[^']*+')*+)>"
 )
+# A row whose cells hold nothing of the table namespace (text only), read in one match: how
+# nearly every row is written. Anything else is read tag by tag.
+_ODS_CELL = (
+    rb"<table:(?:covered-)?table-cell(?=[\s/>])" + _ODS_ATTRIBUTES
+    + rb"(?:/>|>(?:[^<]++|<(?!/?table:))*+</table:(?:covered-)?table-cell>)"
+)
+_ODS_SIMPLE_ROW = (
+    rb"<table:table-row(?=[\s/>])(" + _ODS_ATTRIBUTES + rb")>((?:" + _ODS_CELL + rb")*+)"
+    rb"</table:table-row>"
+)
+_ODS_SCAN = re.compile(_ODS_SIMPLE_ROW + rb"|" + _ODS_TAG.pattern)
 _ODS_REPEAT = re.compile(rb"number-(?:rows|columns)-repeated\s*=\s*[\"']\s*([0-9]*)")
 _ODS_NAME = re.compile(rb"table:name\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
+
+
+_ODS_CELL_TAG = re.compile(rb"<table:(?:covered-)?table-cell(?=[\s/>])(" + _ODS_ATTRIBUTES + rb")")
+
+
+def _row_width(cells: bytes) -> int:
+    """How many of a row's cells (its XML; cells holding text only) the reader keeps: up to the
+    last one holding a value, repeats included."""
+    at = max(cells.rfind(b"office:"), cells.rfind(b"table:formula"))
+    if at == -1:
+        return 0
+    if cells.find(b"repeated", 0, cells.find(b">", at)) == -1:  # none up to that cell's end
+        # The cells begun before the last value (one typed in a cell's text counts too).
+        return cells.count(b"<table:table-cell", 0, at) + cells.count(
+            b"<table:covered-table-cell", 0, at
+        )
+    column = width = 0
+    for cell in _ODS_CELL_TAG.finditer(cells):
+        if cell.start() > at:
+            break
+        attributes = cell.group(1)
+        column += _repeat(attributes) if b"repeated" in attributes else 1
+        if b"office:" in attributes or b"table:formula" in attributes:
+            width = column
+    return width
 
 
 def _repeat(attributes: bytes) -> int:
@@ -506,6 +543,7 @@ class _OdsContentScanner(_Scanner):
 
     def __init__(self, part: str, limits: Limits) -> None:
         super().__init__(part, limits)
+        self._skip = 0
         self._in_cell = False
         self._depth = 0
         self._sheet = "?"
@@ -530,18 +568,38 @@ class _OdsContentScanner(_Scanner):
                 " .xlsx"
             )
         max_columns = self.limits.max_columns
-        for tag in _ODS_TAG.finditer(data):
+        row_limit = self.limits.max_row_number
+        max_cells = self.limits.max_cells
+        last = self._skip
+        for tag in _ODS_SCAN.finditer(data, self._skip):
             if tag.start() >= end:
                 break
-            closing, name, attributes = tag.groups()
+            last = tag.end()
+            row_attributes, cells, closing, name, attributes = tag.groups()
+            if cells is not None:  # a whole row, its cells holding text only
+                if self._in_cell:
+                    self._refuse_inside_cell()
+                if self._in_row:
+                    self._end_row()
+                self._row += _repeat(row_attributes) if b"repeated" in row_attributes else 1
+                width = _row_width(cells)
+                if width:
+                    if width > max_columns:
+                        self.refuse_grid(self._row, width, self._what())
+                    self._rows = self._row
+                    if width > self._columns:
+                        self._columns = width
+                    if (
+                        self._row > row_limit
+                        or self._cells_before + self._row * self._columns > max_cells
+                    ):
+                        self._refuse_sheet()
+                continue
             if self._in_cell:
                 if closing and (name == b"table-cell" or name == b"covered-table-cell"):
                     self._in_cell = False
                     continue
-                raise RosterRejected(
-                    f"{self._what()} has rows or cells inside a cell, which spreadsheets do not"
-                    " write; open the file in Excel or LibreOffice and save it as .xlsx"
-                )
+                self._refuse_inside_cell()
             if closing:
                 if name == b"table-row":
                     self._end_row()
@@ -567,6 +625,13 @@ class _OdsContentScanner(_Scanner):
                     self._end_row()
             else:
                 self._start_sheet(attributes)
+        self._skip = max(last - end, 0)
+
+    def _refuse_inside_cell(self) -> None:
+        raise RosterRejected(
+            f"{self._what()} has rows or cells inside a cell, which spreadsheets do not write;"
+            " open the file in Excel or LibreOffice and save it as .xlsx"
+        )
 
     def _start_sheet(self, attributes: bytes) -> None:
         self._depth += 1
