@@ -537,8 +537,10 @@ class _OdsContentScanner(_Scanner):
     grid count in full. Sheets are all read when the file opens, so their grids add up against
     ``ROSTER_MAX_CELLS``.
 
-    A table, row or cell element inside a cell is refused: spreadsheets do not write them, and
-    the reader would place what follows differently.
+    A row whose cells hold text only (how nearly every row is written) is read in one regex
+    match; any other is read tag by tag. A table, row or cell element inside a cell is refused,
+    and so are XML comments and CDATA sections: spreadsheets do not write them, and they could
+    make this scan see other tags than the reader does.
     """
 
     def __init__(self, part: str, limits: Limits) -> None:
