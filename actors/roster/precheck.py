@@ -473,18 +473,53 @@ class _XlsxSheetScanner(_Scanner):
         self.refuse_grid(self.max_row, self.max_column, f"sheet part {self.part!r}")
 
 
+_ODS_ATTRIBUTES = rb"(?:[^>\"'/]++|\"[^\"]*+\"|'[^']*+'|/(?!>))*+"
 _ODS_TAG = re.compile(
     rb"<(/?)table:(table|table-row|table-cell|covered-table-cell)(?=[\s/>])"
     rb"((?:[^>\"']++|\"[^\"]*+\"|'[^']*+')*+)>"
 )
+# A row whose cells hold nothing of the table namespace (text only), read in one match: how
+# nearly every row is written. Anything else is read tag by tag.
+_ODS_CELL = (
+    rb"<table:(?:covered-)?table-cell(?=[\s/>])" + _ODS_ATTRIBUTES
+    + rb"(?:/>|>(?:[^<]++|<(?!/?table:))*+</table:(?:covered-)?table-cell>)"
+)
+_ODS_SIMPLE_ROW = (
+    rb"<table:table-row(?=[\s/>])(" + _ODS_ATTRIBUTES + rb")>((?:" + _ODS_CELL + rb")*+)"
+    rb"</table:table-row>"
+)
+_ODS_SCAN = re.compile(_ODS_SIMPLE_ROW + rb"|" + _ODS_TAG.pattern)
 _ODS_REPEAT = re.compile(rb"number-(?:rows|columns)-repeated\s*=\s*[\"']\s*([0-9]*)")
 _ODS_NAME = re.compile(rb"table:name\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
-# A cell's end tag (text cannot hold "<", so these are tags).
-_ODS_CELL_ENDS = (b"</table:table-cell>", b"</table:covered-table-cell>")
+
+
+_ODS_CELL_TAG = re.compile(rb"<table:(?:covered-)?table-cell(?=[\s/>])(" + _ODS_ATTRIBUTES + rb")")
+
+
+def _row_width(cells: bytes) -> int:
+    """How many of a row's cells (its XML; cells holding text only) the reader keeps: up to the
+    last one holding a value, repeats included."""
+    at = max(cells.rfind(b"office:"), cells.rfind(b"table:formula"))
+    if at == -1:
+        return 0
+    if cells.find(b"repeated", 0, cells.find(b">", at)) == -1:  # none up to that cell's end
+        # The cells begun before the last value (one typed in a cell's text counts too).
+        return cells.count(b"<table:table-cell", 0, at) + cells.count(
+            b"<table:covered-table-cell", 0, at
+        )
+    column = width = 0
+    for cell in _ODS_CELL_TAG.finditer(cells):
+        if cell.start() > at:
+            break
+        attributes = cell.group(1)
+        column += _repeat(attributes) if b"repeated" in attributes else 1
+        if b"office:" in attributes or b"table:formula" in attributes:
+            width = column
+    return width
 
 
 def _repeat(attributes: bytes) -> int:
-    found = _ODS_REPEAT.search(attributes) if b"repeated" in attributes else None
+    found = _ODS_REPEAT.search(attributes)
     if found is None:
         return 1
     digits = found.group(1).lstrip(b"0")
@@ -502,8 +537,10 @@ class _OdsContentScanner(_Scanner):
     grid count in full. Sheets are all read when the file opens, so their grids add up against
     ``ROSTER_MAX_CELLS``.
 
-    A table, row or cell element inside a cell is refused: spreadsheets do not write them, and
-    the reader would place what follows differently.
+    A row whose cells hold text only (how nearly every row is written) is read in one regex
+    match; any other is read tag by tag. A table, row or cell element inside a cell is refused,
+    and so are XML comments and CDATA sections: spreadsheets do not write them, and they could
+    make this scan see other tags than the reader does.
     """
 
     def __init__(self, part: str, limits: Limits) -> None:
@@ -532,75 +569,85 @@ class _OdsContentScanner(_Scanner):
                 " software does not write; open the file in Excel or LibreOffice and save it as"
                 " .xlsx"
             )
-        at = self._skip
-        if self._in_cell:
-            at = self._leave_cell(data, at, end)
-        search = _ODS_TAG.search
-        while at < end:
-            tag = search(data, at)
-            if tag is None or tag.start() >= end:
+        max_columns = self.limits.max_columns
+        row_limit = self.limits.max_row_number
+        max_cells = self.limits.max_cells
+        last = self._skip
+        for tag in _ODS_SCAN.finditer(data, self._skip):
+            if tag.start() >= end:
                 break
-            at = tag.end()
-            closing, name, attributes = tag.groups()
+            last = tag.end()
+            row_attributes, cells, closing, name, attributes = tag.groups()
+            if cells is not None:  # a whole row, its cells holding text only
+                if self._in_cell:
+                    self._refuse_inside_cell()
+                if self._in_row:
+                    self._end_row()
+                self._row += _repeat(row_attributes) if b"repeated" in row_attributes else 1
+                width = _row_width(cells)
+                if width:
+                    if width > max_columns:
+                        self.refuse_grid(self._row, width, self._what())
+                    self._rows = self._row
+                    if width > self._columns:
+                        self._columns = width
+                    if (
+                        self._row > row_limit
+                        or self._cells_before + self._row * self._columns > max_cells
+                    ):
+                        self._refuse_sheet()
+                continue
+            if self._in_cell:
+                if closing and (name == b"table-cell" or name == b"covered-table-cell"):
+                    self._in_cell = False
+                    continue
+                self._refuse_inside_cell()
             if closing:
                 if name == b"table-row":
                     self._end_row()
                 elif name == b"table":
                     self._end_table()
-                continue
-            if name == b"table-cell" or name == b"covered-table-cell":
+            elif name == b"table-cell" or name == b"covered-table-cell":
                 if not self._in_row:
                     continue  # the reader reads cells in rows only
-                self._column += _repeat(attributes)
+                self._column += _repeat(attributes) if b"repeated" in attributes else 1
                 if b"office:" in attributes or b"table:formula" in attributes:
                     self._width = self._column
-                    if self._column > self.limits.max_columns:
+                    if self._column > max_columns:
                         self.refuse_grid(self._row + 1, self._column, self._what())
                 if not attributes.endswith(b"/"):
                     self._in_cell = True
-                    at = self._leave_cell(data, at, end)
             elif name == b"table-row":
                 if self._in_row:
                     self._end_row()
                 self._in_row = True
-                self._row_repeat = _repeat(attributes)
+                self._row_repeat = _repeat(attributes) if b"repeated" in attributes else 1
                 self._column = self._width = 0
                 if attributes.endswith(b"/"):
                     self._end_row()
             else:
-                self._depth += 1
-                if self._depth > 1:
-                    raise RosterRejected(
-                        f"{self._what()} has a table inside it, which this importer cannot"
-                        " read; open the file in LibreOffice or Excel and save it as .xlsx"
-                    )
-                name_found = _ODS_NAME.search(attributes)
-                if name_found is not None:
-                    self._sheet = (name_found.group(1) or name_found.group(2) or b"").decode(
-                        "utf-8", "replace"
-                    )
-                self._start_table()
-                if attributes.endswith(b"/"):
-                    self._end_table()
-        self._skip = max(at - end, 0)
+                self._start_sheet(attributes)
+        self._skip = max(last - end, 0)
 
-    def _leave_cell(self, data: bytes, at: int, end: int) -> int:
-        """Past the end of the cell ``at`` is in; refuses rows, cells or tables inside it."""
-        ends = [c for c in (data.find(e, at) for e in _ODS_CELL_ENDS) if c != -1]
-        close = min(ends) if ends else -1
-        inside_end = close if close != -1 else end
-        if (
-            data.find(b"<table:table", at, inside_end) != -1
-            or data.find(b"<table:covered-table-cell", at, inside_end) != -1
-        ):
+    def _refuse_inside_cell(self) -> None:
+        raise RosterRejected(
+            f"{self._what()} has rows or cells inside a cell, which spreadsheets do not write;"
+            " open the file in Excel or LibreOffice and save it as .xlsx"
+        )
+
+    def _start_sheet(self, attributes: bytes) -> None:
+        self._depth += 1
+        if self._depth > 1:
             raise RosterRejected(
-                f"{self._what()} has rows or cells inside a cell, which spreadsheets do not"
-                " write; open the file in LibreOffice or Excel and save it as .xlsx"
+                f"{self._what()} has a table inside it, which this importer cannot read; open the"
+                " file in Excel or LibreOffice and save it as .xlsx"
             )
-        if close == -1:
-            return max(end, at)
-        self._in_cell = False
-        return data.index(b">", close) + 1
+        found = _ODS_NAME.search(attributes)
+        if found is not None:
+            self._sheet = (found.group(1) or found.group(2) or b"").decode("utf-8", "replace")
+        self._start_table()
+        if attributes.endswith(b"/"):
+            self._end_table()
 
     def _end_row(self) -> None:
         if not self._in_row:

@@ -25,10 +25,7 @@ from actors.roster.describe import unreadable
 from actors.roster.errors import RosterRejected
 from actors.roster.limits import HEADER_SEARCH_ROWS, Limits
 from actors.roster.precheck import Format, precheck
-from jobplatform.logging import get_logger
 from schemas import StudentRow
-
-log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,7 +424,7 @@ def open_roster(path: Path, limits: Limits) -> Roster:
     except calamine.PasswordError as exc:
         raise RosterRejected(_PROTECTED) from exc
     except Exception as exc:  # the reader's errors are not all CalamineError
-        log.info("roster reader failed", format=str(fmt), error=_short(exc))
+        _log_reader_error(fmt, None, exc)
         raise RosterRejected(unreadable(path, fmt)) from exc
     try:
         return _locate(workbook, fmt, limits, path)
@@ -448,7 +445,7 @@ def _locate(
         except calamine.PasswordError as exc:
             raise RosterRejected(_PROTECTED) from exc
         except Exception as exc:
-            log.info("roster reader failed", format=str(fmt), sheet=meta.name, error=_short(exc))
+            _log_reader_error(fmt, meta.name, exc)
             raise RosterRejected(unreadable(path, fmt, meta.name)) from exc
         if sheet.width > limits.max_columns:
             raise RosterRejected(
@@ -481,6 +478,15 @@ def _locate(
     raise RosterRejected(
         f"no header row found in the first {HEADER_SEARCH_ROWS} rows of any sheet; expected"
         f" columns such as {LABELS['name']} and {LABELS['phone']}"
+    )
+
+
+def _log_reader_error(fmt: Format, sheet: str | None, exc: BaseException) -> None:
+    """The reader's own words, for the log (never for the person who sent the file)."""
+    from jobplatform.logging import get_logger  # only when needed: reading needs no logging
+
+    get_logger(__name__).info(
+        "roster reader failed", format=str(fmt), sheet=sheet, error=_short(exc)
     )
 
 
