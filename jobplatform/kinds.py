@@ -12,8 +12,10 @@ the library:
 The module exposes ``kind = Kind(...)``. The writer, the actors' emitter, the publish client,
 the log reader, replay and the pytest plugin all load the same :class:`Registry`
 (:func:`load_registry`). A kind module is imported by API services and actors too: it must not
-import psycopg or ``writer`` at module level. Its :attr:`Kind.apply` needs neither: it works
-through the :class:`Transaction` the writer hands it.
+import the database driver at module level. Its :attr:`Kind.apply` needs none: it works
+through the :class:`Transaction` the writer hands it. A kind whose applying code is heavy may
+leave it to another module, named by :attr:`Kind.handler`, which only the writer imports (the
+built-in kinds do: :mod:`jobplatform.builtins` declares them).
 
 What a kind declares, and who uses it:
 
@@ -34,6 +36,9 @@ What a kind declares, and who uses it:
                               them again (the roster's import comes back)
 ``migrations``                a folder of numbered ``.sql`` migrations the writer applies
 ``jobs``                      the :class:`JobType` s the publish client accepts
+``handler``                   a module the writer imports for what the declaration leaves out
+                              (its ``plan``, ``apply``, ``sql``, ``migrations``,
+                              ``after_commit``, ``dead_lettered``, ``redriven``)
 ============================  =================================================================
 
 Nothing is ever acknowledged that no handler applied: the writer refuses to start while a
@@ -226,6 +231,8 @@ class Kind:
     redriven: Callable[[Transaction, Sequence[Any]], Outcome | None] | None = None
     migrations: Path | Traversable | None = None
     jobs: tuple[JobType, ...] = ()
+    handler: str | None = None
+    """A module the writer imports for the fields left unset here; producers never import it."""
     order: int = 100
     """Kinds apply in this order inside one batch (then by name); the built-ins use 10, 20."""
 
@@ -313,7 +320,7 @@ class Registry:
         """One line per registered intent kind that nothing applies."""
         return [
             f"intent kind {intent_kind!r} of kind {kind.name!r} ({self._origin(kind)}) has no "
-            "apply handler" for kind in self.kinds if kind.apply is None
+            "apply handler" for kind in self.kinds if kind.apply is None and kind.handler is None
             for intent_kind in kind.intent_kinds
         ]
 

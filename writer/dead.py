@@ -89,7 +89,9 @@ def redrive(conn: Conn, letters: builtins.list[DeadLetter],
     ``Kind.redriven`` hook (the roster's import takes back its status). Returns the kinds'
     outcomes, for their after-commit work. Send the bodies only once this has committed."""
     from writer.engine.batch import run_kind_hook
+    from writer.engine.handlers import resolve
 
+    registry = resolve(registry)
     groups: dict[str, tuple[Kind, builtins.list[BaseIntent]]] = {}
     for letter in letters:
         mark_retried(conn, letter.id)

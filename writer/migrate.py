@@ -15,7 +15,7 @@ from pathlib import Path
 
 from psycopg import Connection
 
-from jobplatform.kinds import Registry, default_registry
+from jobplatform.kinds import Registry
 from writer.db import connect, ensure_database
 
 _MIGRATION_LOCK = 0x6A6F626D6967  # any writer, CLI or test migrating at once waits on this
@@ -96,7 +96,9 @@ def upgrade_connection(conn: Connection[tuple[object, ...]], *,
                     (migration.version, migration.name),
                 )
             applied.append(migration)
-        for kind in (registry or default_registry()).kinds:
+        from writer.engine.handlers import resolve
+
+        for kind in resolve(registry).kinds:
             if kind.migrations is not None:
                 applied += _upgrade_kind(conn, kind.name, migrations(kind.migrations))
         return applied

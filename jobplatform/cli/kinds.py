@@ -23,7 +23,7 @@ def kinds(as_json: bool) -> None:
         listed.append({
             "name": kind.name,
             "registered": registry.origins.get(kind.name, "in code"),
-            "handler": kind.apply is not None,
+            "handler": kind.apply is not None or kind.handler is not None,
             "intents": [{"kind": m.model_fields["kind"].default, "lane": m.lane}
                         for m in kind.intents],
             "jobs": [{"kind": job.kind, "actor": job.actor,

@@ -25,8 +25,9 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from jobplatform.kinds import Kind, Outcome, Registry, default_registry
+from jobplatform.kinds import Kind, Outcome, Registry
 from schemas import BaseIntent
+from writer.engine.handlers import resolve
 from writer.errors import ApplyError, DataApplyError, DatabaseUnavailable
 
 Conn = psycopg.Connection[Any]
@@ -142,10 +143,6 @@ class Prepared:
     unhandled: tuple[BaseIntent, ...] = ()
     """Intents of kinds without a handler (or unknown to the registry)."""
 
-    @property
-    def rows(self) -> int:
-        return sum(intent.weight() for intent in self.intents)
-
 
 @dataclass(slots=True)
 class BatchResult:
@@ -188,7 +185,7 @@ def unique_intents(intents: Iterable[BaseIntent]) -> tuple[list[BaseIntent], int
 
 def prepare(intents: Iterable[BaseIntent], registry: Registry | None = None) -> Prepared:
     """Deduplicate ``intents`` (arrival order) and make each kind's plan; no database."""
-    registry = registry or default_registry()
+    registry = resolve(registry)
     unique, duplicates = unique_intents(intents)
     return _plan(unique, duplicates, registry)
 
@@ -234,7 +231,7 @@ def apply_batch(conn: Conn, intents: Iterable[BaseIntent] | Prepared, *, batch_s
     """
     if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
         raise ValueError("apply_batch needs an open transaction (autocommit is on, none is open)")
-    registry = registry or default_registry()
+    registry = resolve(registry)
     prepared = intents if isinstance(intents, Prepared) else prepare(intents, registry)
     if prepared.unhandled:
         first = prepared.unhandled[0]

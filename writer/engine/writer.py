@@ -37,6 +37,7 @@ from writer.engine.ack import Acker
 from writer.engine.apply import Applier, IntentLogWriter
 from writer.engine.chores import Chores
 from writer.engine.collect import Collector
+from writer.engine.handlers import resolve
 from writer.engine.hooks import Hooks
 from writer.engine.leader import Leadership
 from writer.engine.session import Session
@@ -63,12 +64,10 @@ class Writer:
         heartbeat_s: float = 5.0,
         name: str | None = None,
     ) -> None:
-        from jobplatform.kinds import default_registry
-
         self.settings = settings
         self.broker = broker
         self.queues = queues
-        self.registry = registry if registry is not None else default_registry()
+        self.registry = resolve(registry)
         self.log_writer = log_writer
         self.hooks: tuple[Hooks, ...] = tuple(hooks)
         self.standby_poll_s = standby_poll_s

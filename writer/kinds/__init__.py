@@ -1,5 +1,6 @@
-"""The built-in kinds: ``video`` and ``roster``, one module and one ``.sql`` file each.
+"""The built-in kinds' handlers: ``video`` and ``roster``, one module and one ``.sql`` file each.
 
-They are registered like any plug-in, through the ``jobplatform.kinds`` entry points of this
-package, and use nothing of the engine that a plug-in cannot use.
+Their declarations are in :mod:`jobplatform.builtins` (what producers load); each names its
+module here as :attr:`jobplatform.kinds.Kind.handler`. They use nothing of the engine that a
+plug-in cannot use.
 """

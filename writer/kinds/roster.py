@@ -1,4 +1,4 @@
-"""The roster kind: imports' statuses (``roster_imports``), students and enrollments.
+"""The roster kind's handler: imports' statuses (``roster_imports``), students and enrollments.
 
 Coalescing (pure, before the transaction):
 
@@ -15,6 +15,8 @@ leaves the identical untouched (no lock, no WAL) and enrolls them all without jo
 ``students`` again; per-import counters; ``done`` once every chunk of an import is applied.
 After the commit, the job's progress record says ``done`` too, so ``status()`` needs no
 database read.
+
+Its declaration (intents, job type) is :data:`jobplatform.builtins.roster`.
 """
 
 from __future__ import annotations
@@ -27,10 +29,9 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from jobplatform.broker import IMPORT_ROSTER
-from jobplatform.kinds import AfterCommit, JobType, Kind, Outcome, Transaction, coalesce
+from jobplatform.kinds import AfterCommit, Outcome, Transaction, coalesce
 from jobplatform.logging import get_logger
-from schemas import ImportRoster, RosterChunk, RosterStatus, StudentRow
+from schemas import RosterChunk, RosterStatus, StudentRow
 from schemas.jobs import roster_job_id
 
 log = get_logger("writer.roster")
@@ -473,22 +474,5 @@ def after_commit(ctx: AfterCommit, out: RosterOutcome) -> None:
         ctx.progress.update(roster_job_id(import_id), step=status, error=None)
 
 
-def queued(job: ImportRoster, at: datetime) -> RosterStatus:
-    """The status the publish client sends when it publishes an import."""
-    return RosterStatus(tenant_id=job.tenant_id, occurred_at=at, import_id=job.import_id,
-                        lecture_id=job.lecture_id, status="queued", source_key=job.source_key)
-
-
-kind = Kind(
-    name="roster",
-    intents=(RosterChunk, RosterStatus),
-    plan=plan,
-    apply=apply,
-    after_commit=after_commit,
-    dead_lettered=dead_lettered,
-    redriven=redriven,
-    sql=Path(__file__).with_suffix(".sql"),
-    jobs=(JobType(ImportRoster, actor=IMPORT_ROSTER, queue=lambda s: s.queue_ai,
-                  queued=queued),),
-    order=20,
-)
+#: The statements ``apply`` runs.
+sql = Path(__file__).with_suffix(".sql")

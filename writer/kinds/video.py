@@ -1,10 +1,12 @@
-"""The video kind: a video's states (queued, processing, ready, failed) in the ``videos`` table.
+"""The video kind's handler: a video's states (queued, processing, ready, failed) in `videos`.
 
 Coalescing: a video's intents in one batch become one row change. The highest by
 :meth:`~schemas.BaseIntent.rank` (attempt, then state) wins, a later arrival winning ties;
 fields the winner does not carry (``source_key`` from ``queued``, ``started_at`` from
 ``processing``) come from the intents it absorbed. The row changes only for a strictly higher
 rank, so state never moves backwards.
+
+Its declaration (intents, job type) is :data:`jobplatform.builtins.video`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from jobplatform.broker import ENCODE_VIDEO
-from jobplatform.kinds import JobType, Kind, Outcome, Transaction
-from schemas import EncodeVideo, VideoFailed, VideoProcessing, VideoQueued, VideoReady
+from jobplatform.kinds import Outcome, Transaction
+from schemas import VideoFailed, VideoProcessing, VideoQueued, VideoReady
 
 VideoIntent = VideoQueued | VideoProcessing | VideoReady | VideoFailed
 
@@ -122,19 +123,5 @@ def apply(tx: Transaction, changes: Sequence[VideoChange]) -> VideoOutcome:
     return VideoOutcome(coalesced=coalesced, changed=int(changed))
 
 
-def queued(job: EncodeVideo, at: datetime) -> VideoQueued:
-    """The status the publish client sends when it publishes an encode."""
-    return VideoQueued(tenant_id=job.tenant_id, occurred_at=at,
-                       video_id=job.video_id, attempt=job.attempt, source_key=job.source_key)
-
-
-kind = Kind(
-    name="video",
-    intents=(VideoQueued, VideoProcessing, VideoReady, VideoFailed),
-    plan=plan,
-    apply=apply,
-    sql=Path(__file__).with_suffix(".sql"),
-    jobs=(JobType(EncodeVideo, actor=ENCODE_VIDEO, queue=lambda s: s.queue_video,
-                  queued=queued),),
-    order=10,
-)
+#: The statements ``apply`` runs.
+sql = Path(__file__).with_suffix(".sql")
