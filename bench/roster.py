@@ -12,7 +12,8 @@ duplicates) per format is read, each path in its own subprocess so each has its 
 - with ``--baseline-rev REV``: the same parse+validate run with the ``actors``, ``schemas`` and
   ``jobplatform`` packages of revision REV (``git archive`` of this checkout into a temporary
   folder, first on the child's path), alternating with the current code, ``--repeat`` times
-  each, on the same files: medians and ratios (current / baseline).
+  each, on the same files: medians and ratios (current / baseline), of wall time and of the
+  child's CPU time (steadier on a shared machine).
 
 Formats (``--formats``): ``xlsx`` (openpyxl's writer), ``ods`` (the shape LibreOffice writes for
 a sheet nobody formatted: typed cells, ``calcext`` attributes, one ``text:p`` each) and
@@ -154,12 +155,12 @@ def measure_actor(path: Path, emit_intents: bool = True) -> dict[str, Any]:
     from schemas.intents import intent_json
 
     limits = Limits(max_rows=10_000_000, max_cells=100_000_000)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     precheck(path, limits)
-    precheck_s = time.perf_counter() - started
+    precheck_s, precheck_cpu_s = time.perf_counter() - started, time.process_time() - cpu
     import_id = uuid.uuid4()
     sent_bytes = 0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with open_roster(path, limits) as roster:
         index = 0
 
@@ -175,9 +176,10 @@ def measure_actor(path: Path, emit_intents: bool = True) -> dict[str, Any]:
             index += 1
 
         counts = roster.validate(emit)
-    seconds = time.perf_counter() - started
+    seconds, cpu_s = time.perf_counter() - started, time.process_time() - cpu
     return {"rows": counts.total, "valid": counts.valid, "chunks": counts.chunks,
-            "seconds": seconds, "precheck_s": precheck_s, "emitted_mib": sent_bytes / 2**20,
+            "seconds": seconds, "cpu_s": cpu_s, "precheck_s": precheck_s,
+            "precheck_cpu_s": precheck_cpu_s, "emitted_mib": sent_bytes / 2**20,
             "code": str(Path(actors.__file__).resolve().parents[1])}
 
 
@@ -221,10 +223,15 @@ def _summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "parse_validate_rows_per_s": round(statistics.median(
             s["rows"] / s["seconds"] for s in samples)),
+        "parse_validate_rows_per_cpu_s": round(statistics.median(
+            s["rows"] / s["cpu_s"] for s in samples)),
         "precheck_s": round(statistics.median(s["precheck_s"] for s in samples), 4),
+        "precheck_cpu_s": round(statistics.median(s["precheck_cpu_s"] for s in samples), 4),
         "peak_rss_mib": round(max(s["peak_rss_mib"] for s in samples), 1),
         "runs": [{"rows_per_s": round(s["rows"] / s["seconds"]),
-                  "precheck_s": round(s["precheck_s"], 4)} for s in samples],
+                  "rows_per_cpu_s": round(s["rows"] / s["cpu_s"]),
+                  "precheck_s": round(s["precheck_s"], 4),
+                  "precheck_cpu_s": round(s["precheck_cpu_s"], 4)} for s in samples],
     }
 
 
@@ -251,6 +258,10 @@ def compare(files: dict[str, Path], baseline: Path | None, repeat: int,
             figures["ratio_parse_validate"] = round(
                 now["parse_validate_rows_per_s"] / then["parse_validate_rows_per_s"], 3)
             figures["ratio_precheck_s"] = round(now["precheck_s"] / then["precheck_s"], 3)
+            figures["ratio_parse_validate_cpu"] = round(
+                now["parse_validate_rows_per_cpu_s"] / then["parse_validate_rows_per_cpu_s"], 3)
+            figures["ratio_precheck_cpu_s"] = round(
+                now["precheck_cpu_s"] / then["precheck_cpu_s"], 3)
         out[fmt] = figures
     return out
 
@@ -293,6 +304,7 @@ def command(rows: int, formats: str, baseline_rev: str | None, repeat: int,
         "rows_per_s": round(actor["rows"] / actor["seconds"]),
         "peak_rss_mib": round(actor["peak_rss_mib"], 1),
         "parse_validate_rows_per_s": round(validate_only["rows"] / validate_only["seconds"]),
+        "parse_validate_rows_per_cpu_s": round(validate_only["rows"] / validate_only["cpu_s"]),
         "precheck_s": round(validate_only["precheck_s"], 4),
         "chunks": actor["chunks"],
         "emitted_mib": round(actor["emitted_mib"], 1),
@@ -321,14 +333,20 @@ def command(rows: int, formats: str, baseline_rev: str | None, repeat: int,
     for fmt, figures in (compared or {}).items():
         now = figures["current"]
         line = (f"  {fmt} ({sizes[fmt]} MiB), medians of {repeat}: parse+validate"
-                f" {now['parse_validate_rows_per_s']:,} rows/s, pre-check {now['precheck_s']:.3f}"
-                f" s, peak RSS {now['peak_rss_mib']} MiB")
+                f" {now['parse_validate_rows_per_s']:,} rows/s"
+                f" ({now['parse_validate_rows_per_cpu_s']:,} per CPU s), pre-check"
+                f" {now['precheck_s']:.3f} s ({now['precheck_cpu_s']:.3f} CPU s), peak RSS"
+                f" {now['peak_rss_mib']} MiB")
         if "baseline" in figures:
             then = figures["baseline"]
-            line += (f"\n    {baseline_rev}: {then['parse_validate_rows_per_s']:,} rows/s,"
-                     f" pre-check {then['precheck_s']:.3f} s, peak RSS {then['peak_rss_mib']}"
-                     f" MiB; ratios parse+validate {figures['ratio_parse_validate']:.3f},"
-                     f" pre-check time {figures['ratio_precheck_s']:.3f}")
+            line += (f"\n    {baseline_rev}: {then['parse_validate_rows_per_s']:,} rows/s"
+                     f" ({then['parse_validate_rows_per_cpu_s']:,} per CPU s), pre-check"
+                     f" {then['precheck_s']:.3f} s ({then['precheck_cpu_s']:.3f} CPU s), peak RSS"
+                     f" {then['peak_rss_mib']} MiB\n    ratios (current / baseline):"
+                     f" parse+validate rows/s {figures['ratio_parse_validate']:.3f}, per CPU s"
+                     f" {figures['ratio_parse_validate_cpu']:.3f}; pre-check time"
+                     f" {figures['ratio_precheck_s']:.3f},"
+                     f" CPU {figures['ratio_precheck_cpu_s']:.3f}")
         click.echo(line)
 
 
