@@ -322,7 +322,7 @@ class Formation:
             ports.update(zip(free, candidates, strict=False))
         else:
             ports.update(zip(free, _free_ports(len(free)), strict=True))
-        return ports
+        return {label: ports[label] for _, label in labels if label in ports}
 
     def _spawn(self, ptype: ProcessType, label: str, colour: str, port: int | None = None,
                restarts: int = 0) -> Process | None:

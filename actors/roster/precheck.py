@@ -584,6 +584,7 @@ class _OdsContentScanner(_Scanner):
         max_cells = self.limits.max_cells
         last = self._skip
         repeats = b"repeated" in data
+        covered = b"<table:covered-table-cell" in data
         rfind, find, count = data.rfind, data.find, data.count
         for tag in _ODS_SCAN.finditer(data, self._skip):
             if tag.start() >= end:
@@ -600,7 +601,7 @@ class _OdsContentScanner(_Scanner):
                 # The row's width, as _row_width reads it, on the data in place (no copy).
                 begin, stop = tag.span(2)
                 at = rfind(b"office:", begin, stop)
-                if find(b"table:formula", max(at + 1, begin), stop) != -1:
+                if find(b"table:formula", begin if at == -1 else at + 1, stop) != -1:
                     at = rfind(b"table:formula", begin, stop)
                 if at == -1:
                     width = 0
@@ -608,8 +609,9 @@ class _OdsContentScanner(_Scanner):
                         != -1:  # a repeat up to the last value's cell end: read cell by cell
                     width = _row_width(data[begin:stop])
                 else:
-                    width = count(b"<table:table-cell", begin, at) + count(
-                        b"<table:covered-table-cell", begin, at)
+                    width = count(b"<table:table-cell", begin, at)
+                    if covered:
+                        width += count(b"<table:covered-table-cell", begin, at)
                 if width:
                     if width > max_columns:
                         self.refuse_grid(self._row, width, self._what())

@@ -314,8 +314,9 @@ def test_each_process_gets_its_own_metrics_port() -> None:
     types = [ProcessType("web", "a"), ProcessType("api", "METRICS_PORT=9300 b"),
              ProcessType("worker", "c")]
     formation = Formation(types, scale={"worker": 2}, probes=Probes(port_base=9300))
-    assert formation._assign_ports(Probes(port_base=9300)) == {
-        "api.1": 9300, "web.1": 9301, "worker.1": 9302, "worker.2": 9303}
+    ports = formation._assign_ports(Probes(port_base=9300))
+    assert ports == {"web.1": 9301, "api.1": 9300, "worker.1": 9302, "worker.2": 9303}
+    assert list(ports) == ["web.1", "api.1", "worker.1", "worker.2"]  # the formation's order
     free = formation._assign_ports(Probes())
     assert free["api.1"] == 9300
     assert len(set(free.values())) == 4
