@@ -39,6 +39,26 @@ from typing import IO, Literal, TextIO
 
 from jobplatform.errors import JobPlatformError
 
+__all__ = [
+    "BUILTIN_PROCFILE",
+    "DEFAULT_STOP_TIMEOUT_S",
+    "STOP_MARGIN_S",
+    "Formation",
+    "FormationError",
+    "OnUnhealthy",
+    "Probes",
+    "Process",
+    "ProcessType",
+    "builtin_formation",
+    "command_argv",
+    "describe_exit",
+    "exit_status",
+    "parse_procfile",
+    "parse_scale",
+    "read_procfile",
+    "stop_timeout_for",
+]
+
 DEFAULT_STOP_TIMEOUT_S = 30.0
 #: Time a video worker needs past ``VIDEO_STOP_GRACE_S`` to hand its job back and exit.
 STOP_MARGIN_S = 10.0
