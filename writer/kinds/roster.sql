@@ -1,5 +1,7 @@
 -- The roster kind's statements (writer/kinds/roster.py), one block per `-- name:` line.
--- `{stage}` is the session's temporary staging table, composed with psycopg.sql.
+-- `{stage}` is the session's temporary staging table, composed with psycopg.sql. Those that
+-- touch the application's tables (lectures, students, enrollments) are composed from the table
+-- map in writer/kinds/tables.py.
 -- Timestamps come from the intents; none of these statements calls now().
 
 -- name: prepare_stage
@@ -31,97 +33,10 @@ COPY {stage} (tenant_id, phone, name, parent_phone, school, grade, birth_date, s
               student_import, lecture_id, import_id, enrolled_at)
 FROM STDIN (FORMAT BINARY)
 
--- name: ensure_lectures
--- Lectures the chunks enroll into, created with the chunk's tenant; returns those that already
--- exist under another tenant (the outer query sees the rows from before this statement).
-WITH wanted AS (
-    SELECT * FROM unnest(%(id)s::bigint[], %(tenant_id)s::bigint[], %(created_at)s::timestamptz[])
-        AS w (id, tenant_id, created_at)
-), added AS (
-    INSERT INTO lectures (id, tenant_id, created_at)
-    SELECT id, tenant_id, created_at FROM wanted
-    ON CONFLICT (id) DO NOTHING
-)
-SELECT w.id, w.tenant_id, l.tenant_id
-FROM wanted AS w JOIN lectures AS l ON l.id = w.id
-WHERE l.tenant_id <> w.tenant_id
-
--- name: upsert_roster
--- Students and enrollments of the staged rows in one statement, one index probe per student:
--- `found` looks each student up once and takes an id from the identity sequence for the new
--- ones, so neither insert joins `students` again. New students are inserted plainly (the
--- writer's lock makes it the only one inserting them; a student inserted by someone else
--- meanwhile fails the batch, whose split halves then find it); changed ones are updated by id;
--- present and identical ones are not touched at all (no lock, no WAL). A new student has no
--- enrollment yet: its rows are inserted plainly; only existing students' rows go through ON
--- CONFLICT. Rows without `student_at` (a student's second lecture in the batch) are left to
--- `enroll_more`. Returns, per import: students created, updated, and enrollments added.
-WITH found AS (
-    SELECT st.tenant_id, st.phone, st.name, st.parent_phone, st.school, st.grade, st.birth_date,
-           st.student_at, st.student_import, st.lecture_id, st.import_id, st.enrolled_at,
-           s.id AS old_id,
-           coalesce(s.id, nextval((SELECT pg_get_serial_sequence('students', 'id')::regclass)))
-               AS student_id,
-           s.id IS NOT NULL
-               AND (s.name, s.parent_phone, s.school, s.grade, s.birth_date)
-                   IS NOT DISTINCT FROM (st.name, st.parent_phone, st.school, st.grade,
-                                         st.birth_date) AS same
-    FROM {stage} AS st
-    LEFT JOIN students AS s ON s.tenant_id = st.tenant_id AND s.phone = st.phone
-    WHERE st.student_at IS NOT NULL
-), created AS (
-    INSERT INTO students
-        (id, tenant_id, phone, name, parent_phone, school, grade, birth_date, created_at,
-         updated_at)
-    OVERRIDING SYSTEM VALUE
-    SELECT student_id, tenant_id, phone, name, parent_phone, school, grade, birth_date,
-           student_at, student_at
-    FROM found
-    WHERE old_id IS NULL
-), changed AS (
-    UPDATE students AS s
-    SET (name, parent_phone, school, grade, birth_date, updated_at)
-        = (f.name, f.parent_phone, f.school, f.grade, f.birth_date, f.student_at)
-    FROM found AS f
-    WHERE f.old_id IS NOT NULL AND NOT f.same AND s.id = f.old_id
-      AND (s.name, s.parent_phone, s.school, s.grade, s.birth_date)
-          IS DISTINCT FROM (f.name, f.parent_phone, f.school, f.grade, f.birth_date)
-    RETURNING f.student_import
-), enrolled AS (
-    INSERT INTO enrollments (lecture_id, student_id, import_id, enrolled_at)
-    SELECT lecture_id, student_id, import_id, enrolled_at FROM found WHERE old_id IS NULL
-    RETURNING import_id
-), reenrolled AS (
-    INSERT INTO enrollments (lecture_id, student_id, import_id, enrolled_at)
-    SELECT lecture_id, student_id, import_id, enrolled_at FROM found WHERE old_id IS NOT NULL
-    ON CONFLICT (lecture_id, student_id) DO NOTHING
-    RETURNING import_id
-)
-SELECT import_id, sum(created), sum(updated), sum(enrolled)
-FROM (
-    SELECT student_import, 1, 0, 0 FROM found WHERE old_id IS NULL
-    UNION ALL SELECT student_import, 0, 1, 0 FROM changed
-    UNION ALL SELECT import_id, 0, 0, 1 FROM enrolled
-    UNION ALL SELECT import_id, 0, 0, 1 FROM reenrolled
-) AS n (import_id, created, updated, enrolled)
-GROUP BY import_id
-
--- name: enroll_more
--- Enrollments of staged rows that are not a student's first row in the batch (its other
--- lectures); runs after `upsert_roster`, so new students are found too.
-WITH added AS (
-    INSERT INTO enrollments (lecture_id, student_id, import_id, enrolled_at)
-    SELECT st.lecture_id, s.id, st.import_id, st.enrolled_at
-    FROM {stage} AS st
-    JOIN students AS s ON s.tenant_id = st.tenant_id AND s.phone = st.phone
-    WHERE st.student_at IS NULL
-    ON CONFLICT (lecture_id, student_id) DO NOTHING
-    RETURNING import_id
-)
-SELECT import_id, count(*) FROM added GROUP BY import_id
-
 -- name: upsert_roster_statuses
--- Status moves only to a strictly higher rank; values an intent does not carry are kept.
+-- Status moves only to a strictly higher rank; values an intent does not carry are kept. An
+-- outranked status (a late `queued` after `parsing`, reordered by a takeover) still fills the
+-- values the row lacks. Rows of another tenant were refused before (check_tenants).
 INSERT INTO roster_imports AS r
     (id, tenant_id, lecture_id, status, status_rank, source_key, report_key, total, valid,
      invalid, duplicates, chunks_expected, error, sample_errors, started_at, updated_at)
@@ -133,20 +48,36 @@ SELECT * FROM unnest(
     %(sample_errors)s::jsonb[], %(started_at)s::timestamptz[], %(updated_at)s::timestamptz[]
 )
 ON CONFLICT (id) DO UPDATE SET
-    status = CASE WHEN r.dead_intents > 0 THEN r.status ELSE EXCLUDED.status END,
-    status_rank = EXCLUDED.status_rank,
-    source_key = coalesce(EXCLUDED.source_key, r.source_key),
-    report_key = coalesce(EXCLUDED.report_key, r.report_key),
-    total = coalesce(EXCLUDED.total, r.total),
-    valid = coalesce(EXCLUDED.valid, r.valid),
-    invalid = coalesce(EXCLUDED.invalid, r.invalid),
-    duplicates = coalesce(EXCLUDED.duplicates, r.duplicates),
-    chunks_expected = coalesce(EXCLUDED.chunks_expected, r.chunks_expected),
-    error = CASE WHEN r.dead_intents > 0 THEN r.error ELSE coalesce(EXCLUDED.error, r.error) END,
-    sample_errors = coalesce(EXCLUDED.sample_errors, r.sample_errors),
+    status = CASE WHEN EXCLUDED.status_rank <= r.status_rank OR r.dead_intents > 0 THEN r.status
+                  ELSE EXCLUDED.status END,
+    status_rank = greatest(EXCLUDED.status_rank, r.status_rank),
+    source_key = coalesce(r.source_key, EXCLUDED.source_key),
+    report_key = CASE WHEN EXCLUDED.status_rank > r.status_rank
+                      THEN coalesce(EXCLUDED.report_key, r.report_key)
+                      ELSE coalesce(r.report_key, EXCLUDED.report_key) END,
+    total = CASE WHEN EXCLUDED.status_rank > r.status_rank THEN coalesce(EXCLUDED.total, r.total)
+                 ELSE coalesce(r.total, EXCLUDED.total) END,
+    valid = CASE WHEN EXCLUDED.status_rank > r.status_rank THEN coalesce(EXCLUDED.valid, r.valid)
+                 ELSE coalesce(r.valid, EXCLUDED.valid) END,
+    invalid = CASE WHEN EXCLUDED.status_rank > r.status_rank
+                   THEN coalesce(EXCLUDED.invalid, r.invalid)
+                   ELSE coalesce(r.invalid, EXCLUDED.invalid) END,
+    duplicates = CASE WHEN EXCLUDED.status_rank > r.status_rank
+                      THEN coalesce(EXCLUDED.duplicates, r.duplicates)
+                      ELSE coalesce(r.duplicates, EXCLUDED.duplicates) END,
+    chunks_expected = coalesce(r.chunks_expected, EXCLUDED.chunks_expected),
+    error = CASE WHEN r.dead_intents > 0 OR EXCLUDED.status_rank <= r.status_rank THEN r.error
+                 ELSE coalesce(EXCLUDED.error, r.error) END,
+    sample_errors = CASE WHEN EXCLUDED.status_rank > r.status_rank
+                         THEN coalesce(EXCLUDED.sample_errors, r.sample_errors)
+                         ELSE coalesce(r.sample_errors, EXCLUDED.sample_errors) END,
     started_at = least(r.started_at, EXCLUDED.started_at),
     updated_at = greatest(r.updated_at, EXCLUDED.updated_at)
 WHERE EXCLUDED.status_rank > r.status_rank
+   OR (r.source_key IS NULL AND EXCLUDED.source_key IS NOT NULL)
+   OR (r.chunks_expected IS NULL AND EXCLUDED.chunks_expected IS NOT NULL)
+   OR (r.total IS NULL AND EXCLUDED.total IS NOT NULL)
+   OR (r.report_key IS NULL AND EXCLUDED.report_key IS NOT NULL)
 
 -- name: add_roster_counts
 -- Per-import counters of the chunks applied; a chunk arriving before any status creates the
