@@ -1,8 +1,9 @@
 """``jobplatform bench roster``: the AI actor's parse, validate and emit path beside openpyxl,
 and beside the roster code of an earlier revision.
 
-One generated roster (six columns, mixed phone spellings and grade forms, a few invalid rows and
-duplicates) per format is read, each path in its own subprocess so each has its own peak RSS:
+One roster written by the benchmark (six columns, mixed phone spellings and grade forms, a few
+invalid rows and duplicates) per format is read, each path in its own subprocess so each has
+its own peak RSS:
 
 - ``actor``: the import's own path: pre-check, calamine, header detection, validation and
   chunking, each chunk built as a ``RosterChunk`` intent and serialised to the JSON it travels

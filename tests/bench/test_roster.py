@@ -38,7 +38,7 @@ def test_bench_roster_compares_formats_with_a_baseline_revision() -> None:
     assert set(figures["ods-padded"]) == {"current"}
 
 
-def test_the_generated_ods_rosters_read_as_the_xlsx_one(tmp_path: Path) -> None:
+def test_the_benchmarks_ods_rosters_read_as_its_xlsx_one(tmp_path: Path) -> None:
     from actors.roster import Limits, open_roster
     from bench.roster import write_file
 
