@@ -10,8 +10,8 @@ job re-sends the same intents and the writer applies each once):
    ``RosterStatus(failed)`` with the reason and no chunk;
 4. ``RosterChunk`` intents to ``writes.bulk`` as rows are validated;
 5. the error report, when some row was rejected or repeated, to ``<source key>.errors.xlsx``;
-6. ``RosterStatus(writing)`` with the counts, the number of chunks and the report's key; the
-   job's progress record in Redis also gets ``empty_slots`` (numbered rows left empty).
+6. ``RosterStatus(writing)`` with the counts (``empty_slots``: numbered rows left empty), the
+   number of chunks and the report's key; the job's progress record in Redis gets them too.
 
 S3 and Redis faults raise :class:`~jobplatform.errors.TransientJobError`, which dramatiq's
 Retries middleware retries with backoff (``ROSTER_MAX_RETRIES`` times, then the import is marked
@@ -170,8 +170,7 @@ def _run(
     # The progress record first: the writer's ``done``, which may follow the status intent
     # within milliseconds, is merged into it and must not be overwritten by ``writing``. The
     # report's key and the sample errors stay in the record, so a finished import's status
-    # links its report without a database read. RosterStatus has no field for empty slots
-    # yet: the progress record carries them.
+    # links its report without a database read.
     progress(
         final=True, step="writing", rows=total, total=total, chunks=counts.chunks,
         valid=counts.valid, invalid=counts.invalid, duplicates=counts.duplicates,
@@ -180,7 +179,8 @@ def _run(
     )
     _redis_call(lambda: status(
         "writing", total=counts.total, valid=counts.valid, invalid=counts.invalid,
-        duplicates=counts.duplicates, chunks=counts.chunks, report_key=key, sample_errors=sample,
+        duplicates=counts.duplicates, empty_slots=counts.empty_slots, chunks=counts.chunks,
+        report_key=key, sample_errors=sample,
     ))
 
 

