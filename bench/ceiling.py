@@ -112,11 +112,12 @@ def small_intents(count: int) -> Iterator[AnyIntent]:
     for n in range(count // 2):
         video_id = uuid.UUID(int=n + 1, version=4)
         yield VideoProcessing(tenant_id=TENANT_ID, video_id=video_id, occurred_at=now)
+        hls = f"tenants/{TENANT_ID}/videos/{video_id}/hls/"
         yield VideoReady(
             tenant_id=TENANT_ID, video_id=video_id, occurred_at=now,
-            hls_key=f"hls/{video_id}/master.m3u8", duration_s=60.0,
+            hls_key=hls + "master.m3u8", duration_s=60.0,
             renditions=(VideoRendition(name="720p", width=1280, height=720, bandwidth=2_800_000,
-                                       playlist_key=f"hls/{video_id}/720p.m3u8"),),
+                                       playlist_key=hls + "720p.m3u8"),),
         )
 
 

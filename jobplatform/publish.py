@@ -51,7 +51,7 @@ from jobplatform.kinds import ENTRY_POINT_GROUP, KINDS_SETTING, JobType, Registr
 from jobplatform.progress import ProgressStore
 from jobplatform.s3 import s3_client
 from jobplatform.settings import Settings, load_settings
-from schemas import BaseJob, SourceJob
+from schemas import BaseJob, SourceJob, tenant_prefix
 from schemas.intents import RowError
 
 if TYPE_CHECKING:
@@ -291,10 +291,6 @@ def safe_filename(filename: str) -> str:
 
 def _content_type(filename: str) -> str:
     return mimetypes.guess_type(filename)[0] or "application/octet-stream"
-
-
-def tenant_prefix(tenant_id: int) -> str:
-    return f"tenants/{tenant_id}/"
 
 
 def upload_key(tenant_id: int, filename: str, upload_id: uuid.UUID | None = None) -> str:

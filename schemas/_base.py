@@ -15,6 +15,11 @@ EntityId = Annotated[int, Field(gt=0, lt=2**63)]
 S3Key = Annotated[str, Field(min_length=1, max_length=1024)]
 ShortText = Annotated[str, Field(max_length=200)]
 
+def tenant_prefix(tenant_id: int) -> str:
+    """The S3 prefix every object of tenant ``tenant_id`` lies under: ``tenants/<id>/``."""
+    return f"tenants/{tenant_id}/"
+
+
 #: The writer's two queues: ``fast`` for small state changes, ``bulk`` for large row sets.
 Lane = Literal["fast", "bulk"]
 
