@@ -25,9 +25,12 @@ Lane = Literal["fast", "bulk"]
 
 
 class Contract(BaseModel):
-    """Base of every job and intent: immutable, strict about unknown fields."""
+    """Base of every job and intent: immutable, strict about unknown fields. A validation
+    error's text never quotes the input (it may hold a student's data); :class:`DecodeError`
+    quotes the offending value, shortened."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True,
+                              hide_input_in_errors=True)
 
 
 class BaseIntent(Contract):
