@@ -34,6 +34,7 @@ from dramatiq.middleware import CurrentMessage
 
 from actors.invalid import read_ids
 from actors.roster import Limits, RosterRejected, open_roster, write_report
+from jobplatform.auth import ensure_message_auth
 from jobplatform.broker import IMPORT_ROSTER, Queues, broker_identity
 from jobplatform.emit import IntentEmitter
 from jobplatform.errors import JobError, TransientJobError
@@ -271,7 +272,11 @@ def reject(payload: Any, error: DecodeError, services: RosterServices) -> bool:
 
 
 def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[Any, None]:
-    """Declare the ``import_roster`` actor on ``broker`` (queue ``settings.queue_ai``)."""
+    """Declare the ``import_roster`` actor on ``broker`` (queue ``settings.queue_ai``).
+
+    The broker refuses jobs without a valid MAC (:func:`jobplatform.auth.ensure_message_auth`).
+    """
+    ensure_message_auth(broker, settings)
     services: RosterServices | None = None
     max_retries = settings.roster.max_retries
     removed = sweep(None, WORK_PREFIX)  # folders of dead workers on this machine

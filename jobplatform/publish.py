@@ -43,6 +43,7 @@ import dramatiq
 import redis
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from jobplatform.auth import Keyring, keyring_for, keyring_of
 from jobplatform.broker import Queues, build_broker, heartbeats_key, make_message
 from jobplatform.content import sniff_file
 from jobplatform.emit import IntentEmitter
@@ -301,6 +302,14 @@ def upload_key(tenant_id: int, filename: str, upload_id: uuid.UUID | None = None
     return f"{tenant_prefix(tenant_id)}uploads/{folder}/{safe_filename(filename)}"
 
 
+def _keyring(broker: dramatiq.Broker, settings: Settings) -> Keyring:
+    """The broker's keys; for a broker built elsewhere, those of ``settings``."""
+    try:
+        return keyring_of(broker)
+    except ConfigError:
+        return keyring_for(settings)
+
+
 class Publisher:
     """Publishes jobs to the platform's queues; one per process, safe to share between threads.
 
@@ -326,7 +335,8 @@ class Publisher:
         self.redis: redis.Redis = broker.client  # type: ignore[attr-defined]
         self.progress = ProgressStore(self.redis, settings.broker_namespace)
         self.registry = registry if registry is not None else registry_for(settings)
-        self.emitter = IntentEmitter(broker, self.queues, self.registry)
+        self.keyring = _keyring(broker, settings)
+        self.emitter = IntentEmitter(broker, self.queues, self.registry, self.keyring)
         self._s3 = s3
 
     @classmethod
@@ -495,7 +505,8 @@ class Publisher:
         """
         job_type = self.validate(job)
         queue, actor = job_type.queue_name(self.settings), job_type.actor
-        message = make_message(queue, actor, job.model_dump(mode="json"), job_id=job.job_id)
+        message = self.keyring.sign(
+            make_message(queue, actor, job.model_dump(mode="json"), job_id=job.job_id))
         receipt = PublishReceipt(
             job_id=job.job_id,
             kind=job.kind,
