@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, FilePath, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobplatform.errors import ConfigError
@@ -56,6 +56,9 @@ class S3Settings(BaseSettings):
     region: str = "us-east-1"
     access_key_id: str | None = None
     secret_access_key: str | None = None
+    ca_bundle: FilePath | None = None
+    """PEM file of the certificate authorities an ``https`` endpoint is checked against
+    (instead of the system's); unset keeps the default verification."""
 
 
 class AuthSettings(BaseSettings):
