@@ -17,6 +17,7 @@ from jobplatform.cli import (
     dead,
     demo,
     doctor,
+    keys,
     kinds,
     log,
     replay,
@@ -40,6 +41,7 @@ COMMANDS: list[click.Command] = [
     replay.replay,
     log.log,
     kinds.kinds,
+    keys.keys,
     roster.roster,
     doctor.doctor,
 ]
