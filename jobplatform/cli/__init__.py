@@ -24,6 +24,7 @@ from jobplatform.cli import (
     roster,
     run,
     stack,
+    tables,
     watch,
     writer,
 )
@@ -44,6 +45,7 @@ COMMANDS: list[click.Command] = [
     keys.keys,
     roster.roster,
     doctor.doctor,
+    tables.tables,
 ]
 
 
