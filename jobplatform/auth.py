@@ -28,6 +28,7 @@ entity backwards; a replayed job repeats work on its own tenant's data only.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import re
@@ -74,7 +75,6 @@ MIN_SECRET_CHARS = 32
 
 _DOMAIN = b"jobplatform/1\n"
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_HEX = re.compile(r"^[0-9a-f]{64}$")
 _DEV_KEYS = Path("auth") / "keys"
 
 log = get_logger("jobplatform.auth")
@@ -135,6 +135,7 @@ class Keyring:
                               f"({', '.join(parsed)})")
         self._keys = parsed
         self._signing = parsed[signing]
+        self._started: dict[tuple[str, str], hmac.HMAC] = {}
         redact(*self.secrets())
         self.origin = "given"
         """Where the keys came from (settings, a file, the development key), for messages."""
@@ -154,9 +155,16 @@ class Keyring:
         """The secrets as text, for the log redaction (:func:`jobplatform.logging.redact`)."""
         return tuple(k.secret.decode("utf-8", "replace") for k in self._keys.values())
 
-    @staticmethod
-    def _digest(key: _Key, actor: str, body: bytes) -> str:
-        return hmac.digest(key.secret, _DOMAIN + actor.encode() + b"\n" + body, "sha256").hex()
+    def _digest(self, key: _Key, actor: str, body: bytes) -> str:
+        # The HMAC keyed and fed the domain and the actor once per (key, actor), then copied:
+        # a check hashes the body alone.
+        started = self._started.get((key.id, actor))
+        if started is None:
+            started = hmac.new(key.secret, _DOMAIN + actor.encode() + b"\n", hashlib.sha256)
+            self._started[(key.id, actor)] = started
+        mac = started.copy()
+        mac.update(body)
+        return mac.hexdigest()
 
     def mac(self, actor: str, body: bytes) -> str:
         """The MAC option's value for ``body`` (:func:`canonical_body`) sent to ``actor``."""
@@ -179,7 +187,7 @@ class Keyring:
         if key is None:
             return (f"{REFUSED}: signed with key {key_id[:70]!r}, which this process does not "
                     f"accept (accepted: {', '.join(self._keys)})")
-        if not _HEX.match(digest) or not hmac.compare_digest(
+        if len(digest) != 64 or not digest.isascii() or not hmac.compare_digest(
                 digest, self._digest(key, actor, body)):
             return f"{REFUSED}: its MAC does not match its body (key {key_id!r})"
         return None
