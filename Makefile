@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## fuzz: the property tests and the roster files' byte fuzzing with many more, random inputs
-## (FUZZ_EXAMPLES each, default 3000; about 15 minutes here). `make test` runs 60 each, fixed.
+## (FUZZ_EXAMPLES each, default 3000: 5 min 16 s here). `make test` runs 60 each, fixed (8 s).
 FUZZ_EXAMPLES ?= 3000
 FUZZ_TESTS := tests/schemas/test_properties.py tests/actors/roster/test_normalise_properties.py \
 	tests/jobplatform/test_kinds_properties.py tests/actors/roster/test_fuzz_files.py
