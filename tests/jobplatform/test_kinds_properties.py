@@ -8,16 +8,19 @@ later of equals wins); a field a change carries replaces the field's value on th
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Hashable, Sequence
 from typing import Any
 
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
 from jobplatform.kinds import Change, coalesce
-from schemas import BaseIntent
-from tests.strategies import INTENTS, roster_intents
+from schemas import BaseIntent, RosterStatus
+from tests.strategies import INTENTS, T0, roster_intents
+
+IMPORT = uuid.UUID(int=11, version=4)
 
 Key = tuple[Hashable, ...]
 FIELDS = ("source_key", "report_key", "error", "total", "valid", "chunks")
@@ -81,6 +84,8 @@ def test_batch_boundaries_do_not_change_the_outcome(intents: list[BaseIntent],
     "promises; the fix belongs in jobplatform/kinds.py"))
 @settings(phases=(Phase.explicit, Phase.reuse, Phase.generate))  # no shrinking while it fails
 @given(st.lists(roster_intents(), max_size=20))
+@example([RosterStatus(tenant_id=7, occurred_at=T0, import_id=IMPORT, lecture_id=1,
+                       status="parsing", error=text) for text in ("first", "second")])
 def test_latest_is_the_field_one_by_one_leaves(intents: list[BaseIntent]) -> None:
     changes: list[Change[BaseIntent]] = coalesce(intents)
     for name in FIELDS:
