@@ -30,6 +30,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from jobplatform.auth import Keyring, MessageAuth, keyring_for
 from jobplatform.settings import Settings
 
 #: Actor names the publish client addresses; actors register under the same names.
@@ -128,9 +129,12 @@ def broker_identity(broker: dramatiq.Broker) -> dict[str, str]:
     return fields
 
 
-def default_middleware() -> list[Middleware]:
-    """dramatiq's defaults less Prometheus, plus the log context and the stop notice."""
+def default_middleware(keyring: Keyring | None = None) -> list[Middleware]:
+    """dramatiq's defaults less Prometheus, plus the message keys (first: a message refused
+    there never reaches the others' work), the log context and the stop notice."""
+    auth: list[Middleware] = [MessageAuth(keyring)] if keyring is not None else []
     return [
+        *auth,
         AgeLimit(),
         TimeLimit(),
         ShutdownNotifications(),
@@ -144,11 +148,17 @@ def default_middleware() -> list[Middleware]:
 
 
 def build_broker(settings: Settings, redis_url: str, *, set_global: bool = True) -> RedisBroker:
-    """The platform's broker; ``set_global`` makes it dramatiq's broker for actor decorators."""
+    """The platform's broker; ``set_global`` makes it dramatiq's broker for actor decorators.
+
+    It carries the process's message keys (:func:`jobplatform.auth.keyring_for`: a
+    :class:`~jobplatform.errors.ConfigError` in production without one): producers sign with
+    them and workers refuse messages they do not authenticate. ``redis_url`` may be
+    ``rediss://`` (TLS) and carry a password and TLS options (README, Transport).
+    """
     broker = RedisBroker(  # type: ignore[no-untyped-call]
         url=redis_url,
         namespace=settings.broker_namespace,
-        middleware=default_middleware(),
+        middleware=default_middleware(keyring_for(settings)),
         heartbeat_timeout=60_000,
     )
     _declare_queues(broker, settings)
@@ -159,7 +169,7 @@ def build_broker(settings: Settings, redis_url: str, *, set_global: bool = True)
 
 def build_stub_broker(settings: Settings) -> StubBroker:
     """An in-memory broker with the platform's middleware and queues, for tests."""
-    broker = StubBroker(middleware=default_middleware())
+    broker = StubBroker(middleware=default_middleware(keyring_for(settings)))
     _declare_queues(broker, settings)
     return broker
 

@@ -3,13 +3,15 @@
 Each intent goes to the lane its model declares (``fast`` for status changes, ``bulk`` for row
 sets such as roster chunks); the writer drains fast first, so a video's status never waits
 behind a large import. An intent of a kind the registry does not hold is refused here, at the
-producer, instead of reaching the writer's dead letters.
+producer, instead of reaching the writer's dead letters. Each message is signed with the
+broker's key (:mod:`jobplatform.auth`): the writer applies nothing else.
 """
 
 from __future__ import annotations
 
 import dramatiq
 
+from jobplatform.auth import MAC_OPTION, Keyring, canonical_body, keyring_of
 from jobplatform.broker import WRITE_INTENT, Queues, make_message
 from jobplatform.kinds import Registry, UnknownKind, default_registry
 from schemas import BaseIntent, FieldError, encode_intent
@@ -19,10 +21,11 @@ class IntentEmitter:
     """Routes each intent to its lane and enqueues it on the broker."""
 
     def __init__(self, broker: dramatiq.Broker, queues: Queues,
-                 registry: Registry | None = None) -> None:
+                 registry: Registry | None = None, keyring: Keyring | None = None) -> None:
         self.broker = broker
         self.queues = queues
         self.registry = registry if registry is not None else default_registry()
+        self.keyring = keyring if keyring is not None else keyring_of(broker)
 
     def lane(self, intent: BaseIntent) -> str:
         return self.queues.writes_bulk if intent.lane == "bulk" else self.queues.writes_fast
@@ -30,7 +33,8 @@ class IntentEmitter:
     def emit(self, intent: BaseIntent) -> None:
         if self.registry.kind_for(intent.kind) is None:
             raise UnknownKind("intent", [FieldError("kind", self.registry.unknown(intent.kind))])
-        message = make_message(
-            self.lane(intent), WRITE_INTENT, encode_intent(intent), intent_id=str(intent.intent_id)
-        )
+        payload = encode_intent(intent)
+        mac = self.keyring.mac(WRITE_INTENT, canonical_body((payload,)))
+        message = make_message(self.lane(intent), WRITE_INTENT, payload,
+                               intent_id=str(intent.intent_id), **{MAC_OPTION: mac})
         self.broker.enqueue(message)

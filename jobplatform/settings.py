@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, FilePath, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobplatform.errors import ConfigError
@@ -56,6 +56,22 @@ class S3Settings(BaseSettings):
     region: str = "us-east-1"
     access_key_id: str | None = None
     secret_access_key: str | None = None
+    ca_bundle: FilePath | None = None
+    """PEM file of the certificate authorities an ``https`` endpoint is checked against
+    (instead of the system's); unset keeps the default verification."""
+
+
+class AuthSettings(BaseSettings):
+    """The keys that sign and check jobs and write intents (:mod:`jobplatform.auth`)."""
+
+    model_config = SettingsConfigDict(env_prefix="AUTH_", frozen=True)
+
+    keys: SecretStr | None = None
+    """``id=secret`` pairs, comma-separated: every key listed is accepted."""
+    keys_file: Path | None = None
+    """A file of ``id=secret`` pairs, one a line (a mounted secret), besides ``keys``."""
+    signing_key: str | None = None
+    """The id of the key that signs; unset, the first listed."""
 
 
 class WriterSettings(BaseSettings):
@@ -188,6 +204,7 @@ class Settings(BaseSettings):
     """Port of the process's ``/metrics``, ``/healthz`` and ``/readyz``; 0 serves none."""
 
     s3: S3Settings = Field(default_factory=S3Settings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     writer: WriterSettings = Field(default_factory=WriterSettings)
     roster: RosterSettings = Field(default_factory=RosterSettings)
     video: VideoSettings = Field(default_factory=VideoSettings)
@@ -204,6 +221,7 @@ class Settings(BaseSettings):
 
 _GROUPS: dict[str, type[BaseSettings]] = {
     "s3": S3Settings,
+    "auth": AuthSettings,
     "writer": WriterSettings,
     "roster": RosterSettings,
     "video": VideoSettings,

@@ -15,9 +15,21 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from jobplatform.settings import Settings, load_settings
 from jobplatform.stack import Services, session_services
+
+# Property and fuzz tests: a short, deterministic run by default (CI); `make fuzz` selects the
+# long, random one (HYPOTHESIS_PROFILE=fuzz), whose failures hypothesis keeps to replay.
+hypothesis_settings.register_profile(
+    "ci", max_examples=60, derandomize=True, database=None, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.register_profile(
+    "fuzz", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "3000")), deadline=None,
+    suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -125,8 +125,10 @@ def test_production_writer_refuses_to_start_without_a_log_folder(
     installed: Installed, tmp_path: Path,
 ) -> None:
     # Given an installed package in production with no folder chosen for the intent log
+    # (its message key is set: without one it stops earlier, tests/jobplatform/cli/test_keys.py)
     env = {"JOBPLATFORM_ENV": "production", "DATABASE_URL": "postgresql://127.0.0.1:1/x",
-           "REDIS_URL": "redis://127.0.0.1:1", "S3_ENDPOINT_URL": "http://127.0.0.1:1"}
+           "REDIS_URL": "redis://127.0.0.1:1", "S3_ENDPOINT_URL": "http://127.0.0.1:1",
+           "AUTH_KEYS": "k1=" + "x" * 40}
 
     unset = installed.run("writer", cwd=tmp_path, **env)
     inside = installed.run("writer", cwd=tmp_path, **env,

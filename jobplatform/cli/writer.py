@@ -29,6 +29,7 @@ def writer(ctx: click.Context, intent_log: bool) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
+    from jobplatform.auth import keyring_for
     from jobplatform.broker import build_broker
     from jobplatform.logging import get_logger
     from jobplatform.settings import check_intent_log_dir
@@ -37,8 +38,10 @@ def writer(ctx: click.Context, intent_log: bool) -> None:
     from writer.migrate import upgrade
 
     settings = settings_from_env()
+    # Before any connection: a production writer needs its message keys ...
+    keyring_for(settings)
     if intent_log:
-        # Before any connection: a production writer must not log inside the package.
+        # ... and must not log inside the package.
         check_intent_log_dir(settings)
     settings = ensure_services(settings).apply(settings)
     assert settings.database_url is not None

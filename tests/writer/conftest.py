@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from jobplatform.auth import Keyring, development_keys_file, keyring_for
 from jobplatform.broker import Queues
 from jobplatform.emit import IntentEmitter
 from jobplatform.kinds import Registry
@@ -186,7 +187,7 @@ def start_writer(settings: Settings) -> Iterator[Callable[..., WriterThread]]:
 
     def start(*, database_url: str | None = None, registry: Registry | None = None,
               hooks: Sequence[Hooks] = (), log_writer: IntentLogWriter | None = None,
-              **writer_settings: Any) -> WriterThread:
+              keyring: Keyring | None = None, **writer_settings: Any) -> WriterThread:
         assert settings.redis_url is not None
         assert settings.database_url is not None
         broker = build_broker(settings, settings.redis_url, set_global=False)
@@ -194,7 +195,7 @@ def start_writer(settings: Settings) -> Iterator[Callable[..., WriterThread]]:
         writer = Writer(ws, database_url=database_url or settings.database_url, broker=broker,
                         queues=Queues.from_settings(settings), standby_poll_s=0.2,
                         heartbeat_s=1.0, registry=registry, hooks=hooks,
-                        log_writer=log_writer)
+                        log_writer=log_writer, keyring=keyring)
         runner = WriterThread(writer).start()
         started.append((runner, broker))
         return runner
@@ -214,7 +215,9 @@ class WriterProcess:
         assert settings.database_url is not None
         assert settings.redis_url is not None
         self.log_path = tmp_path / f"{name}.log"
+        keyring_for(settings)  # the test's development key, shared with the process
         environ = {
+            "AUTH_KEYS_FILE": str(development_keys_file(settings)),
             **os.environ,
             "DATABASE_URL": settings.database_url,
             "REDIS_URL": settings.redis_url,

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from jobplatform.auth import keyring_of
 from jobplatform.broker import WRITE_INTENT, make_message
 from jobplatform.progress import ProgressStore
 from jobplatform.settings import Settings
@@ -174,8 +175,8 @@ def test_malformed_messages_are_dead_lettered_with_reasons_and_the_writer_goes_o
         make_message(fast, WRITE_INTENT, oversize),
         make_message(fast, "encode_video", body),
     ]
-    for message in messages:
-        broker.enqueue(message)
+    for message in messages:  # signed: each is refused for what it carries
+        broker.enqueue(keyring_of(broker).sign(message))
     # A message that is not even a dramatiq envelope, written with the broker's own command
     broker.do_enqueue(fast, str(uuid.uuid4()), b"\xff\xfe garbage")
     emit_all(broker, settings, [good])

@@ -82,10 +82,10 @@ class Leadership:
         # full collections then scan only what the writer allocated since, not all of it.
         gc.freeze()
         self.fast = Lane(broker, writer.queues.writes_fast, registry=writer.registry,
-                         max_intent_bytes=settings.max_intent_bytes,
+                         keyring=writer.keyring, max_intent_bytes=settings.max_intent_bytes,
                          poll_timeout_ms=settings.poll_timeout_ms)
         self.bulk = Lane(broker, writer.queues.writes_bulk, registry=writer.registry,
-                         max_intent_bytes=settings.max_intent_bytes,
+                         keyring=writer.keyring, max_intent_bytes=settings.max_intent_bytes,
                          poll_timeout_ms=settings.poll_timeout_ms)
         writer.set_role("active")
         log.info("writer active", name=writer.name, recovered=recovered)

@@ -30,6 +30,7 @@ from typing import Any
 import psycopg
 from dramatiq.brokers.redis import RedisBroker
 
+from jobplatform.auth import Keyring, keyring_of
 from jobplatform.broker import Queues
 from jobplatform.kinds import Registry, registry_for
 from jobplatform.logging import get_logger
@@ -64,6 +65,7 @@ class Writer:
         broker: RedisBroker,
         queues: Queues,
         registry: Registry | None = None,
+        keyring: Keyring | None = None,
         log_writer: IntentLogWriter | None = None,
         hooks: Sequence[Hooks] = (),
         standby_poll_s: float = 0.5,
@@ -79,6 +81,8 @@ class Writer:
         self.broker = broker
         self.queues = queues
         self.registry = resolve(registry)
+        #: The keys intents must be signed with (default: the broker's, from build_broker).
+        self.keyring = keyring if keyring is not None else keyring_of(broker)
         self.log_writer = log_writer
         self.hooks: tuple[Hooks, ...] = tuple(hooks)
         self.standby_poll_s = standby_poll_s
