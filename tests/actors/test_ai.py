@@ -372,10 +372,10 @@ def test_empty_slots_reach_the_writer_and_the_finished_status(
     assert url is not None
     with connect(url, autocommit=True) as conn:
         dead = conn.execute("SELECT count(*) FROM writer_dead_letters").fetchone()
-        row = conn.execute("SELECT status, total, valid FROM roster_imports WHERE id = %s",
-                           (job.import_id,)).fetchone()
+        row = conn.execute("SELECT status, total, valid, empty_slots FROM roster_imports"
+                           " WHERE id = %s", (job.import_id,)).fetchone()
     assert dead == (0,)
-    assert row == ("done", 18, 18)
+    assert row == ("done", 18, 18, 12)
     assert (status.progress["empty_slots"], status.progress["created"]) == (12, 18)
 
 

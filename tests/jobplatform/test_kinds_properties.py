@@ -12,8 +12,7 @@ import uuid
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-import pytest
-from hypothesis import Phase, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from jobplatform.kinds import Change, coalesce
@@ -78,11 +77,6 @@ def test_batch_boundaries_do_not_change_the_outcome(intents: list[BaseIntent],
     assert state == one_by_one(intents)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Change.latest returns the EARLIEST of equal-rank intents that carry the field (a stable "
-    "sort with reverse=True keeps arrival order among equals), not the latest its docstring "
-    "promises; the fix belongs in jobplatform/kinds.py"))
-@settings(phases=(Phase.explicit, Phase.reuse, Phase.generate))  # no shrinking while it fails
 @given(st.lists(roster_intents(), max_size=20))
 @example([RosterStatus(tenant_id=7, occurred_at=T0, import_id=IMPORT, lecture_id=1,
                        status="parsing", error=text) for text in ("first", "second")])

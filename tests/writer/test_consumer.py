@@ -297,6 +297,9 @@ def test_database_cut_mid_stream_loses_nothing_and_applies_nothing_twice(
     total = len(first) + 2 * len(videos)
     wait_until(lambda: _ledger(settings) == total, timeout=60, message="everything applied")
     wait_until(lambda: _drained(broker, settings), message="every message acked")
+    # The stats count a batch once its commit is acknowledged, just after the ledger shows it.
+    wait_until(lambda: runner.writer.get_stats()["applied"] >= total,
+               message="the stats caught up")
     stats = runner.writer.get_stats()
     runner.stop()
 
