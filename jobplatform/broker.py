@@ -225,6 +225,12 @@ def state_client(broker: dramatiq.Broker, settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url)
 
 
+def lane_backlog(broker: Any, queues: Queues) -> dict[str, int]:
+    """Messages in every shard's lanes, by queue (``do_qsize``: on Redis the waiting and the
+    held ones; on RabbitMQ the waiting ones, which is what a stopped writer's held become)."""
+    return {queue: int(broker.do_qsize(queue)) for queue in queues.all_writes}
+
+
 def build_stub_broker(settings: Settings) -> StubBroker:
     """An in-memory broker with the platform's middleware and queues, for tests."""
     broker = StubBroker(middleware=default_middleware())
