@@ -199,7 +199,7 @@ def build_broker(settings: Settings, redis_url: str, *, set_global: bool = True)
                                name=exc.name) from exc
         broker = RabbitBroker(url=settings.broker_url, redis_url=redis_url,
                               namespace=settings.broker_namespace,
-                              middleware=default_middleware())
+                              middleware=default_middleware(), confirm=settings.broker_confirm)
     else:
         broker = RedisBroker(  # type: ignore[no-untyped-call]
             url=redis_url,

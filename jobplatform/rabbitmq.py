@@ -12,8 +12,9 @@ reads from a broker, so that code written against the Redis broker keeps working
   worker from a dead one the same way on both brokers;
 - ``do_qsize(queue)``: messages ready on a queue (RabbitMQ's count; held ones are not in it).
 
-Messages are published with publisher confirms (``confirm_delivery``): ``enqueue`` returns once
-RabbitMQ has taken the message, as the Redis broker's does.
+Messages are published with publisher confirms (``confirm_delivery``, ``BROKER_CONFIRM``):
+``enqueue`` returns once RabbitMQ has taken the message (and written it to disk: the queues are
+durable), as the Redis broker's returns once Redis has it.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ class RabbitBroker(RabbitmqBroker):
     """dramatiq's RabbitMQ broker plus the platform's Redis for state (see the module)."""
 
     def __init__(self, *, url: str, redis_url: str, namespace: str,
-                 middleware: list[Middleware] | None = None) -> None:
-        super().__init__(url=url, middleware=middleware, confirm_delivery=True)
+                 middleware: list[Middleware] | None = None, confirm: bool = True) -> None:
+        super().__init__(url=url, middleware=middleware, confirm_delivery=confirm)
         self.client: redis.Redis = redis.Redis.from_url(redis_url)
         self.namespace = namespace
         self.broker_id = str(uuid.uuid4())

@@ -171,6 +171,10 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     """The message broker: ``amqp://`` (RabbitMQ) or ``redis://``; unset means ``REDIS_URL``.
     Progress, idempotency keys and the writer's stats stay in ``REDIS_URL`` either way."""
+    broker_confirm: bool = True
+    """RabbitMQ: each enqueue waits for the broker's publisher confirm (the message is on disk
+    for a durable queue). ``false`` enqueues much faster and may lose what a dropped
+    connection had in flight."""
     jobplatform_env: Literal["development", "production"] = "development"
     jobplatform_state_dir: Path = Field(default_factory=default_state_dir)
     jobplatform_kinds: str = ""

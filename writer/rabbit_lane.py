@@ -119,24 +119,24 @@ class RabbitLane(Lane):
             return out
         try:
             consumer = self._open()
-            if not self._started:
-                # dramatiq's consumer subscribes at its first next(): the first take waits for
-                # the subscription (and up to the poll timeout for a message).
-                self._started = True
-            elif not self._waiting() and (out or not wait):
-                consumer.connection.process_data_events(0)
-                if not self._waiting():
-                    return out
+            # dramatiq's consumer subscribes at its first next(): the first take waits for the
+            # subscription (and up to the poll timeout for a message).
+            block = not self._started or (wait and not out)
+            self._started = True
             while len(out) < want:
+                if not block and not self._waiting():
+                    # what already arrived on the socket, without waiting for more
+                    consumer.connection.process_data_events(0)
+                    if not self._waiting():
+                        break
                 message = next(consumer)
                 if message is None:  # the poll timed out (or dramatiq dead-lettered junk)
                     break
+                block = False
                 self._held[message._tag] = message
                 out.append(inspect_message(message, self.queue,
                                            max_bytes=self.max_intent_bytes,
                                            registry=self.registry))
-                if not self._waiting():
-                    break
         except ConnectionClosed as exc:
             raise self._lost(exc) from exc
         except _PIKA_ERRORS as exc:
