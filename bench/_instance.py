@@ -40,6 +40,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from bench._common import postmaster_cpu_seconds, stop_process
+from jobplatform.settings import WriterSettings
 
 APP_ROLE = "app"
 _PG_VERSIONS = ("17", "16", "15", "14")
@@ -404,6 +405,8 @@ class EmulatedInstance:
     # --- use --------------------------------------------------------------------------------
 
     def url(self, dbname: str = "postgres", *, user: str = APP_ROLE, **params: Any) -> str:
+        # The writer's tables live in its own schema; the baselines' in public.
+        params.setdefault("options", f"-c search_path={WriterSettings().db_schema},public")
         return make_conninfo(host="127.0.0.1", port=self.port, user=user, dbname=dbname, **params)
 
     def admin_url(self, dbname: str = "postgres") -> str:

@@ -39,6 +39,8 @@ What a kind declares, and who uses it:
 ``handler``                   a module the writer imports for what the declaration leaves out
                               (its ``plan``, ``apply``, ``sql``, ``migrations``,
                               ``after_commit``, ``dead_lettered``, ``redriven``)
+``sinks``                     :class:`~jobplatform.sinks.TableSink` s: the application's
+                              tables written with no SQL and no ``apply``
 ============================  =================================================================
 
 Nothing is ever acknowledged that no handler applied: the writer refuses to start while a
@@ -67,6 +69,7 @@ from uuid import UUID
 from pydantic import Field, TypeAdapter
 
 from jobplatform.errors import ConfigError
+from jobplatform.sinks import TableSink
 from schemas import BaseIntent, BaseJob, DecodeError, FieldError
 from schemas.jobs import _decode
 
@@ -131,6 +134,11 @@ class Transaction(Protocol):
     def copy(self, name: str, rows: Iterable[Sequence[Any]], *, types: Sequence[str],
              **identifiers: str) -> None:
         """Run the named ``COPY ... FROM STDIN (FORMAT BINARY)`` with ``rows`` of ``types``."""
+
+    def execute(self, query: Any, params: Mapping[str, Any] | None = None
+                ) -> list[tuple[Any, ...]]:
+        """Execute a statement composed with :mod:`psycopg.sql` (SQL built from configuration:
+        the table map, table sinks); its rows."""
 
     def reject(self, reason: str, intents: Iterable[BaseIntent | UUID] = ()) -> NoReturn:
         """Refuse the batch because of bad data: the writer rolls it back, isolates the named
@@ -233,6 +241,9 @@ class Kind:
     jobs: tuple[JobType, ...] = ()
     handler: str | None = None
     """A module the writer imports for the fields left unset here; producers never import it."""
+    sinks: tuple[TableSink, ...] = ()
+    """Declarative table sinks (:mod:`jobplatform.sinks`): with no ``apply``, the writer
+    applies the kind's intents through them, in order."""
     order: int = 100
     """Kinds apply in this order inside one batch (then by name); the built-ins use 10, 20."""
 
@@ -320,7 +331,8 @@ class Registry:
         """One line per registered intent kind that nothing applies."""
         return [
             f"intent kind {intent_kind!r} of kind {kind.name!r} ({self._origin(kind)}) has no "
-            "apply handler" for kind in self.kinds if kind.apply is None and kind.handler is None
+            "apply handler" for kind in self.kinds
+            if kind.apply is None and kind.handler is None and not kind.sinks
             for intent_kind in kind.intent_kinds
         ]
 

@@ -95,6 +95,13 @@ class WriterSettings(BaseSettings):
     """Tenants pinned to a shard, ``TENANT=SHARD`` comma-separated; the rest go by hash."""
     shard: str | None = None
     """``K/N``: the shard this writer process applies (``jobplatform writer --shard K/N``)."""
+    db_schema: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "jobplatform"
+    """PostgreSQL schema of the writer's own tables (ledger, dead letters, batch sequence,
+    migrations, roster imports) and of the built-in domain tables; never ``public`` unless set
+    so."""
+    tables: str | None = None
+    """The application's tables the built-in kinds write: a TOML file or ``module:attribute``
+    (see :mod:`jobplatform.tables`); unset: the built-in tables, in ``WRITER_DB_SCHEMA``."""
 
 
 class RosterSettings(BaseSettings):

@@ -108,7 +108,7 @@ def database_url(services: Services, template_database: str) -> Iterator[str]:
     """A fresh, migrated database for this test, dropped afterwards."""
     from psycopg import sql
 
-    from writer.db import connect, database_name, drop_database, with_database
+    from writer.db import connect, database_name, drop_database, session_options, with_database
 
     name = f"jp_test_{uuid.uuid4().hex[:12]}"
     admin = with_database(services.database_url, "postgres")
@@ -118,7 +118,9 @@ def database_url(services: Services, template_database: str) -> Iterator[str]:
                 sql.Identifier(name), sql.Identifier(database_name(template_database))
             )
         )
-    url = with_database(services.database_url, name)
+    # Its search path is the writer's schema, as the writer's own sessions have it, so a test
+    # names the writer's tables unqualified whichever way it connects.
+    url = with_database(services.database_url, name, options=session_options())
     yield url
     drop_database(url)
 

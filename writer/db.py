@@ -9,14 +9,30 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 APPLICATION_NAME = "jobplatform-writer"
 
 
+def writer_schema() -> str:
+    """The schema of the writer's own tables (``WRITER_DB_SCHEMA``)."""
+    from jobplatform.settings import WriterSettings
+
+    return WriterSettings().db_schema
+
+
+def session_options(schema: str | None = None) -> str:
+    """libpq ``options`` that put the writer's schema (and only it) on the search path: the
+    writer's statements name its own tables unqualified and the application's qualified."""
+    return f"-c search_path={schema or writer_schema()}"
+
+
 def connect(url: str, *, autocommit: bool = False, application_name: str = APPLICATION_NAME,
-            connect_timeout: int = 5) -> psycopg.Connection[tuple[object, ...]]:
-    """One connection, tagged with ``application_name`` so the platform's sessions are countable."""
+            connect_timeout: int = 5,
+            schema: str | None = None) -> psycopg.Connection[tuple[object, ...]]:
+    """One connection, tagged with ``application_name`` so the platform's sessions are
+    countable, its search path the writer's schema (``schema``, ``WRITER_DB_SCHEMA`` by default)."""
     return psycopg.connect(
         url,
         autocommit=autocommit,
         application_name=application_name,
         connect_timeout=connect_timeout,
+        options=session_options(schema),
     )
 
 
@@ -24,9 +40,9 @@ def database_name(url: str) -> str:
     return str(conninfo_to_dict(url).get("dbname") or "")
 
 
-def with_database(url: str, dbname: str) -> str:
-    """The same server and credentials, another database."""
-    return make_conninfo(url, dbname=dbname)
+def with_database(url: str, dbname: str, **params: str) -> str:
+    """The same server and credentials, another database (and ``params``)."""
+    return make_conninfo(url, dbname=dbname, **params)
 
 
 def ensure_database(url: str) -> bool:

@@ -8,6 +8,11 @@
 - ``jobplatform_replay_into_database``: call it with a log (files, folders, ``s3://`` keys) or
   a list of intents (or the capture itself); it builds a fresh migrated database, replays into
   it through the writer's own sink, and returns it for the test to query. Dropped afterwards.
+  For the application's own tables (``WRITER_TABLES``), the new database first gets the
+  application's schema from ``migrate(url)`` (your migrate step: Django's ``migrate`` command,
+  Alembic, a SQL file), passed to the call or by overriding the ``jobplatform_migrate``
+  fixture; ``tables=`` replays with another table map than the configured one, and
+  ``database_url=`` replays into an existing database (Django's test database, say), kept.
 
 Example::
 
@@ -42,6 +47,7 @@ if TYPE_CHECKING:
 
     from jobplatform.kinds import Registry
     from jobplatform.settings import Settings
+    from jobplatform.tables import TableMap
     from schemas import BaseIntent
     from writer.intentlog.replay import ReplaySummary
 
@@ -146,18 +152,43 @@ class ReplayedDatabase:
         return None if row is None else row[0]
 
 
+Migrate = Callable[[str], object]
+
+
 @contextmanager
-def scratch_database(server_url: str, prefix: str = "jp_replay") -> Iterator[str]:
-    """A new, migrated database on the server ``server_url`` names; dropped on exit."""
-    from writer.db import drop_database, with_database
+def scratch_database(server_url: str, prefix: str = "jp_replay", *,
+                     migrate: Migrate | None = None,
+                     tables: TableMap | None = None) -> Iterator[str]:
+    """A new database on the server ``server_url`` names: the application's schema from
+    ``migrate(url)`` when given, then the writer's; dropped on exit."""
+    from writer.db import drop_database, ensure_database, with_database
     from writer.migrate import upgrade
 
     url = with_database(server_url, f"{prefix}_{uuid.uuid4().hex[:12]}")
     try:
-        upgrade(url)
+        ensure_database(url)
+        if migrate is not None:
+            migrate(url)
+        upgrade(url, tables=tables)
         yield url
     finally:
         drop_database(url)
+
+
+@contextmanager
+def _tables_active(tables: TableMap | None) -> Iterator[None]:
+    """The built-in kinds write ``tables`` meanwhile (the configured map when None)."""
+    if tables is None:
+        yield
+        return
+    from writer.kinds.tables import activate, active
+
+    before = active()
+    activate(tables)
+    try:
+        yield
+    finally:
+        activate(before)
 
 
 def replay_into(
@@ -217,13 +248,25 @@ def jobplatform_intent_capture(jobplatform_settings: Settings) -> Iterator[Inten
 
 
 @pytest.fixture
+def jobplatform_migrate() -> Migrate | None:
+    """The application's migrate step, ``migrate(database_url)``, run on each database the
+    replay fixture creates before the writer's migrations. Override it when the built-in kinds
+    write the application's own tables (``WRITER_TABLES``); None: no schema of the
+    application's."""
+    return None
+
+
+@pytest.fixture
 def jobplatform_replay_into_database(
-    jobplatform_settings: Settings,
+    jobplatform_settings: Settings, jobplatform_migrate: Migrate | None,
 ) -> Iterator[Callable[..., ReplayedDatabase]]:
-    """``replay(source)`` -> a fresh migrated database holding what ``source`` applies."""
+    """``replay(source, *, migrate=, tables=, database_url=)`` -> a database holding what
+    ``source`` applies: a fresh one (the application's migrate step, then the writer's),
+    dropped afterwards, or ``database_url``, kept."""
     from contextlib import ExitStack
 
     from writer.db import connect
+    from writer.migrate import upgrade
 
     settings = jobplatform_settings
     server = settings.database_url
@@ -233,9 +276,17 @@ def jobplatform_replay_into_database(
 
         def replay(
             source: LogSource | Sequence[LogSource] | Sequence[BaseIntent] | IntentCapture,
+            *, migrate: Migrate | None = None, tables: TableMap | None = None,
+            database_url: str | None = None,
         ) -> ReplayedDatabase:
-            url = stack.enter_context(scratch_database(server))
-            summary = replay_into(url, source, settings)
+            if database_url is None:
+                url = stack.enter_context(scratch_database(
+                    server, migrate=migrate or jobplatform_migrate, tables=tables))
+            else:
+                url = database_url
+                upgrade(url, tables=tables)
+            with _tables_active(tables):
+                summary = replay_into(url, source, settings)
             conn = stack.enter_context(connect(url, autocommit=True))
             return ReplayedDatabase(url, conn, summary)
 

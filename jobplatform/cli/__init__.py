@@ -23,6 +23,7 @@ from jobplatform.cli import (
     roster,
     run,
     stack,
+    tables,
     watch,
     writer,
 )
@@ -42,6 +43,7 @@ COMMANDS: list[click.Command] = [
     kinds.kinds,
     roster.roster,
     doctor.doctor,
+    tables.tables,
 ]
 
 

@@ -27,8 +27,10 @@ def replay(log: tuple[str, ...], database_url: str, until: int | None, tenant: i
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from writer.catalog import ensure_fits
+    from writer.db import connect
     from writer.intentlog import LogFilter, LogReader, replay_log
-    from writer.migrate import upgrade
+    from writer.migrate import configured_tables, upgrade
 
     settings = settings_from_env()
     console = Console(stderr=True)
@@ -40,6 +42,10 @@ def replay(log: tuple[str, ...], database_url: str, until: int | None, tenant: i
     ) as progress:
         reader.segments()
         upgrade(database_url)
+        # The application's tables (WRITER_TABLES) must be there: its migrations ran first.
+        tables = configured_tables()
+        with connect(database_url, autocommit=True, application_name="jobplatform-replay") as conn:
+            ensure_fits(conn, tables)
         task = progress.add_task("replay", total=None, seq="-")
         summary = replay_log(
             database_url,

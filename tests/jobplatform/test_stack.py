@@ -223,7 +223,7 @@ def test_embedded_servers_start_and_serve(stack: tuple[Settings, Services]) -> N
     with connect(services.database_url, autocommit=True) as conn:
         assert conn.execute("SELECT current_database(), current_user").fetchone() == (
             "jobplatform", "postgres")
-        conn.execute("CREATE TABLE kept (id int)")
+        conn.execute("CREATE TABLE public.kept (id int)")
     admin = with_database(services.database_url, "postgres")
     with connect(admin, autocommit=True) as conn:  # the test fixtures clone templates
         conn.execute("CREATE DATABASE jp_clone TEMPLATE jobplatform")
@@ -348,7 +348,7 @@ def test_down_stops_only_what_the_stack_started(
     assert again.started == ALL
     assert again.environ() == services.environ()  # each on its former port
     with connect(again.database_url) as conn:
-        assert conn.execute("SELECT count(*) FROM kept").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM public.kept").fetchone() == (0,)
 
 
 def test_a_session_stops_what_it_started_and_only_that(

@@ -12,20 +12,20 @@ _CATALOG = {
     "columns": """
         SELECT table_name, column_name, data_type, is_nullable, column_default,
                is_identity, identity_generation
-        FROM information_schema.columns WHERE table_schema = 'public'
+        FROM information_schema.columns WHERE table_schema = 'jobplatform'
           AND table_name <> 'schema_migrations'
         ORDER BY 1, 2""",
     "constraints": """
         SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
-        FROM pg_constraint WHERE connamespace = 'public'::regnamespace
-          AND conrelid <> 'schema_migrations'::regclass
+        FROM pg_constraint WHERE connamespace = 'jobplatform'::regnamespace
+          AND conrelid <> 'jobplatform.schema_migrations'::regclass
         ORDER BY 1, 2""",
     "indexes": """
         SELECT tablename, indexname, indexdef FROM pg_indexes
-        WHERE schemaname = 'public' AND tablename <> 'schema_migrations' ORDER BY 1, 2""",
+        WHERE schemaname = 'jobplatform' AND tablename <> 'schema_migrations' ORDER BY 1, 2""",
     "sequences": """
         SELECT sequence_name, data_type, start_value, increment FROM information_schema.sequences
-        WHERE sequence_schema = 'public' ORDER BY 1""",
+        WHERE sequence_schema = 'jobplatform' ORDER BY 1""",
 }
 
 
@@ -45,6 +45,8 @@ def scratch_database(database_url: str) -> Iterator[str]:
 def test_migrations_build_the_full_schema(database_url: str, scratch_database: str) -> None:
     # Given one database built by the numbered migrations (the fixture) and one from schema.sql,
     with connect(scratch_database, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA jobplatform")
+        conn.execute("SET search_path TO jobplatform")
         conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY)")
         conn.execute(full_schema().encode())
     # then their catalogs are the same.

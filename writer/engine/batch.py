@@ -107,6 +107,13 @@ class KindTransaction:
         cur.execute(self._query(name, identifiers), params)
         return cur.fetchall() if cur.description is not None else []
 
+    def execute(self, query: sql.SQL | sql.Composed, params: Mapping[str, Any] | None = None
+                ) -> list[tuple[Any, ...]]:
+        self._result.statements += 1
+        cur = self._cur
+        cur.execute(query, params)
+        return cur.fetchall() if cur.description is not None else []
+
     def copy(self, name: str, rows: Iterable[Sequence[Any]], *, types: Sequence[str],
              **identifiers: str) -> None:
         self._result.statements += 1

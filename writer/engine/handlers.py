@@ -9,7 +9,10 @@ each declaration left unset (``plan``, ``apply``, ``sql``, ``migrations``, ``aft
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
+from collections.abc import Sequence
+from typing import Any
 
 from jobplatform.kinds import Kind, Registry, RegistryError, coalesce, default_registry
 
@@ -21,7 +24,7 @@ _RESOLVED: dict[int, tuple[Registry, Registry]] = {}
 def resolve(registry: Registry | None = None) -> Registry:
     """``registry`` (the process's by default) with every kind's handler imported."""
     registry = registry if registry is not None else default_registry()
-    if all(kind.handler is None for kind in registry.kinds):
+    if all(kind.handler is None and not kind.sinks for kind in registry.kinds):
         return registry
     cached = _RESOLVED.get(id(registry))
     if cached is None:
@@ -31,7 +34,18 @@ def resolve(registry: Registry | None = None) -> Registry:
     return cached[1]
 
 
+def _unchanged(intents: Sequence[Any]) -> Sequence[Any]:
+    """A sink kind's plan: the intents themselves (each sink coalesces its rows by key)."""
+    return intents
+
+
 def _resolve(registry: Registry, kind: Kind) -> Kind:
+    if kind.sinks and kind.apply is None:
+        from writer.sinks import apply_sinks
+
+        kind = dataclasses.replace(
+            kind, apply=functools.partial(apply_sinks, kind.sinks),
+            plan=_unchanged if kind.plan is coalesce else kind.plan)
     if kind.handler is None:
         return kind
     origin = registry.origins.get(kind.name, "registered in code")

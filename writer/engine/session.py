@@ -19,7 +19,7 @@ from psycopg_pool import NullConnectionPool
 
 from jobplatform.logging import get_logger
 from writer import lock
-from writer.db import APPLICATION_NAME
+from writer.db import APPLICATION_NAME, session_options
 from writer.errors import DatabaseUnavailable
 from writer.pacing import Backoff
 
@@ -91,6 +91,7 @@ class Session:
                 "autocommit": True,
                 "application_name": APPLICATION_NAME,
                 "connect_timeout": 5,
+                "options": session_options(self.writer.settings.db_schema),
                 # A peer that vanishes without closing the socket is noticed in seconds.
                 "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
                 "keepalives_count": 3, "tcp_user_timeout": 15_000,
@@ -117,6 +118,8 @@ class Session:
             assert self.pool is not None
             conn = self.pool.getconn(timeout=5.0)
             self.conn = conn
+            if not self.writer.tables_checked:
+                self.writer.check_tables(conn)
         return conn
 
     def drop(self) -> None:

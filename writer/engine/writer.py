@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
+import psycopg
 
 from jobplatform.broker import Queues
 from jobplatform.errors import ConfigError
@@ -35,6 +36,9 @@ from jobplatform.kinds import Registry, registry_for
 from jobplatform.logging import get_logger
 from jobplatform.settings import Settings, WriterSettings
 from jobplatform.shards import ShardSpec
+from jobplatform.tables import TableMap, load_tables
+from writer.catalog import ensure_fits
+from writer.db import connect
 from writer.engine.ack import Acker
 from writer.engine.apply import Applier, IntentLogWriter
 from writer.engine.chores import Chores
@@ -43,7 +47,9 @@ from writer.engine.handlers import resolve
 from writer.engine.hooks import Hooks
 from writer.engine.leader import Leadership
 from writer.engine.session import Session
+from writer.kinds.tables import activate
 from writer.pacing import DbBudget
+from writer.sinks import check_sink
 from writer.stats import WriterStats
 
 log = get_logger("writer")
@@ -66,8 +72,13 @@ class Writer:
         heartbeat_s: float = 5.0,
         name: str | None = None,
         shard: ShardSpec | None = None,
+        tables: TableMap | None = None,
     ) -> None:
         self.settings = settings
+        self.database_url = database_url
+        self.tables = tables if tables is not None else load_tables(
+            settings.tables, schema=settings.db_schema)
+        self.tables_checked = False
         self.broker: Any = broker
         self.shard = shard or ShardSpec()
         """The shard this writer applies; ``queues`` and ``settings.lock_key`` are its own
@@ -117,10 +128,27 @@ class Writer:
         if self._opened:
             return
         self.registry.check_handlers()
+        activate(self.tables)
+        try:
+            with connect(self.database_url, autocommit=True,
+                         schema=self.settings.db_schema) as conn:
+                self.check_tables(conn)
+        except psycopg.OperationalError as exc:
+            log.warning("table map not checked yet: the database does not answer; it is "
+                        "checked before the first batch", error=str(exc))
         self.session.open()
         self._stop.clear()
         self._opened = True
         self.chores.start()
+
+    def check_tables(self, conn: psycopg.Connection[Any]) -> None:
+        """Refuse to go on (:class:`~writer.catalog.TableMapError`) when the table map or a
+        kind's table sink does not fit the database; once per writer."""
+        if not self.tables_checked:
+            sinks = [p for kind in self.registry.kinds for sink in kind.sinks
+                     for p in check_sink(conn, sink)]
+            ensure_fits(conn, self.tables, sinks)
+            self.tables_checked = True
 
     def close(self) -> None:
         """Stop, put held messages back, release the lock and close everything."""

@@ -33,6 +33,7 @@ from jobplatform.kinds import AfterCommit, Outcome, Transaction, coalesce
 from jobplatform.logging import get_logger
 from schemas import RosterChunk, RosterStatus, StudentRow
 from schemas.jobs import roster_job_id
+from writer.kinds.tables import STAGE_TABLE, active, roster_statements
 
 log = get_logger("writer.roster")
 
@@ -40,8 +41,6 @@ log = get_logger("writer.roster")
 ROSTER_PLACEHOLDER_RANK = -1
 #: ``roster_imports.status_rank`` of ``done``: final, no status intent moves it.
 ROSTER_DONE_RANK = 4
-#: The session's staging table (temporary, emptied at each commit).
-STAGE_TABLE = "writer_stage"
 
 _STAGE_TYPES = (
     "int8", "text", "text", "text", "text", "int2", "date", "timestamptz", "uuid", "int8",
@@ -120,7 +119,7 @@ class RosterPlan:
     lecture_conflicts: tuple[tuple[int, tuple[UUID, ...]], ...] = ()
     """Lectures claimed for two tenants inside the batch, with the chunks claiming them."""
     imports: dict[UUID, ImportTally] = field(default_factory=dict)
-    student_import: dict[tuple[int, str], UUID] = field(default_factory=dict)
+    student_import: dict[tuple[Any, ...], UUID] = field(default_factory=dict)
     """The import each staged student row is attributed to."""
     rows: int = 0
     """Roster rows received in chunks."""
@@ -175,9 +174,10 @@ class RosterOutcome(Outcome):
 # --- plan ----------------------------------------------------------------------------------
 
 def plan(intents: Sequence[RosterChunk | RosterStatus]) -> RosterPlan:
-    """Coalesce the batch's roster intents (arrival order, each id once)."""
+    """Coalesce the batch's roster intents (arrival order, each id once); students by the
+    natural key of the active table map (``(tenant_id, phone)`` unless configured)."""
     statuses: list[RosterStatus] = []
-    rows = _RosterRows()
+    rows = _RosterRows(active().students.key)
     for intent in intents:
         if isinstance(intent, RosterChunk):
             rows.add(intent)
@@ -252,9 +252,10 @@ class _Enrollment:
 class _RosterRows:
     """Flattens chunks into deduplicated students and enrollments."""
 
-    def __init__(self) -> None:
-        self.students: dict[tuple[int, str], _Student] = {}
-        self.enrollments: dict[tuple[int, int, str], _Enrollment] = {}
+    def __init__(self, key: tuple[str, ...] = ("tenant_id", "phone")) -> None:
+        self.key = key
+        self.students: dict[tuple[Any, ...], _Student] = {}
+        self.enrollments: dict[tuple[Any, ...], _Enrollment] = {}
         self.lectures: dict[int, tuple[int, datetime]] = {}
         self.lecture_tenants: dict[int, dict[int, list[UUID]]] = {}
         self.imports: dict[UUID, ImportTally] = {}
@@ -281,9 +282,10 @@ class _RosterRows:
         tally.chunks += 1
         tally.rows += len(chunk.rows)
         tally.last_at = at if tally.last_at is None else max(tally.last_at, at)
+        fields = self.key
         for row in chunk.rows:
             self.rows += 1
-            key = (tenant, row.phone)
+            key = tuple(tenant if f == "tenant_id" else getattr(row, f) for f in fields)
             seen = self.students.get(key)
             if seen is None:
                 self.students[key] = _Student(row, chunk.import_id, chunk.chunk_index, at)
@@ -298,21 +300,20 @@ class _RosterRows:
                     self.imports[seen.import_id].students -= 1
                     tally.students += 1
                     self.students[key] = _Student(row, chunk.import_id, chunk.chunk_index, at)
-            self.enrollments.setdefault(
-                (lecture, tenant, row.phone), _Enrollment(chunk.import_id, at)
-            )
+            self.enrollments.setdefault((lecture, *key), _Enrollment(chunk.import_id, at))
 
     def stage_rows(self) -> list[StageRow]:
-        staged: set[tuple[int, str]] = set()
+        staged: set[tuple[Any, ...]] = set()
         out = []
-        for (lecture, tenant, phone), enrollment in self.enrollments.items():
-            student = self.students[(tenant, phone)]
-            first = (tenant, phone) not in staged
-            staged.add((tenant, phone))
+        for (lecture, *key), enrollment in self.enrollments.items():
+            student_key = tuple(key)
+            student = self.students[student_key]
+            first = student_key not in staged
+            staged.add(student_key)
             row = student.row
             out.append(StageRow(
-                tenant_id=tenant,
-                phone=phone,
+                tenant_id=self.imports[student.import_id].tenant_id,
+                phone=row.phone,
                 name=row.name,
                 parent_phone=row.parent_phone,
                 school=row.school,
@@ -409,13 +410,17 @@ def _rows(tx: Transaction, work: RosterPlan, out: RosterOutcome) -> None:
          r.student_at, r.student_import, r.lecture_id, r.import_id, r.enrolled_at)
         for r in work.stage
     ), types=_STAGE_TYPES, stage=STAGE_TABLE)
-    for import_id, created, updated, enrolled in tx.run("upsert_roster", stage=STAGE_TABLE):
-        counts = _counts_of(out, import_id)
-        counts.created, counts.updated = int(created), int(updated)
+    statements = roster_statements(active())
+    by_lecture = None if statements.exact_imports else _imports_by_lecture(work)
+    for counted, created, updated, enrolled in tx.execute(statements.upsert_roster):
+        counts = _counts_of(out, counted if by_lecture is None else by_lecture[counted])
+        counts.created += int(created)
+        counts.updated += int(updated)
         counts.enrolled += int(enrolled)
     if len(work.stage) > work.students:
-        for import_id, enrolled in tx.run("enroll_more", stage=STAGE_TABLE):
-            _counts_of(out, import_id).enrolled += int(enrolled)
+        for counted, enrolled in tx.execute(statements.enroll_more):
+            key = counted if by_lecture is None else by_lecture[counted]
+            _counts_of(out, key).enrolled += int(enrolled)
     for import_id, tally in work.imports.items():
         counts = _counts_of(out, import_id)
         counts.chunks = tally.chunks
@@ -426,10 +431,16 @@ def _rows(tx: Transaction, work: RosterPlan, out: RosterOutcome) -> None:
         out.enrolled += counts.enrolled
 
 
+def _imports_by_lecture(work: RosterPlan) -> dict[int, UUID]:
+    """Where counts returned by lecture go when enrollments do not name their import: the
+    batch's import of that lecture (the last, when two imports of one lecture share a batch)."""
+    return {tally.lecture_id: import_id for import_id, tally in work.imports.items()}
+
+
 def _check_lectures(tx: Transaction, work: RosterPlan) -> None:
     for lecture_id, intent_ids in work.lecture_conflicts:
         tx.reject(f"lecture {lecture_id} is claimed by chunks of different tenants", intent_ids)
-    foreign = tx.run("ensure_lectures", {
+    foreign = tx.execute(roster_statements(active()).ensure_lectures, {
         "id": [lec[0] for lec in work.lectures],
         "tenant_id": [lec[1] for lec in work.lectures],
         "created_at": [lec[2] for lec in work.lectures],
@@ -438,6 +449,9 @@ def _check_lectures(tx: Transaction, work: RosterPlan) -> None:
         lecture_id, wanted, owner = foreign[0]
         ids = [i.intent_id for i in work.intents
                if isinstance(i, RosterChunk) and i.lecture_id == lecture_id]
+        if owner is None:
+            tx.reject(f"lecture {lecture_id} does not exist (the table map says"
+                      " lectures_missing = 'reject': the application creates lectures)", ids)
         tx.reject(f"lecture {lecture_id} belongs to tenant {owner}, not to tenant {wanted} "
                   "named by the roster chunk", ids)
 

@@ -15,12 +15,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from jobplatform.kinds import Outcome, Transaction
 from schemas import VideoFailed, VideoProcessing, VideoQueued, VideoReady
+from writer.kinds.tables import active, video_statements
 
 VideoIntent = VideoQueued | VideoProcessing | VideoReady | VideoFailed
 
@@ -105,16 +105,12 @@ def _change(win: VideoIntent, group: Sequence[VideoIntent]) -> VideoChange:
     )
 
 
-_COLUMNS = (
-    "tenant_id", "status", "attempt", "status_rank", "source_key", "hls_key", "duration_s",
-    "renditions", "error", "queued_at", "started_at", "finished_at", "updated_at",
-)
-
-
 def apply(tx: Transaction, changes: Sequence[VideoChange]) -> VideoOutcome:
-    params: dict[str, Any] = {"id": [c.video_id for c in changes]}
-    params.update({n: [getattr(c, n) for c in changes] for n in _COLUMNS})
-    [(changed, foreign)] = tx.run("upsert_videos", params)
+    statements = video_statements(active())
+    params: dict[str, Any] = {
+        n: [c.video_id for c in changes] if n == "id" else [getattr(c, n) for c in changes]
+        for n in statements.columns}
+    [(changed, foreign)] = tx.execute(statements.upsert_videos, params)
     if foreign:
         bad = set(foreign)
         ids = [i for c in changes if c.video_id in bad for i in c.intent_ids]
@@ -123,5 +119,3 @@ def apply(tx: Transaction, changes: Sequence[VideoChange]) -> VideoOutcome:
     return VideoOutcome(coalesced=coalesced, changed=int(changed))
 
 
-#: The statements ``apply`` runs.
-sql = Path(__file__).with_suffix(".sql")

@@ -1,0 +1,1 @@
+"""Integrations with frameworks the platform's users build on."""
