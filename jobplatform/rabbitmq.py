@@ -25,8 +25,10 @@ import time
 import uuid
 
 import dramatiq
+import pika.exceptions  # type: ignore[import-untyped]
 import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import Middleware
 
 __all__ = ["RabbitBroker", "RedisHeartbeat"]
@@ -53,9 +55,14 @@ class RabbitBroker(RabbitmqBroker):
                          {self.broker_id: int(time.time() * 1000)})
 
     def do_qsize(self, queue_name: str) -> int:
-        """Messages ready on ``queue_name`` (and its delay queue); refreshes the heartbeat."""
+        """Messages ready on ``queue_name`` (and its delay queue); refreshes the heartbeat.
+        Raises ``ConnectionClosed`` (a dramatiq broker error) when RabbitMQ cannot be reached."""
         self.beat()
-        ready, delayed, _dead = self.get_queue_message_counts(queue_name)
+        try:
+            ready, delayed, _dead = self.get_queue_message_counts(queue_name)
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as exc:
+            del self.connection  # the next call of this thread connects again
+            raise ConnectionClosed(exc) from exc  # type: ignore[no-untyped-call]
         return int(ready) + int(delayed)
 
     def close(self) -> None:

@@ -117,6 +117,9 @@ class RabbitLane(Lane):
             out.append(self._pending.popleft())
         if len(out) >= want:
             return out
+        if self.consumer is not None and self.consumer.connection.is_closed:
+            exc = ConnectionClosed("the consumer's connection is closed")  # type: ignore[no-untyped-call]
+            raise self._lost(exc)
         try:
             consumer = self._open()
             # dramatiq's consumer subscribes at its first next(): the first take waits for the
@@ -189,6 +192,11 @@ class RabbitLane(Lane):
         """Answer RabbitMQ's heartbeats while the writer waits (a database outage)."""
         consumer = self.consumer
         if consumer is None:
+            return
+        if consumer.connection.is_closed:
+            log.warning("rabbitmq connection closed; its messages are requeued by the server",
+                        queue=self.queue)
+            self._drop()
             return
         try:
             consumer.connection.process_data_events(0)
