@@ -2,9 +2,12 @@
 
 Each intent goes to the lane its model declares (``fast`` for status changes, ``bulk`` for row
 sets such as roster chunks); the writer drains fast first, so a video's status never waits
-behind a large import. An intent of a kind the registry does not hold is refused here, at the
-producer, instead of reaching the writer's dead letters. Each message is signed with the
-broker's key (:mod:`jobplatform.auth`): the writer applies nothing else.
+behind a large import. With writer shards (``WRITER_SHARDS``), the lanes are those of the
+shard its tenant routes to (:meth:`jobplatform.broker.Queues.lanes_for`), so every intent of an
+entity reaches one shard, in order. It works on either broker (Redis or RabbitMQ). An intent
+of a kind the registry does not hold is refused here, at the producer, instead of reaching the
+writer's dead letters. Each message is signed with the broker's key (:mod:`jobplatform.auth`):
+the writer applies nothing else.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ class IntentEmitter:
         self.keyring = keyring if keyring is not None else keyring_of(broker)
 
     def lane(self, intent: BaseIntent) -> str:
-        return self.queues.writes_bulk if intent.lane == "bulk" else self.queues.writes_fast
+        fast, bulk = self.queues.lanes_for(intent.tenant_id)
+        return bulk if intent.lane == "bulk" else fast
 
     def emit(self, intent: BaseIntent) -> None:
         if self.registry.kind_for(intent.kind) is None:

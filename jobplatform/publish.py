@@ -44,7 +44,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from jobplatform.auth import Keyring, keyring_for, keyring_of
-from jobplatform.broker import Queues, build_broker, heartbeats_key, make_message
+from jobplatform.broker import Queues, build_broker, heartbeats_key, make_message, state_client
 from jobplatform.content import sniff_file
 from jobplatform.emit import IntentEmitter
 from jobplatform.errors import ConfigError, PublishError
@@ -313,8 +313,10 @@ def _keyring(broker: dramatiq.Broker, settings: Settings) -> Keyring:
 class Publisher:
     """Publishes jobs to the platform's queues; one per process, safe to share between threads.
 
-    ``Publisher(settings)`` needs ``settings.redis_url``; :meth:`from_env` resolves the services
-    like the CLI does (the configured ones, else the local or embedded stack).
+    ``Publisher(settings)`` needs ``settings.redis_url`` (and ``BROKER_URL`` for RabbitMQ);
+    :meth:`from_env` resolves the services like the CLI does (the configured ones, else the
+    local or embedded stack). A ``broker`` passed in may be any dramatiq broker (a plain
+    ``RabbitmqBroker`` too): progress and idempotency keys then go to ``settings.redis_url``.
     """
 
     def __init__(
@@ -332,7 +334,7 @@ class Publisher:
         self.settings = settings
         self.broker = broker
         self.queues = Queues.from_settings(settings)
-        self.redis: redis.Redis = broker.client  # type: ignore[attr-defined]
+        self.redis: redis.Redis = state_client(broker, settings)
         self.progress = ProgressStore(self.redis, settings.broker_namespace)
         self.registry = registry if registry is not None else registry_for(settings)
         self.keyring = _keyring(broker, settings)

@@ -112,6 +112,10 @@ BUILTIN_PROCFILE = """\
 writer: jobplatform writer
 video: dramatiq actors.worker --queues video --processes 1 --threads 1
 ai: dramatiq actors.worker --queues ai --processes 1 --threads 2
+# Tenant shards (README "Tenant shards"): with WRITER_SHARDS=2 in every process's environment,
+# one line per shard replaces `writer` (a second process of a line is that shard's standby).
+# writer0: jobplatform writer --shard 0/2
+# writer1: jobplatform writer --shard 1/2
 """
 
 

@@ -227,7 +227,7 @@ def test_a_missing_extra_is_named_with_its_install_command() -> None:
     assert str(found) == ("jobplatform writer needs the 'writer' extra (psycopg is not"
                           " installed): pip install 'jobplatform[writer]'")
     assert missing_extra(ModuleNotFoundError(name="yaml")) is None
-    assert set(EXTRA_OF.values()) == {"writer", "video", "roster", "embedded"}
+    assert set(EXTRA_OF.values()) == {"writer", "video", "roster", "embedded", "rabbitmq"}
     require_extra("writer", "the writer")  # installed here: no error
 
 

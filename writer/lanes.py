@@ -268,5 +268,8 @@ class Lane:
         self.undecodable = []
         return requeue_unacked(self.broker, self.queue, self.broker.broker_id)
 
+    def keepalive(self) -> None:
+        """Called while the writer waits (an outage); Redis consumers need nothing."""
+
     def close(self) -> None:
         self.consumer.close()

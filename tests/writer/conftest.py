@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dramatiq.brokers.redis import RedisBroker
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from jobplatform.auth import Keyring, development_keys_file, keyring_for
@@ -62,10 +63,24 @@ def emit_all(broker: Any, settings: Settings, intents: Iterable[BaseIntent],
 
 def held_messages(broker: Any, queue: str) -> int:
     """Messages of ``queue`` fetched by some consumer and not acked (neither queued nor done)."""
+    if not isinstance(broker, RedisBroker):
+        return rabbitmq_unacked(queue)
     client = broker.client
     waiting = client.llen(f"{broker.namespace}:{queue}")
     stored = client.hlen(f"{broker.namespace}:{queue}.msgs")
     return int(stored) - int(waiting)
+
+
+def rabbitmq_unacked(queue: str) -> int:
+    """RabbitMQ's count of ``queue``'s delivered and unacked messages (``rabbitmqctl``)."""
+    out = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name",
+                          "messages_unacknowledged"], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    for line in out.splitlines():
+        name, _, count = line.rpartition("\t")
+        if name == queue:
+            return int(count)
+    return 0
 
 
 class TcpProxy:
@@ -222,6 +237,11 @@ class WriterProcess:
             "DATABASE_URL": settings.database_url,
             "REDIS_URL": settings.redis_url,
             "BROKER_NAMESPACE": settings.broker_namespace,
+            **({"BROKER_URL": settings.broker_url} if settings.broker_url else {}),
+            "QUEUE_WRITES_FAST": settings.queue_writes_fast,
+            "QUEUE_WRITES_BULK": settings.queue_writes_bulk,
+            "QUEUE_VIDEO": settings.queue_video,
+            "QUEUE_AI": settings.queue_ai,
             "JOBPLATFORM_STATE_DIR": str(tmp_path / f"state-{name}"),
             "LOG_FORMAT": "json",
             "WRITER_STATS_INTERVAL_S": "1",
