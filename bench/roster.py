@@ -30,18 +30,20 @@ PHONE_FORMS = ("010-{a:04d}-{b:04d}", "010{a:04d}{b:04d}", "010 {a:04d} {b:04d}"
 GRADES = ("고1", "중3", "초6", 10, 12.0, "3학년")
 
 
-def write_roster(path: Path, rows: int) -> None:
+def write_roster(path: Path, rows: int, *, start: int = 0, invalid_every: int = 501) -> None:
+    """A roster of ``rows`` students numbered from ``start`` (their phones follow the number);
+    every ``invalid_every``-th row has a landline, an invalid phone (0: none)."""
     from openpyxl import Workbook
 
     workbook = Workbook(write_only=True)
     sheet = workbook.create_sheet("명단")
     sheet.append(["이름", "휴대폰 번호", "학부모 연락처", "학교", "학년", "생년월일"])
-    for i in range(rows):
+    for i in range(start, start + rows):
         a, b = 1000 + i // 10_000, i % 10_000
         phone: Any = PHONE_FORMS[i % len(PHONE_FORMS)].format(a=a, b=b)
         if i % 97 == 0:
             phone = int(f"10{a:04d}{b:04d}")
-        if i % 501 == 0:
+        if invalid_every and i % invalid_every == 0:
             phone = "02-123-4567"
         sheet.append([
             f"학생{i}", phone, "010-9999-8888" if i % 3 else None, "한국고등학교",

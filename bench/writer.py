@@ -337,10 +337,12 @@ def measure(admin_url: str, url: str, pids: Sequence[int], rows: int,
 def fresh_database(server_url: str, label: str, data: Dataset, *,
                    preload: bool) -> Iterator[str]:
     """A migrated ``jp_bench_<label>_*`` database with the lecture (and the present students)."""
-    from writer.db import drop_database, with_database
+    from writer.db import drop_database, session_options, with_database
     from writer.migrate import upgrade
 
-    url = with_database(server_url, f"jp_bench_{label.lower()}_{uuid.uuid4().hex[:8]}")
+    # The writer's schema on the search path, as the writer's own sessions have it.
+    url = with_database(server_url, f"jp_bench_{label.lower()}_{uuid.uuid4().hex[:8]}",
+                        options=session_options())
     upgrade(url)
     try:
         with psycopg.connect(url) as conn:

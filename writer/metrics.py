@@ -135,6 +135,12 @@ class _WriterCollector:
                                           f"Writer counter {name} (see Writer.get_stats).")
             counter.add_metric((), float(stats[name]))
             yield counter
+        stages = CounterMetricFamily("jobplatform_writer_stage_seconds",
+                                     "Wall time the writer's loop spent in each stage.",
+                                     labels=("stage",))
+        for stage, seconds in stats["time_s"].items():
+            stages.add_metric((stage,), float(seconds))
+        yield stages
         yield _gauge("jobplatform_writer_up", "1 while the writer process runs.", 1)
         role = GaugeMetricFamily("jobplatform_writer_role", "1 for the writer's current role.",
                                  labels=("role",))

@@ -62,6 +62,9 @@ def test_scrape_matches_the_database_and_redis(
         assert value(samples, "jobplatform_writer_batch_intents_sum") == len(intents)
         assert value(samples, "jobplatform_writer_intents_applied_total") == ledger
         assert value(samples, "jobplatform_writer_coalesced_total") == stats["coalesced"] > 0
+        # the stage times are the stats' (which moved no further while idle but for polls)
+        assert value(samples, "jobplatform_writer_stage_seconds_total", stage="copy") == \
+            stats["time_s"]["copy"] > 0
         # and the lanes are what Redis holds: empty, so the lag is 0
         for lane in (fast, bulk):
             assert value(samples, "jobplatform_writer_backlog", queue=lane, state="ready") == \

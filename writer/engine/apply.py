@@ -73,7 +73,9 @@ class Applier:
             return
         delay = writer.budget.delay()
         if delay > 0:
+            started = time.perf_counter()
             writer.wait(delay)
+            writer.stats.spend({"pace": time.perf_counter() - started})
 
     # --- one batch -------------------------------------------------------------------------
 
@@ -201,11 +203,15 @@ class Applier:
         """The client's work that needs no transaction, done before it begins: each kind's
         plan and the intent log's record."""
         writer = self.writer
+        started = time.perf_counter()
         work = prepare((item.intent for item in items if item.intent is not None),
                        writer.registry)
+        planned = time.perf_counter()
         log_prepare = getattr(writer.log_writer, "prepare", None)
         if log_prepare is not None:
             log_prepare(work.intents)
+        writer.stats.spend({"plan": planned - started,
+                            "log_encode": time.perf_counter() - planned})
         return work
 
     def commit(self, conn: Conn, items: list[Item], work: Prepared) -> Commit:
@@ -226,13 +232,19 @@ class Applier:
             with conn.transaction():
                 batch_seq = lock.begin_batch(conn, settings.lock_key,
                                              settings.statement_timeout_ms)
+                begun = time.perf_counter()
                 result = apply_batch(conn, work, batch_seq=batch_seq, registry=writer.registry)
                 applied = [by_id[i] for i in result.applied]
+                logged = time.perf_counter()
                 if writer.log_writer is not None and applied:
                     try:
                         writer.log_writer.append(batch_seq, applied)
                     except Exception as exc:
                         raise IntentLogUnavailable(f"intent log append failed: {exc}") from exc
+                    result.timings["log"] = time.perf_counter() - logged
+                    logged = time.perf_counter()
+            result.timings["begin"] = begun - started
+            result.timings["commit"] = time.perf_counter() - logged
         finally:
             end = time.monotonic()
             ended = time.perf_counter()
@@ -255,6 +267,7 @@ class Applier:
         writer.stats.count(batches=1, applied=len(result.applied), rows=result.rows,
                            coalesced=result.coalesced, skipped_duplicate=result.duplicates,
                            skipped_unchanged=result.unchanged)
+        writer.stats.spend(result.timings)
         self.kinds_after_commit(result)
         writer.call_hooks("after_commit", commit)
 

@@ -87,6 +87,9 @@ class Collector:
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
             return batch
+        finally:
+            for lane in (fast, bulk):
+                writer.stats.spend(lane.pop_spent())
 
     def _size_limits(self) -> None:
         """The row limit of the next batch: the sizer's cap (``WRITER_TARGET_TXN_MS``)."""
