@@ -340,7 +340,7 @@ def fresh_database(server_url: str, label: str, data: Dataset, *,
     from writer.db import drop_database, session_options, with_database
     from writer.migrate import upgrade
 
-    # The writer's schema on the search path, as the writer's own sessions have it.
+    # Every session of the benchmark sees the platform's tables as the writer does.
     url = with_database(server_url, f"jp_bench_{label.lower()}_{uuid.uuid4().hex[:8]}",
                         options=session_options())
     upgrade(url)

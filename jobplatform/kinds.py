@@ -144,6 +144,13 @@ class Transaction(Protocol):
         """Refuse the batch because of bad data: the writer rolls it back, isolates the named
         intents (or splits the batch when none is named) and dead-letters them with ``reason``."""
 
+    def check_tenants(self, table: str, key: str, tenant: str,
+                      claims: Iterable[tuple[Any, int, Sequence[BaseIntent | UUID]]]) -> None:
+        """Ownership, in this transaction: each claim is ``(key value, tenant, intents)``; a
+        row of ``table`` with that key under another tenant rejects those intents, naming
+        both tenants. Keys with no row pass (the kind creates them under the claimed tenant).
+        One index probe per key."""
+
 
 @dataclass(frozen=True, slots=True)
 class Change(Generic[IntentT]):

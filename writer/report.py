@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from writer.db import connect, database_name
+from writer.kinds.tables import active
 
 MONITOR_APPLICATION = "jobplatform-monitor"
 
@@ -58,18 +60,28 @@ class Monitor:
         )
 
     def videos(self, ids: list[UUID]) -> list[dict[str, Any]]:
+        """The videos' rows, in the table the map names (columns it lacks read as NULL)."""
+        v = active().videos
+        wanted = ("id", "status", "hls_key", "error", "duration_s", "started_at", "finished_at")
+        query = sql.SQL("SELECT {cols} FROM {table} WHERE {id} = ANY(%s) ORDER BY 1").format(
+            cols=sql.SQL(", ").join(
+                sql.SQL("{} AS {}").format(
+                    sql.Identifier(v.column(c)) if v.has(c) else sql.NULL, sql.Identifier(c))
+                for c in wanted),
+            table=sql.Identifier(v.schema, v.relname), id=sql.Identifier(v.column("id")))
         with self.conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(
-                "SELECT id, status, hls_key, error, duration_s, started_at, finished_at"
-                " FROM videos WHERE id = ANY(%s) ORDER BY id",
-                (ids,),
-            ).fetchall()
+            return cur.execute(query, (ids,)).fetchall()
 
     def tenant_counts(self, tenant_id: int, lecture_id: int) -> dict[str, int]:
         """Students of the tenant and enrollments in the lecture."""
-        row = self._one(
-            "SELECT (SELECT count(*) FROM students WHERE tenant_id = %s) AS students,"
-            " (SELECT count(*) FROM enrollments WHERE lecture_id = %s) AS enrollments",
-            (tenant_id, lecture_id),
-        )
+        tables = active()
+        s, e = tables.students, tables.enrollments
+        query = sql.SQL("SELECT (SELECT count(*) FROM {s} WHERE {tenant} = %s) AS students,"
+                        " (SELECT count(*) FROM {e} WHERE {lecture} = %s) AS enrollments"
+                        ).format(s=sql.Identifier(s.schema, s.relname),
+                                 tenant=sql.Identifier(s.column("tenant_id")),
+                                 e=sql.Identifier(e.schema, e.relname),
+                                 lecture=sql.Identifier(e.column("lecture_id")))
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(query, (tenant_id, lecture_id)).fetchone()
         return {k: int(v) for k, v in (row or {}).items()}

@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -92,3 +93,51 @@ def stats() -> None:
                    err=True)
         sys.exit(1)
     echo_json(json.loads(raw))
+
+
+@writer.group()
+def reset() -> None:
+    """Put a wedged entity back so that the next honest intent applies (after a forged
+    status, say). Each checks the tenant and changes one row."""
+
+
+def _reset_connection() -> Any:
+    from jobplatform.stack import ensure_services
+    from writer.db import connect
+    from writer.kinds.tables import activate
+    from writer.migrate import configured_tables
+
+    settings = settings_from_env()
+    activate(configured_tables())
+    services = ensure_services(settings)
+    return connect(services.database_url, autocommit=True, application_name="jobplatform-cli")
+
+
+@reset.command("video")
+@click.argument("video_id", type=click.UUID)
+@click.option("--tenant", "tenant_id", type=int, required=True, help="The video's tenant.")
+@click.option("--attempt", type=click.IntRange(1), required=True,
+              help="The attempt the next honest intents carry (the API's attempt counter).")
+def reset_video(video_id: Any, tenant_id: int, attempt: int) -> None:
+    """Reset VIDEO_ID to attempt N with nothing seen yet."""
+    from writer.reset import reset_video as run
+
+    with _reset_connection() as conn:
+        if not run(conn, video_id, tenant_id, attempt):
+            click.echo(f"no video {video_id} of tenant {tenant_id}", err=True)
+            sys.exit(1)
+    click.echo(f"video {video_id} reset to attempt {attempt}")
+
+
+@reset.command("import")
+@click.argument("import_id", type=click.UUID)
+@click.option("--tenant", "tenant_id", type=int, required=True, help="The import's tenant.")
+def reset_import(import_id: Any, tenant_id: int) -> None:
+    """Reset IMPORT_ID's status below queued (a done import is left alone)."""
+    from writer.reset import reset_import as run
+
+    with _reset_connection() as conn:
+        if not run(conn, import_id, tenant_id):
+            click.echo(f"no unfinished import {import_id} of tenant {tenant_id}", err=True)
+            sys.exit(1)
+    click.echo(f"import {import_id} reset")

@@ -131,6 +131,26 @@ class KindTransaction:
         ids = [i.intent_id if isinstance(i, BaseIntent) else i for i in intents]
         raise DataApplyError(reason, ids)
 
+    def check_tenants(self, table: str, key: str, tenant: str,
+                      claims: Iterable[tuple[Any, int, Sequence[BaseIntent | UUID]]]) -> None:
+        wanted: dict[Any, tuple[int, Sequence[BaseIntent | UUID]]] = {}
+        for value, claimed, intents in claims:
+            wanted.setdefault(value, (claimed, []))
+            if wanted[value][0] != claimed:
+                self.reject(f"{table} {value} is claimed for tenants {wanted[value][0]} and "
+                            f"{claimed} in one batch", [*wanted[value][1], *intents])
+            wanted[value] = (claimed, [*wanted[value][1], *intents])
+        if not wanted:
+            return
+        query = sql.SQL("SELECT {key}, {tenant} FROM {table} WHERE {key} = ANY(%(keys)s)").format(
+            key=sql.Identifier(key), tenant=sql.Identifier(tenant),
+            table=sql.Identifier(*table.split(".")))
+        for value, owner in self.execute(query, {"keys": list(wanted)}):
+            claimed, intents = wanted[value]
+            if owner != claimed:
+                self.reject(f"{table} {value} belongs to tenant {owner}, not to tenant {claimed}"
+                            " named by the intent", intents)
+
 
 # --- the batch -----------------------------------------------------------------------------
 

@@ -342,6 +342,12 @@ _FINISHED = ("import_id", "tenant_id", "total", "valid", "invalid", "duplicates"
 def apply(tx: Transaction, work: RosterPlan) -> RosterOutcome:
     out = RosterOutcome(coalesced=work.coalesced, rows=work.rows,
                         row_duplicates=work.row_duplicates)
+    # An import id of another tenant's import is refused before anything is written.
+    claims: list[tuple[Any, int, Sequence[RosterChunk | RosterStatus | UUID]]] = [
+        (s.import_id, s.tenant_id, s.intent_ids) for s in work.statuses]
+    claims += [(i.import_id, i.tenant_id, (i.intent_id,)) for i in work.intents
+               if isinstance(i, RosterChunk)]
+    tx.check_tenants("roster_imports", "id", "tenant_id", claims)
     if work.statuses:
         changes = work.statuses
         params: dict[str, Any] = {"id": [c.import_id for c in changes]}

@@ -34,7 +34,9 @@ COPY {stage} (tenant_id, phone, name, parent_phone, school, grade, birth_date, s
 FROM STDIN (FORMAT BINARY)
 
 -- name: upsert_roster_statuses
--- Status moves only to a strictly higher rank; values an intent does not carry are kept.
+-- Status moves only to a strictly higher rank; values an intent does not carry are kept. An
+-- outranked status (a late `queued` after `parsing`, reordered by a takeover) still fills the
+-- values the row lacks. Rows of another tenant were refused before (check_tenants).
 INSERT INTO roster_imports AS r
     (id, tenant_id, lecture_id, status, status_rank, source_key, report_key, total, valid,
      invalid, duplicates, chunks_expected, error, sample_errors, started_at, updated_at)
@@ -46,20 +48,36 @@ SELECT * FROM unnest(
     %(sample_errors)s::jsonb[], %(started_at)s::timestamptz[], %(updated_at)s::timestamptz[]
 )
 ON CONFLICT (id) DO UPDATE SET
-    status = CASE WHEN r.dead_intents > 0 THEN r.status ELSE EXCLUDED.status END,
-    status_rank = EXCLUDED.status_rank,
-    source_key = coalesce(EXCLUDED.source_key, r.source_key),
-    report_key = coalesce(EXCLUDED.report_key, r.report_key),
-    total = coalesce(EXCLUDED.total, r.total),
-    valid = coalesce(EXCLUDED.valid, r.valid),
-    invalid = coalesce(EXCLUDED.invalid, r.invalid),
-    duplicates = coalesce(EXCLUDED.duplicates, r.duplicates),
-    chunks_expected = coalesce(EXCLUDED.chunks_expected, r.chunks_expected),
-    error = CASE WHEN r.dead_intents > 0 THEN r.error ELSE coalesce(EXCLUDED.error, r.error) END,
-    sample_errors = coalesce(EXCLUDED.sample_errors, r.sample_errors),
+    status = CASE WHEN EXCLUDED.status_rank <= r.status_rank OR r.dead_intents > 0 THEN r.status
+                  ELSE EXCLUDED.status END,
+    status_rank = greatest(EXCLUDED.status_rank, r.status_rank),
+    source_key = coalesce(r.source_key, EXCLUDED.source_key),
+    report_key = CASE WHEN EXCLUDED.status_rank > r.status_rank
+                      THEN coalesce(EXCLUDED.report_key, r.report_key)
+                      ELSE coalesce(r.report_key, EXCLUDED.report_key) END,
+    total = CASE WHEN EXCLUDED.status_rank > r.status_rank THEN coalesce(EXCLUDED.total, r.total)
+                 ELSE coalesce(r.total, EXCLUDED.total) END,
+    valid = CASE WHEN EXCLUDED.status_rank > r.status_rank THEN coalesce(EXCLUDED.valid, r.valid)
+                 ELSE coalesce(r.valid, EXCLUDED.valid) END,
+    invalid = CASE WHEN EXCLUDED.status_rank > r.status_rank
+                   THEN coalesce(EXCLUDED.invalid, r.invalid)
+                   ELSE coalesce(r.invalid, EXCLUDED.invalid) END,
+    duplicates = CASE WHEN EXCLUDED.status_rank > r.status_rank
+                      THEN coalesce(EXCLUDED.duplicates, r.duplicates)
+                      ELSE coalesce(r.duplicates, EXCLUDED.duplicates) END,
+    chunks_expected = coalesce(r.chunks_expected, EXCLUDED.chunks_expected),
+    error = CASE WHEN r.dead_intents > 0 OR EXCLUDED.status_rank <= r.status_rank THEN r.error
+                 ELSE coalesce(EXCLUDED.error, r.error) END,
+    sample_errors = CASE WHEN EXCLUDED.status_rank > r.status_rank
+                         THEN coalesce(EXCLUDED.sample_errors, r.sample_errors)
+                         ELSE coalesce(r.sample_errors, EXCLUDED.sample_errors) END,
     started_at = least(r.started_at, EXCLUDED.started_at),
     updated_at = greatest(r.updated_at, EXCLUDED.updated_at)
 WHERE EXCLUDED.status_rank > r.status_rank
+   OR (r.source_key IS NULL AND EXCLUDED.source_key IS NOT NULL)
+   OR (r.chunks_expected IS NULL AND EXCLUDED.chunks_expected IS NOT NULL)
+   OR (r.total IS NULL AND EXCLUDED.total IS NOT NULL)
+   OR (r.report_key IS NULL AND EXCLUDED.report_key IS NOT NULL)
 
 -- name: add_roster_counts
 -- Per-import counters of the chunks applied; a chunk arriving before any status creates the

@@ -241,8 +241,10 @@ def video_statements(tables: TableMap) -> VideoStatements:
     """A row moves forward only for a strictly higher ``(attempt, status_rank)``; an outranked
     change of the same attempt still fills the fields the row lacks (``source_key``,
     ``queued_at``, ``started_at``: a late ``queued`` or ``processing`` after ``ready``).
-    Returns how many rows changed and the videos that exist under another tenant (then
-    nothing is written)."""
+    Attempts are bounded: a change whose run of attempts starts more than one past the row's
+    attempt (or past 1, for a new video) is refused. Returns how many rows changed, the videos
+    that exist under another tenant, and the first that jumps ahead (with either, nothing is
+    written)."""
     v = tables.videos
     cols = [name for name, _ in VIDEO_PARAMS if v.has(name)]
     types = dict(VIDEO_PARAMS)
@@ -292,20 +294,29 @@ def video_statements(tables: TableMap) -> VideoStatements:
     where = higher if not fills else sql.SQL("{} OR {}").format(
         higher, sql.SQL(" OR ").join(fills))
     statement = sql.SQL("""WITH new AS (
-    SELECT * FROM unnest({arrays}) AS n ({names})
+    SELECT * FROM unnest({arrays}, %(attempt_floor)s::integer[]) AS n ({names}, attempt_floor)
+), seen AS (
+    SELECT n.id, n.tenant_id, n.attempt, n.attempt_floor, v.{tenant} AS owner,
+           v.{attempt} AS last_attempt
+    FROM new AS n LEFT JOIN {videos} AS v ON v.{id} = n.id
 ), foreign_tenant AS (
-    SELECT n.id FROM new AS n JOIN {videos} AS v ON v.{id} = n.id
-    WHERE v.{tenant} <> n.tenant_id
+    SELECT id FROM seen WHERE owner <> tenant_id
+), jumped AS (
+    SELECT id, attempt, last_attempt FROM seen
+    WHERE attempt_floor > coalesce(last_attempt, 0) + 1 LIMIT 1
 ), changed AS (
     INSERT INTO {videos} AS v ({real})
-    SELECT {names} FROM new WHERE NOT EXISTS (SELECT FROM foreign_tenant)
+    SELECT {names} FROM new
+    WHERE NOT EXISTS (SELECT FROM foreign_tenant) AND NOT EXISTS (SELECT FROM jumped)
     ON CONFLICT ({id}) DO UPDATE SET {sets}
     WHERE {where}
     RETURNING v.{id}
 )
-SELECT (SELECT count(*) FROM changed), ARRAY(SELECT id FROM foreign_tenant)""").format(
+SELECT (SELECT count(*) FROM changed), ARRAY(SELECT id FROM foreign_tenant),
+       (SELECT ARRAY[id::text, attempt::text, last_attempt::text] FROM jumped)""").format(
         arrays=_list([sql.SQL("{}::{}[]").format(sql.Placeholder(n), sql.SQL(types[n]))
                       for n in cols]),
+        attempt=sql.Identifier(v.column("attempt")),
         names=_list([sql.Identifier(n) for n in cols]), videos=_t(v),
         id=sql.Identifier(v.column("id")), tenant=sql.Identifier(v.column("tenant_id")),
         real=_list([_c(v, n) for n in cols]), sets=_list(sets), where=where)

@@ -45,6 +45,12 @@ class VideoChange:
     error: str | None
     updated_at: datetime
     intent_ids: tuple[UUID, ...]
+    attempts: tuple[int, ...]
+    """The attempt of each of ``intent_ids``."""
+    attempt_floor: int
+    """The lowest attempt of the batch's unbroken run of attempts up to the winner's: the row
+    takes the change only when its own attempt is at least this minus one (bounded versions:
+    a forged attempt 1000 cannot wedge the video past every honest re-encode)."""
 
 
 @dataclass(slots=True)
@@ -86,6 +92,10 @@ def _change(win: VideoIntent, group: Sequence[VideoIntent]) -> VideoChange:
     if isinstance(win, VideoReady):
         renditions = json.dumps([r.model_dump(mode="json") for r in win.renditions])
     final = isinstance(win, VideoReady | VideoFailed)
+    attempts = {i.attempt for i in group}
+    floor = win.attempt
+    while floor - 1 in attempts:
+        floor -= 1
     return VideoChange(
         video_id=win.video_id,
         tenant_id=win.tenant_id,
@@ -102,6 +112,8 @@ def _change(win: VideoIntent, group: Sequence[VideoIntent]) -> VideoChange:
         error=win.reason if isinstance(win, VideoFailed) else None,
         updated_at=win.occurred_at,
         intent_ids=tuple(i.intent_id for i in group),
+        attempts=tuple(i.attempt for i in group),
+        attempt_floor=floor,
     )
 
 
@@ -110,11 +122,25 @@ def apply(tx: Transaction, changes: Sequence[VideoChange]) -> VideoOutcome:
     params: dict[str, Any] = {
         n: [c.video_id for c in changes] if n == "id" else [getattr(c, n) for c in changes]
         for n in statements.columns}
-    [(changed, foreign)] = tx.execute(statements.upsert_videos, params)
+    params["attempt_floor"] = [c.attempt_floor for c in changes]
+    [(changed, foreign, jumped)] = tx.execute(statements.upsert_videos, params)
     if foreign:
         bad = set(foreign)
         ids = [i for c in changes if c.video_id in bad for i in c.intent_ids]
         tx.reject(f"video {', '.join(map(str, sorted(bad)))} belongs to another tenant", ids)
+    if jumped:
+        video_id, _, last = jumped
+        found = next(c for c in changes if str(c.video_id) == str(video_id))
+        reach = 0 if last is None else int(last)
+        for seen_attempt in sorted(set(found.attempts)):
+            if seen_attempt <= reach + 1:
+                reach = seen_attempt
+        # Only the intents past the reach: the batch's others apply once these are set aside.
+        ahead = [i for i, a in zip(found.intent_ids, found.attempts, strict=True) if a > reach]
+        seen = "none" if last is None else str(last)
+        tx.reject(f"video {video_id}: attempt {max(found.attempts)} jumps ahead of the last "
+                  f"attempt seen ({seen}); the writer takes at most one past it (`jobplatform "
+                  "writer reset video` resets a wedged video)", ahead)
     coalesced = sum(len(c.intent_ids) - 1 for c in changes)
     return VideoOutcome(coalesced=coalesced, changed=int(changed))
 
