@@ -42,7 +42,7 @@ STAGES = (
     "log",              # the intent log append and its fsync
     "commit",           # COMMIT
     "ack",              # acknowledging the batch's messages
-    "pace",             # waiting for the database time budget
+    "pace",             # waiting for the database time budget (bulk work held back by it)
 )
 
 

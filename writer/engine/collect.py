@@ -79,7 +79,13 @@ class Collector:
                     if writer.stopping or fast.undecodable or bulk.undecodable:
                         return batch
                     writer.chores.tick()
+                    waited = fast.spent["idle"]
+                    held = time.monotonic() < bulk_after  # the bulk lane waits for the budget
                     idle = fast.take(limits.intents, wait=True)
+                    if held:
+                        paced = fast.spent["idle"] - waited
+                        fast.spent["idle"] = waited
+                        writer.stats.spend({"pace": paced})
                     batch.add_all(idle, limits)
                     if not idle and (writer.stopping or self.redis_dirty
                                      or writer.chores.prune_due()):
