@@ -5,6 +5,11 @@ sets such as roster chunks); the writer drains fast first, so a video's status n
 behind a large import. An intent of a kind the registry does not hold is refused here, at the
 producer, instead of reaching the writer's dead letters.
 
+An intent travels as its JSON text (the message's one argument is a string): encoded by
+pydantic's serializer in one call, carried by dramatiq's envelope as a single string, and
+validated by the writer straight from that text. A writer also accepts the older form, the
+intent as a JSON object.
+
 The emitter keeps, per thread, the time it spent encoding intents and sending them to Redis
 (:meth:`IntentEmitter.timings`), so an actor can say where its time went.
 """
@@ -19,7 +24,7 @@ import dramatiq
 
 from jobplatform.broker import WRITE_INTENT, Queues, make_message
 from jobplatform.kinds import Registry, UnknownKind, default_registry
-from schemas import BaseIntent, FieldError, encode_intent
+from schemas import BaseIntent, FieldError
 
 
 @dataclass(slots=True)
@@ -51,7 +56,8 @@ class IntentEmitter:
             raise UnknownKind("intent", [FieldError("kind", self.registry.unknown(intent.kind))])
         started = time.perf_counter()
         message = make_message(
-            self.lane(intent), WRITE_INTENT, encode_intent(intent), intent_id=str(intent.intent_id)
+            self.lane(intent), WRITE_INTENT, intent.model_dump_json(),
+            intent_id=str(intent.intent_id),
         )
         encoded = time.perf_counter()
         self.broker.enqueue(message)
