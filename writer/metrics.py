@@ -156,7 +156,8 @@ class _WriterCollector:
         info.add_metric((writer.name, "" if pid is None else str(pid)), 1.0)
         yield info
         yield _gauge("jobplatform_writer_db_connections",
-                     "PostgreSQL connections the writer holds.", 0 if pid is None else 1)
+                     "PostgreSQL connections the writer holds (its own and, while active, "
+                     "the fast lane's).", len(writer.backend_pids))
         yield _gauge("jobplatform_writer_db_share",
                      "Share of wall time the writer kept PostgreSQL busy (sliding window).",
                      stats["db_share"])

@@ -39,7 +39,8 @@ STAGES = (
     "copy",             # the kinds' COPY statements (rows encoded and sent)
     "statements",       # the kinds' other statements (the roster's upsert among them)
     "kinds",            # the kinds' own Python inside the transaction, statements excluded
-    "log",              # the intent log append and its fsync
+    "log",              # the intent log append and its fsync (after the other connection's
+                        # COMMIT, when the fast lane's and the bulk work's meet there)
     "commit",           # COMMIT
     "ack",              # acknowledging the batch's messages
     "pace",             # waiting for the database time budget (bulk work held back by it)

@@ -74,7 +74,10 @@ def test_scrape_matches_the_database_and_redis(
         assert value(samples, "jobplatform_writer_lag_seconds") == 0
         assert value(samples, "jobplatform_writer_active") == 1
         assert value(samples, "jobplatform_writer_role", role="active") == 1
-        assert value(samples, "jobplatform_writer_db_connections") == 1
+        # its own connection and the fast lane's (it applied the video statuses)
+        assert value(samples, "jobplatform_writer_db_connections") == 2 == int(scalar(
+            url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                 " AND application_name LIKE 'jobplatform-writer%%'"))
         backend = int(scalar(url, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' "
                                   "AND granted AND database = (SELECT oid FROM pg_database "
                                   "WHERE datname = current_database())"))

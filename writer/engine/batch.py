@@ -323,6 +323,14 @@ def _apply(conn: Conn, prepared: Prepared, batch_seq: int, registry: Registry) -
     return result
 
 
+def renumber(conn: Conn, applied: Sequence[UUID]) -> int:
+    """Give the open batch transaction a new, higher number: drawn now, and recorded on its
+    ledger rows (``applied``). See :class:`writer.engine.apply.CommitOrder`."""
+    row = conn.execute(_engine_statements()["renumber_batch"], {"ids": list(applied)}).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def run_kind_hook(conn: Conn, kind: Kind, hook: Callable[..., Outcome | None],
                   *args: Any) -> Outcome | None:
     """Run one of ``kind``'s hooks (``dead_lettered``, ``redriven``) in the caller's open

@@ -14,6 +14,7 @@ import random
 from typing import TYPE_CHECKING
 
 from jobplatform.logging import get_logger
+from writer import lock
 from writer.engine.session import DB_OUTAGES, REDIS_ERRORS
 from writer.lanes import Lane, requeue_unacked
 
@@ -33,6 +34,20 @@ class Leadership:
         self.writer = writer
         self.fast: Lane | None = None
         self.bulk: Lane | None = None
+        self._lost: str | None = None
+
+    def lose(self, reason: str) -> None:
+        """Another thread (the fast lane's) found the lock gone: the loop stands down."""
+        self._lost = reason
+
+    @property
+    def lost_pending(self) -> bool:
+        return self._lost is not None
+
+    def take_lost(self) -> str | None:
+        """Why the writer must stand down, if another thread said so (once)."""
+        reason, self._lost = self._lost, None
+        return reason if self.active else None
 
     @property
     def active(self) -> bool:
@@ -64,6 +79,13 @@ class Leadership:
     def _become_active(self) -> None:
         """Take over: requeue what earlier writers left unacked, then start consuming."""
         writer = self.writer
+        if writer.fastlane.enabled:
+            # No fast-lane transaction of an earlier holder is in flight past this point.
+            conn = writer.session.locked_conn
+            assert conn is not None
+            fenced = lock.bar_fast_lanes(conn, writer.settings.lock_key)
+            if fenced:
+                log.warning("fast-lane sessions of an earlier writer terminated", pids=fenced)
         broker = writer.broker
         client = broker.client
         key = consumers_key(broker.namespace)
@@ -83,10 +105,14 @@ class Leadership:
         gc.freeze()
         self.fast = Lane(broker, writer.queues.writes_fast, registry=writer.registry,
                          max_intent_bytes=settings.max_intent_bytes,
-                         poll_timeout_ms=settings.poll_timeout_ms)
+                         poll_timeout_ms=settings.fast_poll_timeout_ms
+                         if writer.fastlane.enabled else settings.poll_timeout_ms)
         self.bulk = Lane(broker, writer.queues.writes_bulk, registry=writer.registry,
                          max_intent_bytes=settings.max_intent_bytes,
                          poll_timeout_ms=settings.poll_timeout_ms)
+        self._lost = None
+        if writer.fastlane.enabled:
+            writer.fastlane.hand(self.fast)
         writer.set_role("active")
         log.info("writer active", name=writer.name, recovered=recovered)
 
@@ -98,7 +124,10 @@ class Leadership:
         self.writer.set_role("standby")
 
     def release_lanes(self) -> bool:
-        """Requeue everything the lanes hold; False when Redis could not be reached."""
+        """Requeue everything the lanes hold; False when Redis could not be reached. The fast
+        lane's thread settles its batch in hand first."""
+        if not self.writer.fastlane.pause(timeout_s=30.0):
+            log.warning("the fast lane still applies a batch; its messages go back too")
         ok = True
         for lane in self.lanes:
             try:
