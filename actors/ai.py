@@ -10,9 +10,9 @@ job re-sends the same intents and the writer applies each once):
    ``RosterStatus(failed)`` with the reason and no chunk;
 4. ``RosterChunk`` intents to ``writes.bulk`` as rows are validated;
 5. the error report, when some row was rejected or repeated, to ``<source key>.errors.xlsx``;
-6. ``RosterStatus(writing)`` with the counts, the number of chunks and the report's key; the
-   job's progress record in Redis also gets ``empty_slots`` (numbered rows left empty) and
-   ``timings``, the seconds each step took (:class:`Timings`).
+6. ``RosterStatus(writing)`` with the counts (``empty_slots``: numbered rows left empty), the
+   number of chunks and the report's key; the job's progress record in Redis gets them too,
+   and ``timings``, the seconds each step took (:class:`Timings`).
 
 S3 and Redis faults raise :class:`~jobplatform.errors.TransientJobError`, which dramatiq's
 Retries middleware retries with backoff (``ROSTER_MAX_RETRIES`` times, then the import is marked
@@ -37,6 +37,7 @@ from dramatiq.middleware import CurrentMessage
 
 from actors.invalid import read_ids
 from actors.roster import Limits, RosterRejected, open_roster, write_report
+from jobplatform.auth import ensure_message_auth
 from jobplatform.broker import IMPORT_ROSTER, Queues, broker_identity
 from jobplatform.emit import EmitTimings, IntentEmitter
 from jobplatform.errors import JobError, TransientJobError
@@ -45,7 +46,15 @@ from jobplatform.progress import ProgressStore
 from jobplatform.s3 import s3_client
 from jobplatform.settings import Settings
 from jobplatform.workdir import job_folder, sweep
-from schemas import DecodeError, ImportRoster, RosterChunk, RosterStatus, StudentRow, decode_job
+from schemas import (
+    DecodeError,
+    ImportRoster,
+    RosterChunk,
+    RosterStatus,
+    StudentRow,
+    decode_job,
+    tenant_prefix,
+)
 from schemas.errors import FieldError
 from schemas.intents import AnyIntent, RowError
 from schemas.jobs import roster_job_id
@@ -61,10 +70,6 @@ WORK_PREFIX = "jp-roster-"
 REPORT_SUFFIX = ".errors.xlsx"
 _REPORT_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 _DOWNLOAD_CHUNK = 1 << 20
-
-
-def tenant_prefix(tenant_id: int) -> str:
-    return f"tenants/{tenant_id}/"
 
 
 def report_key(source_key: str) -> str:
@@ -132,12 +137,16 @@ def import_roster(job: ImportRoster, services: RosterServices, *, final_attempt:
         if services.progress is not None else None
     )
 
+    # A key outside the tenant's prefix is refused below; the intents never carry it (the
+    # writer would refuse them: schemas.intents.tenant_key).
+    own_source = job.source_key if _own_key(job) else None
+
     def status(name: str, **fields: Any) -> None:
         services.emit(RosterStatus(
             intent_id=intent_id(job.import_id, f"status:{name}"), tenant_id=job.tenant_id,
             occurred_at=datetime.now(UTC), import_id=job.import_id, lecture_id=job.lecture_id,
             status=name,
-            source_key=job.source_key, **fields,
+            source_key=own_source, **fields,
         ))
 
     def progress(**fields: Any) -> None:
@@ -147,7 +156,7 @@ def import_roster(job: ImportRoster, services: RosterServices, *, final_attempt:
     try:
         _redis_call(lambda: status("parsing"))
         progress(final=True, step="downloading", rows=0, total=None, **services.identity)
-        if not job.source_key.startswith(tenant_prefix(job.tenant_id)):
+        if own_source is None:
             raise RosterRejected(
                 f"source key {job.source_key!r} is not under {tenant_prefix(job.tenant_id)!r}"
             )
@@ -230,8 +239,7 @@ def _run(
     # The progress record first: the writer's ``done``, which may follow the status intent
     # within milliseconds, is merged into it and must not be overwritten by ``writing``. The
     # report's key and the sample errors stay in the record, so a finished import's status
-    # links its report without a database read. RosterStatus has no field for empty slots
-    # yet: the progress record carries them.
+    # links its report without a database read.
     progress(
         final=True, step="writing", rows=total, total=total, chunks=counts.chunks,
         valid=counts.valid, invalid=counts.invalid, duplicates=counts.duplicates,
@@ -240,8 +248,13 @@ def _run(
     )
     _redis_call(lambda: status(
         "writing", total=counts.total, valid=counts.valid, invalid=counts.invalid,
-        duplicates=counts.duplicates, chunks=counts.chunks, report_key=key, sample_errors=sample,
+        duplicates=counts.duplicates, empty_slots=counts.empty_slots, chunks=counts.chunks,
+        report_key=key, sample_errors=sample,
     ))
+
+
+def _own_key(job: ImportRoster) -> bool:
+    return job.source_key.startswith(tenant_prefix(job.tenant_id))
 
 
 def _suffix(job: ImportRoster) -> str:
@@ -319,7 +332,11 @@ def reject(payload: Any, error: DecodeError, services: RosterServices) -> bool:
 
 
 def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[Any, None]:
-    """Declare the ``import_roster`` actor on ``broker`` (queue ``settings.queue_ai``)."""
+    """Declare the ``import_roster`` actor on ``broker`` (queue ``settings.queue_ai``).
+
+    The broker refuses jobs without a valid MAC (:func:`jobplatform.auth.ensure_message_auth`).
+    """
+    ensure_message_auth(broker, settings)
     services: RosterServices | None = None
     max_retries = settings.roster.max_retries
     removed = sweep(None, WORK_PREFIX)  # folders of dead workers on this machine
@@ -369,8 +386,8 @@ def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[Any,
             get_services().emit(RosterStatus(
                 intent_id=intent_id(job.import_id, "status:failed"), tenant_id=job.tenant_id,
                 occurred_at=datetime.now(UTC), import_id=job.import_id,
-                lecture_id=job.lecture_id, status="failed", source_key=job.source_key,
-                error=reason,
+                lecture_id=job.lecture_id, status="failed",
+                source_key=job.source_key if _own_key(job) else None, error=reason,
             ))
             raise
 

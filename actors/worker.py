@@ -17,11 +17,13 @@ except ImportError as exc:
         raise
     raise missing from exc
 
+from jobplatform.auth import keyring_for
 from jobplatform.broker import build_broker
 from jobplatform.logging import configure_logging
 from jobplatform.settings import get_settings
 from jobplatform.stack import ensure_services
 
+keyring_for(get_settings())  # before any service: production refuses to run without a key
 settings = ensure_services(get_settings()).apply(get_settings())
 configure_logging(settings)
 assert settings.redis_url is not None

@@ -256,11 +256,12 @@ def video_status(n: int, tenant_id: int) -> AnyIntent:
     now = datetime.now(UTC)
     if n % 2 == 0:
         return VideoProcessing(tenant_id=tenant_id, video_id=video_id, occurred_at=now)
+    hls = f"tenants/{tenant_id}/videos/{video_id}/hls/"
     return VideoReady(
         tenant_id=tenant_id, video_id=video_id, occurred_at=now, duration_s=60.0,
-        hls_key=f"hls/{video_id}/master.m3u8",
+        hls_key=hls + "master.m3u8",
         renditions=(VideoRendition(name="720p", width=1280, height=720, bandwidth=2_800_000,
-                                   playlist_key=f"hls/{video_id}/720p.m3u8"),),
+                                   playlist_key=hls + "720p.m3u8"),),
     )
 
 

@@ -74,12 +74,13 @@ def _emit_video(emitter: IntentEmitter, workload: Workload, worker: int, out: Em
             with out.lock:
                 out.video[first.intent_id] = (video_id, first.occurred_at)
             time.sleep(workload.encode_s)
+            hls = f"tenants/{TENANT_ID}/videos/{video_id}/hls/"
             ready = VideoReady(
                 tenant_id=TENANT_ID, video_id=video_id, occurred_at=_now(),
-                hls_key=f"hls/{video_id}/master.m3u8", duration_s=workload.encode_s,
+                hls_key=hls + "master.m3u8", duration_s=workload.encode_s,
                 renditions=(VideoRendition(name="720p", width=1280, height=720,
                                            bandwidth=2_800_000,
-                                           playlist_key=f"hls/{video_id}/720p.m3u8"),),
+                                           playlist_key=hls + "720p.m3u8"),),
             )
             emitter.emit(ready)
             with out.lock:
@@ -95,7 +96,7 @@ def roster_intents(roster: Roster, chunk_rows: int) -> Iterator[AnyIntent]:
     base = {"tenant_id": TENANT_ID, "import_id": roster.import_id,
             "lecture_id": roster.lecture_id}
     yield RosterStatus(**base, status="parsing", occurred_at=_now(),
-                       source_key=f"rosters/{roster.import_id}.xlsx")
+                       source_key=f"tenants/{TENANT_ID}/rosters/{roster.import_id}.xlsx")
     chunks = [roster.rows[i:i + chunk_rows] for i in range(0, len(roster.rows), chunk_rows)]
     for index, rows in enumerate(chunks):
         yield RosterChunk(**base, chunk_index=index, rows=rows, occurred_at=_now())

@@ -114,3 +114,44 @@ def plot_scaling(result: dict[str, Any], out: Path = OUT) -> list[Path]:
     fig.savefig(cpu, dpi=110)
     plt.close(fig)
     return [scaling, cpu]
+
+
+def shards_plot(result: dict[str, Any], path: Path) -> Path:
+    """``bench shards``: intents/s (small), rows/s (roster) and CPU per 1,000 intents, by
+    shard count, one line per broker."""
+    plt = _pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cases = result["cases"]
+    brokers = sorted({c["broker"] for c in cases})
+    panels = [("small intents/s (status changes)", "small", "intents_per_s"),
+              ("roster rows/s", "roster", "rows_per_s"),
+              ("CPU s per 1,000 small intents", "small", "cpu")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(14, 4))
+    styles = {"redis": ("#c0392b", "o"), "rabbitmq": ("#2471a3", "s")}
+    for ax, (title, backlog, key) in zip(axes, panels, strict=True):
+        for broker in brokers:
+            mine = sorted((c for c in cases if c["broker"] == broker and c["backlog"] == backlog),
+                          key=lambda c: c["shards"])
+            xs = [c["shards"] for c in mine]
+            color, marker = styles.get(broker, ("#555555", "^"))
+            if key == "cpu":
+                for part, line in (("postgresql", "-"), ("writers", "--"), ("broker", ":")):
+                    ax.plot(xs, [c["cpu_per_1000"][part] for c in mine], line, color=color,
+                            marker=marker, label=f"{broker} {part}")
+            else:
+                ys = [c[key] or 0 for c in mine]
+                ax.plot(xs, ys, "-", color=color, marker=marker, label=broker)
+                for x, y in zip(xs, ys, strict=True):
+                    ax.annotate(fmt(y), (x, y), textcoords="offset points", xytext=(0, 6),
+                                ha="center", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("writer shards")
+        ax.set_xticks(sorted({c["shards"] for c in cases}))
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{_caption(result)}; {result['tenants']} tenants, one PostgreSQL",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -31,6 +31,7 @@ from bench._harness import TEMPLATE
 from bench._instance import EmulatedInstance, InstanceConfig
 from bench._platform import broker_namespace
 from bench._workload import TENANT_ID, Workload, prepare_template
+from jobplatform.auth import Keyring, keyring_of
 from jobplatform.broker import Queues, build_broker
 from jobplatform.emit import IntentEmitter
 from jobplatform.settings import Settings
@@ -112,11 +113,12 @@ def small_intents(count: int) -> Iterator[AnyIntent]:
     for n in range(count // 2):
         video_id = uuid.UUID(int=n + 1, version=4)
         yield VideoProcessing(tenant_id=TENANT_ID, video_id=video_id, occurred_at=now)
+        hls = f"tenants/{TENANT_ID}/videos/{video_id}/hls/"
         yield VideoReady(
             tenant_id=TENANT_ID, video_id=video_id, occurred_at=now,
-            hls_key=f"hls/{video_id}/master.m3u8", duration_s=60.0,
+            hls_key=hls + "master.m3u8", duration_s=60.0,
             renditions=(VideoRendition(name="720p", width=1280, height=720, bandwidth=2_800_000,
-                                       playlist_key=f"hls/{video_id}/720p.m3u8"),),
+                                       playlist_key=hls + "720p.m3u8"),),
         )
 
 
@@ -166,11 +168,25 @@ class _Scraper:
         self.server.close()
 
 
+class _NoAuth(Keyring):
+    """Neither signs nor checks: the baseline that measures what authentication costs."""
+
+    def __init__(self) -> None:
+        super().__init__({"bench-baseline": "b" * 32})
+
+    def mac(self, actor: str, body: bytes) -> str:
+        return "unsigned"
+
+    def check(self, actor: str, body: bytes, mac: object) -> str | None:
+        return None
+
+
 def drain(instance: EmulatedInstance, settings: Settings, redis_url: str, name: str,
           intents: list[AnyIntent], intent_log: bool, timeout_s: float,
-          scrape_s: float | None = None) -> dict[str, Any]:
+          scrape_s: float | None = None, signed: bool = True) -> dict[str, Any]:
     """Queue ``intents``, then let one writer drain them; measure the drain. With
-    ``scrape_s``, the writer serves its metrics and they are scraped that often."""
+    ``scrape_s``, the writer serves its metrics and they are scraped that often. With
+    ``signed`` (the default, as in production) the intents carry MACs the writer checks."""
     url = instance.create_database(name, template=TEMPLATE)
     rows = sum(len(i.rows) for i in intents if isinstance(i, RosterChunk))
     try:
@@ -181,7 +197,8 @@ def drain(instance: EmulatedInstance, settings: Settings, redis_url: str, name: 
                 "jobplatform_state_dir": Path(state),
             })
             broker = build_broker(run_settings, redis_url, set_global=False)
-            emitter = IntentEmitter(broker, Queues.from_settings(run_settings))
+            keyring = keyring_of(broker) if signed else _NoAuth()
+            emitter = IntentEmitter(broker, Queues.from_settings(run_settings), keyring=keyring)
             for intent in intents:
                 emitter.emit(intent)
             phases = _Phases()
@@ -192,7 +209,7 @@ def drain(instance: EmulatedInstance, settings: Settings, redis_url: str, name: 
                 log_writer = _TimedLog(IntentLog.from_settings(run_settings), phases)
             writer = Writer(run_settings.writer, database_url=url, broker=broker,
                             queues=Queues.from_settings(run_settings),
-                            log_writer=log_writer, hooks=[phases])
+                            log_writer=log_writer, hooks=[phases], keyring=keyring)
             client = redis.Redis.from_url(redis_url)
             monitor = psycopg.connect(instance.admin_url(name), autocommit=True)
             scraper = _Scraper(writer, scrape_s) if scrape_s else None
@@ -276,9 +293,13 @@ def _measure(instance: EmulatedInstance, writer: Writer, phases: _Phases,
                    "served and scraped, and as many without, alternately: medians and ratio.")
 @click.option("--scrape-s", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
               help="Scrape interval of the metrics runs (Prometheus' default is 15 s).")
+@click.option("--auth-runs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Then drain each backlog this many times with signed intents the writer "
+                   "checks, and as many unsigned and unchecked, alternately: medians and ratio.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def command(small_count: int, rows: int, chunk_rows: int, budget: float, intent_log: bool,
-            timeout_s: float, metrics_runs: int, scrape_s: float, as_json: bool) -> None:
+            timeout_s: float, metrics_runs: int, scrape_s: float, auth_runs: int,
+            as_json: bool) -> None:
     """One writer draining a backlog on an uncapped database: intents/s, rows/s, time split."""
     from bench._common import machine
     from jobplatform.cli._common import echo_json, settings_from_env
@@ -308,12 +329,23 @@ def command(small_count: int, rows: int, chunk_rows: int, budget: float, intent_
         if metrics_runs:
             metrics_ab = _metrics_ab(instance, settings, services.redis_url, small_count,
                                      intent_log, timeout_s, metrics_runs, scrape_s, echo)
+        auth_ab = None
+        if auth_runs:
+            auth_ab = {
+                "small": _auth_ab(instance, settings, services.redis_url,
+                                  list(small_intents(small_count)), intent_log, timeout_s,
+                                  auth_runs, "small", echo),
+                "roster": _auth_ab(instance, settings, services.redis_url,
+                                   list(roster_chunks(rows, chunk_rows, 20)), intent_log,
+                                   timeout_s, auth_runs, "roster", echo),
+            }
         result = {
             "instance": {**instance.describe(), "machine": machine()},
             "writer_settings": settings.writer.model_dump(mode="json"),
             "intent_log": intent_log,
             **runs,
             "metrics_ab": metrics_ab,
+            "auth_ab": auth_ab,
         }
     if as_json:
         echo_json(result)
@@ -329,6 +361,44 @@ def command(small_count: int, rows: int, chunk_rows: int, budget: float, intent_
                    f"{metrics_ab['cpu_per_1000_on']:.3f} s, off "
                    f"{metrics_ab['cpu_per_1000_off']:.3f} s, ratio "
                    f"{metrics_ab['cpu_ratio']:.3f}")
+    if auth_ab is not None:
+        click.echo("")
+        for what, ab in auth_ab.items():
+            click.echo(f"signed/unsigned, {what}, {auth_runs} alternate runs each: median "
+                       f"{ab['unit']}/s signed {ab['median_on']:,.0f}, unsigned "
+                       f"{ab['median_off']:,.0f}, ratio {ab['ratio']:.3f}; writer CPU per "
+                       f"1,000 intents signed {ab['cpu_per_1000_on']:.3f} s, unsigned "
+                       f"{ab['cpu_per_1000_off']:.3f} s, ratio {ab['cpu_ratio']:.3f}")
+
+
+def _auth_ab(instance: EmulatedInstance, settings: Settings, redis_url: str,
+             intents: list[AnyIntent], intent_log: bool, timeout_s: float, runs: int,
+             label: str, echo: Callable[[str], None]) -> dict[str, Any]:
+    """``intents`` drained signed (each MAC checked by the writer) and unsigned (nothing
+    checked), alternately: medians of throughput (rows/s for roster chunks) and their ratio."""
+    import statistics
+
+    unit = "rows" if any(isinstance(i, RosterChunk) for i in intents) else "intents"
+    rate: dict[bool, list[float]] = {True: [], False: []}
+    cpu: dict[bool, list[float]] = {True: [], False: []}
+    for n in range(runs):
+        for signed in ((True, False) if n % 2 == 0 else (False, True)):
+            result = drain(instance, settings, redis_url, f"ceiling_auth_{label}_{n}", intents,
+                           intent_log, timeout_s, signed=signed)
+            if not result["complete"]:
+                raise click.ClickException(f"{label} run {n + 1} did not drain in {timeout_s} s")
+            per_s = float(result[f"{unit}_per_s"] or 0.0)
+            rate[signed].append(per_s)
+            per_k = result["cpu_s"]["writer_process"] / len(intents) * 1000
+            cpu[signed].append(per_k)
+            echo(f"  {label} run {n + 1} {'signed  ' if signed else 'unsigned'}: "
+                 f"{per_s:,.0f} {unit}/s, writer CPU {per_k:.3f} s per 1,000 intents")
+    on, off = statistics.median(rate[True]), statistics.median(rate[False])
+    cpu_on, cpu_off = statistics.median(cpu[True]), statistics.median(cpu[False])
+    return {"unit": unit, "on": rate[True], "off": rate[False], "median_on": on,
+            "median_off": off, "ratio": on / off if off else None,
+            "cpu_per_1000_on": cpu_on, "cpu_per_1000_off": cpu_off,
+            "cpu_ratio": cpu_on / cpu_off if cpu_off else None}
 
 
 def _metrics_ab(instance: EmulatedInstance, settings: Settings, redis_url: str, count: int,

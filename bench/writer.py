@@ -145,7 +145,7 @@ def roster_intents(data: Dataset, import_id: uuid.UUID, start: datetime) -> list
                             import_id=import_id, lecture_id=LECTURE_ID, status=name, **values)
 
     return [
-        status("queued", 0, source_key=f"rosters/{import_id}.xlsx"),
+        status("queued", 0, source_key=f"tenants/{TENANT_ID}/rosters/{import_id}.xlsx"),
         status("parsing", 1),
         *(
             RosterChunk(tenant_id=TENANT_ID, occurred_at=start + timedelta(seconds=2),

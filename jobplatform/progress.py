@@ -16,9 +16,11 @@ from redis.typing import EncodableT, FieldT
 PROGRESS_TTL_S = 7 * 24 * 3600
 
 
-def writer_stats_key(namespace: str) -> str:
-    """Where the active writer publishes its stats (JSON); it expires when the writer stops."""
-    return f"{namespace}:writer:stats"
+def writer_stats_key(namespace: str, shard: int | None = None) -> str:
+    """Where the active writer (of ``shard``, when sharded) publishes its stats (JSON); it
+    expires when the writer stops."""
+    base = f"{namespace}:writer:stats"
+    return base if shard is None else f"{base}:{shard}"
 
 
 class ProgressStore:

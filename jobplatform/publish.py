@@ -43,7 +43,8 @@ import dramatiq
 import redis
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from jobplatform.broker import Queues, build_broker, heartbeats_key, make_message
+from jobplatform.auth import Keyring, keyring_for, keyring_of
+from jobplatform.broker import Queues, build_broker, heartbeats_key, make_message, state_client
 from jobplatform.content import sniff_file
 from jobplatform.emit import IntentEmitter
 from jobplatform.errors import ConfigError, PublishError
@@ -51,7 +52,7 @@ from jobplatform.kinds import ENTRY_POINT_GROUP, KINDS_SETTING, JobType, Registr
 from jobplatform.progress import ProgressStore
 from jobplatform.s3 import s3_client
 from jobplatform.settings import Settings, load_settings
-from schemas import BaseJob, SourceJob
+from schemas import BaseJob, SourceJob, tenant_prefix
 from schemas.intents import RowError
 
 if TYPE_CHECKING:
@@ -293,10 +294,6 @@ def _content_type(filename: str) -> str:
     return mimetypes.guess_type(filename)[0] or "application/octet-stream"
 
 
-def tenant_prefix(tenant_id: int) -> str:
-    return f"tenants/{tenant_id}/"
-
-
 def upload_key(tenant_id: int, filename: str, upload_id: uuid.UUID | None = None) -> str:
     """``tenants/<tenant_id>/uploads/<uuid>/<safe filename>``."""
     if not isinstance(tenant_id, int) or isinstance(tenant_id, bool) or tenant_id <= 0:
@@ -305,11 +302,21 @@ def upload_key(tenant_id: int, filename: str, upload_id: uuid.UUID | None = None
     return f"{tenant_prefix(tenant_id)}uploads/{folder}/{safe_filename(filename)}"
 
 
+def _keyring(broker: dramatiq.Broker, settings: Settings) -> Keyring:
+    """The broker's keys; for a broker built elsewhere, those of ``settings``."""
+    try:
+        return keyring_of(broker)
+    except ConfigError:
+        return keyring_for(settings)
+
+
 class Publisher:
     """Publishes jobs to the platform's queues; one per process, safe to share between threads.
 
-    ``Publisher(settings)`` needs ``settings.redis_url``; :meth:`from_env` resolves the services
-    like the CLI does (the configured ones, else the local or embedded stack).
+    ``Publisher(settings)`` needs ``settings.redis_url`` (and ``BROKER_URL`` for RabbitMQ);
+    :meth:`from_env` resolves the services like the CLI does (the configured ones, else the
+    local or embedded stack). A ``broker`` passed in may be any dramatiq broker (a plain
+    ``RabbitmqBroker`` too): progress and idempotency keys then go to ``settings.redis_url``.
     """
 
     def __init__(
@@ -327,10 +334,11 @@ class Publisher:
         self.settings = settings
         self.broker = broker
         self.queues = Queues.from_settings(settings)
-        self.redis: redis.Redis = broker.client  # type: ignore[attr-defined]
+        self.redis: redis.Redis = state_client(broker, settings)
         self.progress = ProgressStore(self.redis, settings.broker_namespace)
         self.registry = registry if registry is not None else registry_for(settings)
-        self.emitter = IntentEmitter(broker, self.queues, self.registry)
+        self.keyring = _keyring(broker, settings)
+        self.emitter = IntentEmitter(broker, self.queues, self.registry, self.keyring)
         self._s3 = s3
 
     @classmethod
@@ -499,7 +507,8 @@ class Publisher:
         """
         job_type = self.validate(job)
         queue, actor = job_type.queue_name(self.settings), job_type.actor
-        message = make_message(queue, actor, job.model_dump(mode="json"), job_id=job.job_id)
+        message = self.keyring.sign(
+            make_message(queue, actor, job.model_dump(mode="json"), job_id=job.job_id))
         receipt = PublishReceipt(
             job_id=job.job_id,
             kind=job.kind,

@@ -15,10 +15,13 @@ if TYPE_CHECKING:
 
 
 def s3_client(settings: Settings) -> S3Client:
+    """The S3 client of ``settings``; an ``https`` endpoint's certificate is checked against
+    ``S3_CA_BUNDLE`` when set (else the system's authorities, as boto3 does)."""
     s3 = settings.s3
     client: S3Client = boto3.client(
         "s3",
         endpoint_url=s3.endpoint_url,
+        verify=str(s3.ca_bundle) if s3.ca_bundle is not None else None,
         region_name=s3.region,
         aws_access_key_id=s3.access_key_id,
         aws_secret_access_key=s3.secret_access_key,

@@ -13,7 +13,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import (
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobplatform.errors import ConfigError
@@ -21,6 +28,7 @@ from jobplatform.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 """The checkout's root when running from one; the site-packages folder of an installed package."""
 Positive = Annotated[int, Field(gt=0)]
+BROKER_SCHEMES = ("amqp://", "amqps://", "redis://", "rediss://", "unix://")
 Share = Annotated[float, Field(gt=0, le=1)]
 
 
@@ -56,6 +64,22 @@ class S3Settings(BaseSettings):
     region: str = "us-east-1"
     access_key_id: str | None = None
     secret_access_key: str | None = None
+    ca_bundle: FilePath | None = None
+    """PEM file of the certificate authorities an ``https`` endpoint is checked against
+    (instead of the system's); unset keeps the default verification."""
+
+
+class AuthSettings(BaseSettings):
+    """The keys that sign and check jobs and write intents (:mod:`jobplatform.auth`)."""
+
+    model_config = SettingsConfigDict(env_prefix="AUTH_", frozen=True)
+
+    keys: SecretStr | None = None
+    """``id=secret`` pairs, comma-separated: every key listed is accepted."""
+    keys_file: Path | None = None
+    """A file of ``id=secret`` pairs, one a line (a mounted secret), besides ``keys``."""
+    signing_key: str | None = None
+    """The id of the key that signs; unset, the first listed."""
 
 
 class WriterSettings(BaseSettings):
@@ -94,6 +118,12 @@ class WriterSettings(BaseSettings):
     log_segment_age_s: Positive = 3600
     log_s3_prefix: str | None = None
     """When set, closed log segments are also shipped to S3 under this prefix."""
+    shards: Positive = 1
+    """Writer shards the producers route intents to, by tenant (:mod:`jobplatform.shards`)."""
+    shard_map: str = ""
+    """Tenants pinned to a shard, ``TENANT=SHARD`` comma-separated; the rest go by hash."""
+    shard: str | None = None
+    """``K/N``: the shard this writer process applies (``jobplatform writer --shard K/N``)."""
     db_schema: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "jobplatform"
     """PostgreSQL schema of the writer's own tables (ledger, dead letters, batch sequence,
     migrations, roster imports) and of the built-in domain tables; never ``public`` unless set
@@ -174,6 +204,13 @@ class Settings(BaseSettings):
     """PostgreSQL; unset means the local server on 127.0.0.1:5432 if it answers, else embedded."""
     redis_url: str | None = None
     """Redis; unset means the local server on 127.0.0.1:6379 if it answers, else embedded."""
+    broker_url: str | None = None
+    """The message broker: ``amqp://`` (RabbitMQ) or ``redis://``; unset means ``REDIS_URL``.
+    Progress, idempotency keys and the writer's stats stay in ``REDIS_URL`` either way."""
+    broker_confirm: bool = True
+    """RabbitMQ: each enqueue waits for the broker's publisher confirm (the message is on disk
+    for a durable queue). ``false`` enqueues much faster and may lose what a dropped
+    connection had in flight."""
     jobplatform_env: Literal["development", "production"] = "development"
     jobplatform_state_dir: Path = Field(default_factory=default_state_dir)
     jobplatform_kinds: str = ""
@@ -194,14 +231,39 @@ class Settings(BaseSettings):
     """Port of the process's ``/metrics``, ``/healthz`` and ``/readyz``; 0 serves none."""
 
     s3: S3Settings = Field(default_factory=S3Settings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     writer: WriterSettings = Field(default_factory=WriterSettings)
     roster: RosterSettings = Field(default_factory=RosterSettings)
     video: VideoSettings = Field(default_factory=VideoSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
 
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str | None) -> str | None:
+        if value and not value.lower().startswith(BROKER_SCHEMES):
+            raise ValueError("expected amqp://, amqps://, redis://, rediss:// or unix://")
+        return value or None
+
     @property
     def production(self) -> bool:
         return self.jobplatform_env == "production"
+
+    @model_validator(mode="after")
+    def _one_redis(self) -> Settings:
+        # A redis:// broker is the Redis of state as well: one Redis, named by either variable.
+        if self.broker_kind == "redis" and self.broker_url:
+            if self.redis_url is None:
+                object.__setattr__(self, "redis_url", self.broker_url)
+            elif self.redis_url != self.broker_url:
+                raise ValueError("BROKER_URL: a redis:// URL must equal REDIS_URL (messages and "
+                                 "state share one Redis); for RabbitMQ use amqp://")
+        return self
+
+    @property
+    def broker_kind(self) -> Literal["redis", "rabbitmq"]:
+        """``rabbitmq`` for an ``amqp://`` or ``amqps://`` ``BROKER_URL``, else ``redis``."""
+        url = (self.broker_url or "").lower()
+        return "rabbitmq" if url.startswith(("amqp://", "amqps://")) else "redis"
 
     @property
     def writer_log_dir(self) -> Path:
@@ -210,6 +272,7 @@ class Settings(BaseSettings):
 
 _GROUPS: dict[str, type[BaseSettings]] = {
     "s3": S3Settings,
+    "auth": AuthSettings,
     "writer": WriterSettings,
     "roster": RosterSettings,
     "video": VideoSettings,
@@ -238,8 +301,10 @@ def _describe(exc: ValidationError, cls: type[BaseSettings]) -> list[str]:
     prefix = str(cls.model_config.get("env_prefix", ""))
     out = []
     for err in exc.errors(include_url=False):
-        field = str(err["loc"][0]) if err["loc"] else ""
-        variable = (prefix + field).upper()
+        if not err["loc"]:  # a check across fields: its message names them
+            out.append(str(err["msg"]).removeprefix("Value error, "))
+            continue
+        variable = (prefix + str(err["loc"][0])).upper()
         shown = f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""
         out.append(f"{variable}: {err['msg']}{shown}")
     return out

@@ -109,12 +109,12 @@ def take_snapshot(
             shown.append(job)
     queues = Queues.from_settings(settings)
     ns = settings.broker_namespace
-    depths = queue_depths(client, ns, (queues.video, queues.ai, *queues.writes))
+    depths = queue_depths(client, ns, (queues.video, queues.ai, *queues.all_writes))
     stats = read_writer_stats(client, ns)
-    lanes = [d for d in depths if d.queue in queues.writes]
+    lanes = [d for d in depths if d.queue in queues.all_writes]
     lag = 0.0
     if any(d.waiting for d in lanes):
-        lag = max([oldest_ready_age_ms(client, ns, q, now * 1000) for q in queues.writes]
+        lag = max([oldest_ready_age_ms(client, ns, q, now * 1000) for q in queues.all_writes]
                   + [float(stats.get("lag_ms", 0.0)) if stats else 0.0])
     return Snapshot(now, shown, {d.queue: d.waiting for d in depths}, stats, hidden,
                     {d.queue: d.dead for d in depths}, depths,

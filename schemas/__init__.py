@@ -4,7 +4,7 @@ This package imports nothing else of the project, so API services, actors and th
 can all depend on it.
 """
 
-from schemas._base import SCHEMA_VERSION, BaseIntent, BaseJob, Contract, Lane
+from schemas._base import SCHEMA_VERSION, BaseIntent, BaseJob, Contract, Lane, tenant_prefix
 from schemas.errors import DecodeError, FieldError
 from schemas.intents import (
     INTENT_KINDS,
@@ -61,4 +61,5 @@ __all__ = [
     "decode_job",
     "encode_intent",
     "intent_rank",
+    "tenant_prefix",
 ]

@@ -15,14 +15,22 @@ EntityId = Annotated[int, Field(gt=0, lt=2**63)]
 S3Key = Annotated[str, Field(min_length=1, max_length=1024)]
 ShortText = Annotated[str, Field(max_length=200)]
 
+def tenant_prefix(tenant_id: int) -> str:
+    """The S3 prefix every object of tenant ``tenant_id`` lies under: ``tenants/<id>/``."""
+    return f"tenants/{tenant_id}/"
+
+
 #: The writer's two queues: ``fast`` for small state changes, ``bulk`` for large row sets.
 Lane = Literal["fast", "bulk"]
 
 
 class Contract(BaseModel):
-    """Base of every job and intent: immutable, strict about unknown fields."""
+    """Base of every job and intent: immutable, strict about unknown fields. A validation
+    error's text never quotes the input (it may hold a student's data); :class:`DecodeError`
+    quotes the offending value, shortened."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True,
+                              hide_input_in_errors=True)
 
 
 class BaseIntent(Contract):

@@ -16,14 +16,29 @@ from datetime import date
 from typing import Annotated, Any, ClassVar, Literal, Self
 from uuid import UUID
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, ValidationInfo, field_validator
 
-from schemas._base import BaseIntent, Contract, EntityId, Lane, S3Key, ShortText
-from schemas.jobs import _decode
+from schemas._base import BaseIntent, Contract, EntityId, Lane, S3Key, ShortText, tenant_prefix
+from schemas.jobs import _decode, check_key
 
 #: A Korean mobile number in its canonical form.
 PHONE_PATTERN = r"^01[016789]-\d{3,4}-\d{4}$"
 Phone = Annotated[str, Field(pattern=PHONE_PATTERN)]
+
+
+def tenant_key(key: str, info: ValidationInfo) -> str:
+    """``key`` if it is a safe key (:func:`~schemas.jobs.check_key`) under the intent's tenant
+    prefix (``tenants/<tenant_id>/``); a ``ValueError`` otherwise.
+
+    An intent's S3 keys point rows at objects, so one tenant's intent must never name another
+    tenant's files. The check needs ``tenant_id``, validated before every other field; when it
+    is itself invalid, its own error is reported and this check is skipped.
+    """
+    check_key(key)
+    tenant_id = info.data.get("tenant_id")
+    if tenant_id is not None and not key.startswith(tenant_prefix(tenant_id)):
+        raise ValueError(f"{key!r} is not under the tenant's prefix {tenant_prefix(tenant_id)!r}")
+    return key
 
 
 # --- video ---------------------------------------------------------------------------------
@@ -55,6 +70,8 @@ class VideoQueued(_VideoIntent):
     kind: Literal["video.queued"] = "video.queued"
     source_key: S3Key
 
+    _source_in_tenant = field_validator("source_key")(tenant_key)
+
     def _detail(self) -> str:
         return f"  {self.source_key}"
 
@@ -80,6 +97,19 @@ class VideoReady(_VideoIntent):
     hls_key: S3Key
     duration_s: Annotated[float, Field(gt=0, lt=86_400)]
     renditions: Annotated[tuple[VideoRendition, ...], Field(min_length=1, max_length=10)]
+
+    _hls_in_tenant = field_validator("hls_key")(tenant_key)
+
+    @field_validator("renditions")
+    @classmethod
+    def _playlists_in_tenant(cls, renditions: tuple[VideoRendition, ...],
+                             info: ValidationInfo) -> tuple[VideoRendition, ...]:
+        for n, rendition in enumerate(renditions):
+            try:
+                tenant_key(rendition.playlist_key, info)
+            except ValueError as exc:
+                raise ValueError(f"{n}.playlist_key: {exc}") from exc
+        return renditions
 
     def _detail(self) -> str:
         return f"  {self.hls_key}  {self.duration_s:.1f}s"
@@ -161,7 +191,8 @@ class RosterStatus(BaseIntent):
     """A roster import changed state.
 
     ``writing`` means every row is parsed and ``chunks`` chunks were sent; the writer marks the
-    import ``done`` once it has applied all of them.
+    import ``done`` once it has applied all of them. ``empty_slots`` counts the rows skipped as
+    empty numbered slots (neither valid nor invalid, not in ``total``).
     """
 
     kind: Literal["roster.status"] = "roster.status"
@@ -173,10 +204,16 @@ class RosterStatus(BaseIntent):
     valid: Annotated[int | None, Field(ge=0)] = None
     invalid: Annotated[int | None, Field(ge=0)] = None
     duplicates: Annotated[int | None, Field(ge=0)] = None
+    empty_slots: Annotated[int | None, Field(ge=0)] = None
     chunks: Annotated[int | None, Field(ge=0)] = None
     report_key: S3Key | None = None
     error: Annotated[str | None, Field(max_length=2000)] = None
     sample_errors: Annotated[tuple[RowError, ...], Field(max_length=100)] = ()
+
+    @field_validator("source_key", "report_key")
+    @classmethod
+    def _keys_in_tenant(cls, key: str | None, info: ValidationInfo) -> str | None:
+        return None if key is None else tenant_key(key, info)
 
     def entity_key(self) -> tuple[Hashable, ...]:
         return ("roster", self.import_id)

@@ -114,4 +114,7 @@ def _decode(adapter: TypeAdapter[Any], what: str, data: bytes | str | Mapping[st
         return adapter.validate_python(data)
     except ValidationError as exc:
         label = f"{what} ({kind})" if isinstance(kind, str) and len(kind) < 40 else what
-        raise DecodeError.from_validation(label, exc, kind) from exc
+        error = DecodeError.from_validation(label, exc, kind)
+    # Not chained: pydantic's own text quotes the whole input, which a logged traceback would
+    # then carry; the DecodeError names every field and shortens the values it quotes.
+    raise error

@@ -1,4 +1,8 @@
-"""Fixtures for real backends: PostgreSQL, Redis and an S3 endpoint.
+"""Fixtures for real backends: PostgreSQL, Redis, RabbitMQ and an S3 endpoint.
+
+Tests marked ``brokers`` run once per broker (``broker_kind``: ``redis``, ``rabbitmq``);
+``@pytest.mark.brokers("redis")`` on a test narrows it to the brokers named. On RabbitMQ each
+test has queues of its own (named after its key prefix), deleted afterwards.
 
 The services come from the environment when configured, else the machine's local servers,
 else embedded ones the stack starts (see ``jobplatform.stack``). A migrated template database
@@ -15,9 +19,81 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from jobplatform.settings import Settings, load_settings
 from jobplatform.stack import Services, session_services
+
+# Property and fuzz tests: a short, deterministic run by default (CI); `make fuzz` selects the
+# long, random one (HYPOTHESIS_PROFILE=fuzz), whose failures hypothesis keeps to replay.
+hypothesis_settings.register_profile(
+    "ci", max_examples=60, derandomize=True, database=None, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.register_profile(
+    "fuzz", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "3000")), deadline=None,
+    suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+BROKERS = ("redis", "rabbitmq")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("brokers")
+    if marker is not None and "broker_kind" in metafunc.fixturenames:
+        kinds = marker.args or BROKERS
+        metafunc.parametrize("broker_kind", kinds, indirect=True, ids=list(kinds))
+
+
+@pytest.fixture
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """The broker of this test: ``redis`` unless the test is marked ``brokers``."""
+    kind = str(getattr(request, "param", "redis"))
+    if kind == "rabbitmq" and not _rabbitmq_reachable():
+        pytest.skip(f"RabbitMQ is not reachable at {RABBITMQ_URL} (TEST_RABBITMQ_URL)")
+    return kind
+
+
+def _rabbitmq_reachable() -> bool:
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(RABBITMQ_URL)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), 2).close()
+    except OSError:
+        return False
+    return True
+
+
+def queue_names_for(namespace: str) -> dict[str, str]:
+    """The queue settings of a test on RabbitMQ, whose queues are global: its own names."""
+    return {"queue_video": f"{namespace}.video", "queue_ai": f"{namespace}.ai",
+            "queue_writes_fast": f"{namespace}.writes.fast",
+            "queue_writes_bulk": f"{namespace}.writes.bulk"}
+
+
+def delete_rabbitmq_queues(namespace: str) -> None:
+    """Delete the test's queues (every shard's, with their delay and dead-letter queues): those
+    ``rabbitmqctl`` lists under the test's prefix, so no other test's queue is touched."""
+    import subprocess
+
+    import pika
+
+    out = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name"],
+                         capture_output=True, text=True, timeout=60, check=False).stdout
+    names = [line.strip() for line in out.splitlines()
+             if line.strip().startswith(f"{namespace}.")]
+    if not names:
+        return
+    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+    try:
+        channel = connection.channel()
+        for name in names:
+            channel.queue_delete(queue=name)
+    finally:
+        connection.close()
 
 
 @pytest.fixture(scope="session")
@@ -100,19 +176,26 @@ def redis_namespace(redis_url: str) -> Iterator[str]:
 @pytest.fixture
 def bus_settings(
     tmp_path: Path, redis_url: str, redis_namespace: str, s3_endpoint: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Settings:
-    """Settings with Redis and S3 only (its own key prefix, bucket and state dir): for code that
-    needs no database, such as the publish client and the actors."""
+    monkeypatch: pytest.MonkeyPatch, broker_kind: str,
+) -> Iterator[Settings]:
+    """Settings with the broker, Redis and S3 only (its own key prefix, bucket, state dir and,
+    on RabbitMQ, queues): for code that needs no database, such as the publish client and the
+    actors."""
     for key in ("S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(key, "testing")
     monkeypatch.setenv("S3_ENDPOINT_URL", s3_endpoint)
     monkeypatch.setenv("S3_BUCKET", f"jp-test-{uuid.uuid4().hex[:10]}")
-    return load_settings(
+    extra: dict[str, Any] = {}
+    if broker_kind == "rabbitmq":
+        extra = {"broker_url": RABBITMQ_URL, **queue_names_for(redis_namespace)}
+    yield load_settings(
         redis_url=redis_url,
         broker_namespace=redis_namespace,
         jobplatform_state_dir=tmp_path / "state",
+        **extra,
     )
+    if broker_kind == "rabbitmq":
+        delete_rabbitmq_queues(redis_namespace)
 
 
 @pytest.fixture
@@ -128,5 +211,6 @@ def broker(settings: Settings) -> Iterator[Any]:
     assert settings.redis_url is not None
     broker = build_broker(settings, settings.redis_url)
     yield broker
-    broker.flush_all()
+    if settings.broker_kind == "redis":  # RabbitMQ: bus_settings deletes the test's queues
+        broker.flush_all()
     broker.close()

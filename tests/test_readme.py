@@ -18,3 +18,9 @@ def _variables() -> list[str]:
 def test_readme_documents_every_setting(variable: str) -> None:
     readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
     assert f"`{variable}`" in readme, f"{variable} is not in the README's configuration tables"
+
+
+def test_readme_shards_example_runs() -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- example: shards -->", 1)[1].split("```python", 1)[1]
+    exec(compile(block.split("```", 1)[0], "README.md (shards)", "exec"), {})  # noqa: S102

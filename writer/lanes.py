@@ -11,7 +11,9 @@ the broker's own commands and key layout:
 - acks for a whole batch in one Redis round trip: the broker's ``ack`` command for many ids
   (the same two steps per id, on the key layout that dramatiq's dispatch.lua documents).
 
-Every message is inspected here (:func:`inspect_message`): the queue is never trusted.
+Every message is inspected here (:func:`inspect_message`): the queue is never trusted. Its
+MAC is checked on the bytes taken for its size anyway (:mod:`jobplatform.auth`), so
+authentication costs one HMAC per message.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
 
+from jobplatform.auth import MAC_OPTION, Keyring, canonical_body
 from jobplatform.broker import WRITE_INTENT
 from jobplatform.kinds import Registry
 from schemas import BaseIntent, DecodeError
@@ -101,15 +104,20 @@ class Item:
 
 
 def _body_bytes(message: MessageProxy) -> bytes:
-    if len(message.args) == 1 and isinstance(message.args[0], str):
-        return message.args[0].encode("utf-8", "surrogatepass")
+    if len(message.args) == 1:
+        # The canonical body (jobplatform.auth) of a message of one argument: what its MAC covers.
+        try:
+            return canonical_body(message.args)
+        except pydantic_core.PydanticSerializationError:
+            pass
     payload: Any = message.args[0] if len(message.args) == 1 else list(message.args)
     return pydantic_core.to_json(payload, fallback=str)
 
 
 def inspect_message(message: MessageProxy, queue: str, *, max_bytes: int,
-                    registry: Registry) -> Item:
-    """Decode a message's intent, or say in ``reason`` why it cannot be applied."""
+                    registry: Registry, keyring: Keyring) -> Item:
+    """Decode a message's intent, or say in ``reason`` why it cannot be applied: a message
+    ``keyring`` does not authenticate is refused before its body is decoded."""
     raw = _body_bytes(message)
     size = len(raw)
     item = Item(message, queue, raw, size, None, None, 1)
@@ -121,6 +129,8 @@ def inspect_message(message: MessageProxy, queue: str, *, max_bytes: int,
                        f"positional and {len(message.kwargs)} keyword arguments")
     elif size > max_bytes:
         item.reason = f"intent of {size} bytes exceeds WRITER_MAX_INTENT_BYTES ({max_bytes})"
+    elif (refused := keyring.check(WRITE_INTENT, raw, message.options.get(MAC_OPTION))):
+        item.reason = refused
     else:
         try:
             item.intent = intent = registry.decode_intent(message.args[0])
@@ -159,11 +169,12 @@ def requeue_unacked(broker: RedisBroker, queue: str, worker_id: str) -> int:
 class Lane:
     """One of the writer's queues, consumed in batches."""
 
-    def __init__(self, broker: RedisBroker, queue: str, *, registry: Registry,
+    def __init__(self, broker: RedisBroker, queue: str, *, registry: Registry, keyring: Keyring,
                  max_intent_bytes: int, poll_timeout_ms: int) -> None:
         self.broker = broker
         self.queue = queue
         self.registry = registry
+        self.keyring = keyring
         self.max_intent_bytes = max_intent_bytes
         self.poll_timeout_ms = poll_timeout_ms
         self.consumer: Any = broker.consume(queue, prefetch=1, timeout=poll_timeout_ms)
@@ -211,7 +222,7 @@ class Lane:
             spent["decode" if cached else "fetch"] += took
             started = clock()
             out.append(inspect_message(message, self.queue, max_bytes=self.max_intent_bytes,
-                                       registry=self.registry))
+                                       registry=self.registry, keyring=self.keyring))
             spent["decode"] += clock() - started
             if not consumer.message_cache:
                 break
@@ -277,6 +288,9 @@ class Lane:
         self.consumer.queued_message_ids.clear()
         self.undecodable = []
         return requeue_unacked(self.broker, self.queue, self.broker.broker_id)
+
+    def keepalive(self) -> None:
+        """Called while the writer waits (an outage); Redis consumers need nothing."""
 
     def close(self) -> None:
         self.consumer.close()

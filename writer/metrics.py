@@ -3,7 +3,10 @@
 :class:`WriterMetrics` observes each commit (batch size, commit time, intents applied) and
 each dead letter through the writer's hooks; at each scrape its collector reads
 :meth:`Writer.get_stats`, the lanes' depths in Redis and the writer's role. Nothing here runs
-on the loop thread except the hooks, which only count::
+on the loop thread except the hooks: they count, and while the writer is active one of them
+samples the database server's connections (:func:`sample_connections`, every
+``connections_interval_s``, on the writer's own connection between two batches) so that
+``connections over 0.8 x max_connections`` needs no exporter and no second connection::
 
     metrics = WriterMetrics()
     writer = Writer.from_settings(settings, broker, hooks=[metrics])
@@ -15,11 +18,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from jobplatform.logging import get_logger
 from jobplatform.metrics import MetricsServer, oldest_ready_age_ms, queue_depths
 from writer.engine.hooks import Commit, DeadLetterEntry, Hooks
 from writer.stats import COUNTERS
@@ -29,12 +35,62 @@ if TYPE_CHECKING:
     from writer.engine.writer import Writer
     from writer.lanes import Item
 
-__all__ = ["WriterMetrics", "writer_readiness"]
+__all__ = ["ConnectionSample", "WriterMetrics", "sample_connections", "writer_readiness"]
+
+log = get_logger("writer")
 
 #: Batch sizes in intents; commit times in seconds (the target is ``WRITER_TARGET_TXN_MS``).
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000)
 COMMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.08, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 ROLES = ("starting", "standby", "active", "stopped")
+#: At most this many ``application`` label values per scrape; the rest add up under "other".
+MAX_APPLICATIONS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSample:
+    """The client connections of a PostgreSQL server at one moment, and its limits."""
+
+    counts: dict[tuple[str, str], int]
+    """``(state, application_name) -> connections``: client backends of the whole server
+    (every database), as ``pg_stat_activity`` lists them. A state PostgreSQL does not show this
+    role (another role's session, without ``pg_read_all_stats``) is ``unknown``; an empty
+    application name is ``unnamed``."""
+    max_connections: int
+    reserved: int
+    """Slots only superusers (and, from PostgreSQL 16, ``pg_use_reserved_connections``) may
+    take: ``superuser_reserved_connections`` + ``reserved_connections``."""
+    at: float
+    """``time.monotonic()`` when it was taken."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+_CONNECTIONS = """
+SELECT coalesce(state, 'unknown'), coalesce(nullif(application_name, ''), 'unnamed'),
+       count(*)::int,
+       current_setting('max_connections')::int,
+       current_setting('superuser_reserved_connections')::int
+         + coalesce(current_setting('reserved_connections', true), '0')::int
+FROM pg_stat_activity WHERE backend_type = 'client backend'
+GROUP BY 1, 2
+"""
+
+
+def sample_connections(conn: psycopg.Connection[Any], *,
+                       statement_timeout_ms: int = 1000) -> ConnectionSample:
+    """Count the server's client connections by state and application on ``conn`` (which
+    is one of them), in one short transaction bounded by ``statement_timeout_ms``."""
+    with conn.transaction():
+        conn.execute("SELECT set_config('statement_timeout', %s, true)",
+                     (f"{statement_timeout_ms}ms",))
+        rows = conn.execute(_CONNECTIONS).fetchall()
+    counts = {(str(state), str(app)): int(n) for state, app, n, _, _ in rows}
+    # ``conn`` itself is a client backend, so there is always a row.
+    max_connections, reserved = (int(rows[0][3]), int(rows[0][4])) if rows else (0, 0)
+    return ConnectionSample(counts, max_connections, reserved, time.monotonic())
 
 
 def writer_readiness(writer: Writer) -> tuple[bool, str]:
@@ -52,7 +108,11 @@ def writer_readiness(writer: Writer) -> tuple[bool, str]:
 class WriterMetrics(Hooks):
     """Counts commits and dead letters; :meth:`serve` exposes them with the writer's stats."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *,
+                 connections_interval_s: float = 5.0) -> None:
+        """``connections_interval_s``: how often the active writer counts the database's
+        connections (0: never); a sample older than 3 intervals is no longer served."""
+        self.connections_interval_s = connections_interval_s
         self.registry = registry if registry is not None else CollectorRegistry()
         self.batch_intents = Histogram(
             "jobplatform_writer_batch_intents", "Messages per committed batch transaction.",
@@ -69,9 +129,34 @@ class WriterMetrics(Hooks):
             registry=self.registry)
         self._lock = threading.Lock()
         self._held_oldest_ms: float | None = None
-        self._bound = False
+        self._bound: Writer | None = None
+        self._connections: ConnectionSample | None = None
+        self._next_sample = 0.0
 
     # --- hooks (the loop thread) -----------------------------------------------------------
+
+    def before_collect(self) -> None:
+        """Between two batches of the active writer: count the database's connections when
+        due, on the writer's idle connection (charged to the database time budget)."""
+        writer = self._bound
+        if writer is None or self.connections_interval_s <= 0:
+            return
+        now = time.monotonic()
+        if now < self._next_sample:
+            return
+        self._next_sample = now + self.connections_interval_s
+        conn = writer.session.conn
+        if conn is None or conn.closed or conn.broken:
+            return
+        try:
+            sample = sample_connections(conn)
+        except psycopg.Error as exc:  # the batch that follows meets the outage and retries
+            log.warning("could not count the database's connections", error=str(exc))
+            return
+        finally:
+            writer.budget.spent(now, time.monotonic())
+        with self._lock:
+            self._connections = sample
 
     def after_collect(self, batch: Batch) -> None:
         oldest = min((item.timestamp_ms for item in batch.items), default=None)
@@ -95,14 +180,18 @@ class WriterMetrics(Hooks):
         if new != "active":
             with self._lock:
                 self._held_oldest_ms = None
+                # Only the active writer reports them, so writers scraped together add up to
+                # the server's count once.
+                self._connections = None
 
     # --- scrape ----------------------------------------------------------------------------
 
     def bind(self, writer: Writer) -> None:
-        """Add the collector of ``writer``'s stats, depths and role to :attr:`registry`."""
-        if not self._bound:
+        """Add the collector of ``writer``'s stats, depths and role to :attr:`registry`, and
+        let the hooks count the database's connections on its connection."""
+        if self._bound is None:
             self.registry.register(_WriterCollector(writer, self))
-            self._bound = True
+            self._bound = writer
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -117,6 +206,14 @@ class WriterMetrics(Hooks):
         with self._lock:
             held = self._held_oldest_ms
         return 0.0 if held is None else max(0.0, now_ms - held)
+
+    def connections(self) -> ConnectionSample | None:
+        """The latest count of the database's connections, unless it is stale."""
+        with self._lock:
+            sample = self._connections
+        if sample is None or time.monotonic() - sample.at > 3 * self.connections_interval_s:
+            return None
+        return sample
 
 
 class _WriterCollector:
@@ -169,6 +266,36 @@ class _WriterCollector:
                      stats["commit_ms_p99"] / 1000)
         yield from self._queues()
         yield from self._intent_log()
+        yield from self._database()
+
+    def _database(self) -> Iterable[Metric]:
+        """The server's client connections, as the active writer last counted them."""
+        sample = self.metrics.connections()
+        if sample is None:
+            return
+        family = GaugeMetricFamily(
+            "jobplatform_database_connections",
+            "Client connections of the PostgreSQL server (pg_stat_activity), by state and "
+            "application_name; counted by the active writer.", labels=("state", "application"))
+        ranked = sorted(sample.counts.items(), key=lambda item: -item[1])
+        other: dict[str, int] = {}
+        apps: set[str] = set()
+        for (state, app), n in ranked:
+            if app in apps or len(apps) < MAX_APPLICATIONS:
+                apps.add(app)
+                family.add_metric((state, app), float(n))
+            else:
+                other[state] = other.get(state, 0) + n
+        for state, n in sorted(other.items()):
+            family.add_metric((state, "other"), float(n))
+        yield family
+        yield _gauge("jobplatform_database_max_connections",
+                     "The server's max_connections.", sample.max_connections)
+        yield _gauge("jobplatform_database_reserved_connections",
+                     "Slots of max_connections reserved for superusers "
+                     "(superuser_reserved_connections + reserved_connections).", sample.reserved)
+        yield _gauge("jobplatform_database_connections_age_seconds",
+                     "Age of the connection count.", time.monotonic() - sample.at)
 
     def _intent_log(self) -> Iterable[Metric]:
         """The write-intent log's segments and shipping, when it keeps stats."""

@@ -75,9 +75,14 @@ class IntentCapture:
             registrar(self.broker, self.settings)
 
     def send(self, actor_name: str, job: Any, **options: Any) -> None:
-        """Enqueue a job (a pydantic model or a dict) for a registered actor."""
+        """Enqueue a job (a pydantic model or a dict) for a registered actor, signed with the
+        capture's key as the publish client signs it."""
+        from jobplatform.auth import keyring_of
+
         payload = job.model_dump(mode="json") if hasattr(job, "model_dump") else dict(job)
-        self.broker.get_actor(actor_name).send_with_options(args=(payload,), **options)
+        message = self.broker.get_actor(actor_name).message_with_options(
+            args=(payload,), **options)
+        self.broker.enqueue(keyring_of(self.broker).sign(message))
 
     def run(self, timeout_s: float = 120.0) -> list[BaseIntent]:
         """Process every job sent so far; return all intents emitted so far, in send order.
@@ -113,6 +118,9 @@ class IntentCapture:
 
         import dramatiq
 
+        from jobplatform.auth import MessageRefused, keyring_of
+
+        keyring = keyring_of(self.broker)
         lanes: list[list[tuple[int, int, BaseIntent]]] = []
         for lane, name in enumerate(self.queues.writes):
             found = []
@@ -124,6 +132,9 @@ class IntentCapture:
                     break
                 pending.task_done()
                 message = dramatiq.Message.decode(data)
+                refused = keyring.verify(message)
+                if refused is not None:  # the writer would dead-letter it
+                    raise MessageRefused(f"{name}: {refused}")
                 found.append((message.message_timestamp, lane,
                               self.registry.decode_intent(message.args[0])))
             lanes.append(found)

@@ -7,6 +7,10 @@ is checked first, cheaply and without building anything:
 - size (``ROSTER_MAX_FILE_BYTES``), and what the first bytes say it is;
 - an OLE container holding ``EncryptedPackage`` is a password-protected .xlsx; an .ods whose
   manifest has ``encryption-data`` is password-protected too;
+- OLE containers (.xls): every sector chain (the allocation tables, the directory, each stream)
+  must end within the file without visiting a sector twice, and each stream must fit its chain
+  and ``ROSTER_MAX_UNCOMPRESSED_BYTES``: the reader follows chains without counting, so a loop
+  grows its memory until the process dies;
 - zip archives (.xlsx, .ods): every member is inflated here, counting its real size against the
   size it declares, ``ROSTER_MAX_UNCOMPRESSED_BYTES`` and ``ROSTER_MAX_COMPRESSION_RATIO``
   (checked on members over 1 MiB), and its CRC; a member cut short means a truncated file;
@@ -65,6 +69,7 @@ def precheck(path: Path, limits: Limits) -> Format:
     if head.startswith(_OLE_MAGIC):
         if _has_encrypted_package(path):
             raise RosterRejected("the file is password-protected; save it without a password")
+        _check_ole(path.read_bytes(), limits)
         return Format.XLS
     if head.startswith(_ZIP_MAGIC):
         return _check_zip(path, limits)
@@ -92,6 +97,99 @@ def _has_encrypted_package(path: Path) -> bool:
     return False
 
 
+_END_OF_CHAIN = 0xFFFFFFFE
+_FREE = 0xFFFFFFFF
+_NOT_A_SECTOR = 0xFFFFFFFA  # ids from here up are markers (MS-CFB 2.2)
+_OLE_DAMAGED = "the file is damaged (its OLE sector chains loop or point outside the file)"
+
+
+def _check_ole(data: bytes, limits: Limits) -> None:
+    """Every chain of an OLE compound file (MS-CFB) is finite, in the file and big enough for
+    what it holds; :class:`RosterRejected` otherwise."""
+    if len(data) < 512:
+        raise RosterRejected("the file is truncated (its OLE header is cut short)")
+    shift, mini_shift = struct.unpack_from("<HH", data, 0x1E)
+    if shift not in (9, 12) or mini_shift != 6:
+        raise RosterRejected(_OLE_DAMAGED)
+    size = 1 << shift
+    sectors = max(0, (len(data) - size + size - 1) // size)  # sector n starts at (n + 1) * size
+    fat_count, first_dir = struct.unpack_from("<II", data, 0x2C)
+    cutoff, first_minifat, minifat_count, first_difat, difat_count = struct.unpack_from(
+        "<IIIII", data, 0x38)
+    if max(fat_count, minifat_count, difat_count) > sectors:
+        raise RosterRejected(_OLE_DAMAGED)
+
+    def sector(n: int) -> bytes:
+        return data[(n + 1) * size:(n + 2) * size].ljust(size, b"\x00")
+
+    # the allocation table's own sectors: 109 in the header, then the DIFAT chain
+    fat_ids = list(struct.unpack_from("<109I", data, 0x4C))
+    per = size // 4
+    difat, seen = first_difat, set[int]()
+    while difat < _NOT_A_SECTOR and len(seen) < difat_count:
+        if difat >= sectors or difat in seen:
+            raise RosterRejected(_OLE_DAMAGED)
+        seen.add(difat)
+        ids = struct.unpack(f"<{per}I", sector(difat))
+        fat_ids += ids[:-1]
+        difat = ids[-1]
+    fat_ids = [s for s in fat_ids[:fat_count] if s < _NOT_A_SECTOR]
+    if any(s >= sectors for s in fat_ids):
+        raise RosterRejected(_OLE_DAMAGED)
+    fat = [n for s in fat_ids for n in struct.unpack(f"<{per}I", sector(s))]
+
+    def chain(start: int, table: list[int], limit: int) -> int:
+        """The length of the chain from ``start``; refused when it loops or leaves ``table``."""
+        length, at, visited = 0, start, set()
+        while at != _END_OF_CHAIN:
+            if at >= len(table) or at >= limit or at in visited or length >= limit:
+                raise RosterRejected(_OLE_DAMAGED)
+            visited.add(at)
+            length += 1
+            at = table[at]
+        return length
+
+    directory = chain(first_dir, fat, sectors)
+    mini_fat: list[int] = []
+    if first_minifat < _NOT_A_SECTOR:
+        chain(first_minifat, fat, sectors)
+        at = first_minifat
+        for _ in range(minifat_count):
+            if at >= _NOT_A_SECTOR:
+                break
+            mini_fat += struct.unpack(f"<{per}I", sector(at))
+            at = fat[at]
+    entries = b"".join(sector(s) for s in _walk(first_dir, fat, directory))
+    declared = 0
+    mini_sectors = 0
+    for offset in range(0, len(entries) - 127, 128):
+        kind = entries[offset + 66]
+        start, length = struct.unpack_from("<IQ", entries, offset + 116)
+        if kind not in (2, 5):  # only streams and the root (the mini stream) hold data
+            continue
+        length &= 0xFFFFFFFF if shift == 9 else 0xFFFFFFFFFFFFFFFF  # version 3: 32 bits
+        if kind == 5:
+            mini_sectors = length // 64 + 1
+        if length == 0:
+            continue
+        declared += length
+        if declared > limits.max_uncompressed_bytes:
+            raise RosterRejected(_too_large("declares", declared, limits))
+        if kind == 5 or length >= cutoff:
+            held = chain(start, fat, sectors) * size
+        else:
+            held = chain(start, mini_fat, mini_sectors) * 64
+        if held < length:
+            raise RosterRejected(_OLE_DAMAGED)
+
+
+def _walk(start: int, table: list[int], count: int) -> Iterator[int]:
+    at = start
+    for _ in range(count):
+        yield at
+        at = table[at]
+
+
 def _looks_like_text(path: Path) -> bool:
     with path.open("rb") as handle:
         sample = handle.read(4096)
@@ -110,35 +208,54 @@ def _check_zip(path: Path, limits: Limits) -> Format:
             "the file is damaged or truncated (it is not a readable zip archive)"
         ) from exc
     with archive, path.open("rb") as raw:
-        members = archive.infolist()
-        names = {m.filename for m in members}
-        kind = _zip_kind(archive, names)
-        if len(members) > _MAX_MEMBERS:
-            raise RosterRejected(f"the file has {len(members)} parts, more than a spreadsheet has")
-        declared = sum(m.file_size for m in members)
-        if declared > limits.max_uncompressed_bytes:
-            raise RosterRejected(_too_large("declares", declared, limits))
-        budget = limits.max_uncompressed_bytes
-        for member in members:
-            _check_member_header(member, limits)
-            scanner = _scanner_for(kind, member.filename, limits)
-            inflated = 0
-            for piece in _inflate(raw, member, budget):
-                inflated += len(piece)
-                if scanner is not None:
-                    scanner.feed(piece)
-                elif _declares_entities(piece):
-                    raise RosterRejected(_entity_message(member.filename))
+        try:
+            return _check_members(archive, raw, limits)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError,
+                NotImplementedError, zlib.error, struct.error) as exc:
+            # offsets or sizes that point outside the file, a member the zip module cannot
+            # open: damage the checks above did not name
+            raise RosterRejected(
+                "the file is damaged (its zip directory does not match its content)") from exc
+
+
+def _check_members(archive: zipfile.ZipFile, raw: BinaryIO, limits: Limits) -> Format:
+    """The zip container's members, checked one by one (see :func:`precheck`)."""
+    members = archive.infolist()
+    names = {m.filename for m in members}
+    kind = _zip_kind(archive, names)
+    if len(members) > _MAX_MEMBERS:
+        raise RosterRejected(f"the file has {len(members)} parts, more than a spreadsheet has")
+    declared = sum(m.file_size for m in members)
+    if declared > limits.max_uncompressed_bytes:
+        raise RosterRejected(_too_large("declares", declared, limits))
+    budget = limits.max_uncompressed_bytes
+    for member in members:
+        _check_member_header(member, limits)
+        scanner = _scanner_for(kind, member.filename, limits)
+        inflated = 0
+        for piece in _inflate(raw, member, budget):
+            inflated += len(piece)
             if scanner is not None:
-                scanner.finish()
-            budget -= inflated
-        return kind
+                scanner.feed(piece)
+            elif _declares_entities(piece):
+                raise RosterRejected(_entity_message(member.filename))
+        if scanner is not None:
+            scanner.finish()
+        budget -= inflated
+    return kind
+
+
+def _read_small(archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of a member (its declared size is not trusted: a bomb in the
+    ``mimetype`` part must not be inflated whole before the size checks)."""
+    with archive.open(name) as member:
+        return member.read(limit)
 
 
 def _zip_kind(archive: zipfile.ZipFile, names: set[str]) -> Format:
-    if "mimetype" in names and archive.read("mimetype").strip() == _ODS_MIMETYPE:
-        if "META-INF/manifest.xml" in names and b"encryption-data" in archive.read(
-            "META-INF/manifest.xml"
+    if "mimetype" in names and _read_small(archive, "mimetype", 256).strip() == _ODS_MIMETYPE:
+        if "META-INF/manifest.xml" in names and b"encryption-data" in _read_small(
+            archive, "META-INF/manifest.xml", 1 << 20
         ):
             raise RosterRejected("the file is password-protected; save it without a password")
         return Format.ODS
@@ -473,16 +590,19 @@ class _XlsxSheetScanner(_Scanner):
         self.refuse_grid(self.max_row, self.max_column, f"sheet part {self.part!r}")
 
 
-_ODS_ATTRIBUTES = rb"(?:[^>\"'/]++|\"[^\"]*+\"|'[^']*+'|/(?!>))*+"
+# The patterns are written as unrolled loops (a run, then (token, run)*), which the regex
+# engine walks faster than a loop of alternatives; they match the same text.
+# Attributes up to a tag's end: quoted values may hold ">" and "/", a lone "/" is no end.
+_ODS_ATTRIBUTES = rb"[^>\"'/]*+(?:(?:\"[^\"]*+\"|'[^']*+'|/(?!>))[^>\"'/]*+)*+"
 _ODS_TAG = re.compile(
     rb"<(/?)table:(table|table-row|table-cell|covered-table-cell)(?=[\s/>])"
-    rb"((?:[^>\"']++|\"[^\"]*+\"|'[^']*+')*+)>"
+    rb"([^>\"']*+(?:(?:\"[^\"]*+\"|'[^']*+')[^>\"']*+)*+)>"
 )
 # A row whose cells hold nothing of the table namespace (text only), read in one match: how
 # nearly every row is written. Anything else is read tag by tag.
 _ODS_CELL = (
     rb"<table:(?:covered-)?table-cell(?=[\s/>])" + _ODS_ATTRIBUTES
-    + rb"(?:/>|>(?:[^<]++|<(?!/?table:))*+</table:(?:covered-)?table-cell>)"
+    + rb"(?:/>|>[^<]*+(?:<(?!/?table:)[^<]*+)*+</table:(?:covered-)?table-cell>)"
 )
 _ODS_SIMPLE_ROW = (
     rb"<table:table-row(?=[\s/>])(" + _ODS_ATTRIBUTES + rb")>((?:" + _ODS_CELL + rb")*+)"
@@ -498,12 +618,14 @@ _ODS_CELL_TAG = re.compile(rb"<table:(?:covered-)?table-cell(?=[\s/>])(" + _ODS_
 
 def _row_width(cells: bytes) -> int:
     """How many of a row's cells (its XML; cells holding text only) the reader keeps: up to the
-    last one holding a value, repeats included."""
+    last one holding a value, repeats included.
+
+    The scan reads a row without repeats in place, as this does: the cells begun before the
+    last value (one typed in a cell's text counts too)."""
     at = max(cells.rfind(b"office:"), cells.rfind(b"table:formula"))
     if at == -1:
         return 0
     if cells.find(b"repeated", 0, cells.find(b">", at)) == -1:  # none up to that cell's end
-        # The cells begun before the last value (one typed in a cell's text counts too).
         return cells.count(b"<table:table-cell", 0, at) + cells.count(
             b"<table:covered-table-cell", 0, at
         )
@@ -516,6 +638,10 @@ def _row_width(cells: bytes) -> int:
         if b"office:" in attributes or b"table:formula" in attributes:
             width = column
     return width
+
+
+def _end_of(found: int, stop: int) -> int:
+    return stop if found == -1 else found
 
 
 def _repeat(attributes: bytes) -> int:
@@ -562,7 +688,8 @@ class _OdsContentScanner(_Scanner):
         self._columns = 0
 
     def scan(self, data: bytes, end: int) -> None:
-        if b"<!" in data and (b"<!--" in data or b"<![CDATA[" in data):
+        # "!" alone is found at memchr speed; "<!" would be looked for at every "<".
+        if b"!" in data and b"<!" in data and (b"<!--" in data or b"<![CDATA[" in data):
             # They could hide tags from this scan, or show it tags the reader does not see.
             raise RosterRejected(
                 f"part {self.part!r} holds XML comments or CDATA sections, which spreadsheet"
@@ -573,18 +700,35 @@ class _OdsContentScanner(_Scanner):
         row_limit = self.limits.max_row_number
         max_cells = self.limits.max_cells
         last = self._skip
+        repeats = b"repeated" in data
+        covered = b"<table:covered-table-cell" in data
+        rfind, find, count = data.rfind, data.find, data.count
         for tag in _ODS_SCAN.finditer(data, self._skip):
             if tag.start() >= end:
                 break
             last = tag.end()
-            row_attributes, cells, closing, name, attributes = tag.groups()
-            if cells is not None:  # a whole row, its cells holding text only
+            if tag.lastindex == 2:  # a whole row, its cells holding text only
                 if self._in_cell:
                     self._refuse_inside_cell()
                 if self._in_row:
                     self._end_row()
-                self._row += _repeat(row_attributes) if b"repeated" in row_attributes else 1
-                width = _row_width(cells)
+                begin, stop = tag.span(1)
+                self._row += (_repeat(data[begin:stop]) if repeats
+                              and find(b"repeated", begin, stop) != -1 else 1)
+                # The row's width, as _row_width reads it, on the data in place (no copy).
+                begin, stop = tag.span(2)
+                at = rfind(b"office:", begin, stop)
+                if find(b"table:formula", begin if at == -1 else at + 1, stop) != -1:
+                    at = rfind(b"table:formula", begin, stop)
+                if at == -1:
+                    width = 0
+                elif repeats and find(b"repeated", begin, _end_of(find(b">", at, stop), stop)) \
+                        != -1:  # a repeat up to the last value's cell end: read cell by cell
+                    width = _row_width(data[begin:stop])
+                else:
+                    width = count(b"<table:table-cell", begin, at)
+                    if covered:
+                        width += count(b"<table:covered-table-cell", begin, at)
                 if width:
                     if width > max_columns:
                         self.refuse_grid(self._row, width, self._what())
@@ -597,6 +741,7 @@ class _OdsContentScanner(_Scanner):
                     ):
                         self._refuse_sheet()
                 continue
+            closing, name, attributes = tag.group(3, 4, 5)
             if self._in_cell:
                 if closing and (name == b"table-cell" or name == b"covered-table-cell"):
                     self._in_cell = False

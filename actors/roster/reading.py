@@ -423,7 +423,9 @@ def open_roster(path: Path, limits: Limits) -> Roster:
         workbook = calamine.CalamineWorkbook.from_path(str(path))
     except calamine.PasswordError as exc:
         raise RosterRejected(_PROTECTED) from exc
-    except Exception as exc:  # the reader's errors are not all CalamineError
+    except BaseException as exc:  # the reader's errors are not all CalamineError
+        if not _reader_failed(exc):
+            raise
         _log_reader_error(fmt, None, exc)
         raise RosterRejected(unreadable(path, fmt)) from exc
     try:
@@ -444,7 +446,9 @@ def _locate(
             sheet = workbook.get_sheet_by_name(meta.name)
         except calamine.PasswordError as exc:
             raise RosterRejected(_PROTECTED) from exc
-        except Exception as exc:
+        except BaseException as exc:
+            if not _reader_failed(exc):
+                raise
             _log_reader_error(fmt, meta.name, exc)
             raise RosterRejected(unreadable(path, fmt, meta.name)) from exc
         if sheet.width > limits.max_columns:
@@ -479,6 +483,13 @@ def _locate(
         f"no header row found in the first {HEADER_SEARCH_ROWS} rows of any sheet; expected"
         f" columns such as {LABELS['name']} and {LABELS['phone']}"
     )
+
+
+def _reader_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is the reader failing on the file: any ``Exception``, and the panics of
+    its Rust code (``pyo3_runtime.PanicException`` derives from ``BaseException``, so a
+    damaged file would otherwise pass ``except Exception`` and kill the job unrecorded)."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
 def _log_reader_error(fmt: Format, sheet: str | None, exc: BaseException) -> None:

@@ -18,6 +18,7 @@ from dramatiq.middleware import CurrentMessage
 
 from actors.video.ffmpeg import MAX_DURATION_S
 from actors.video.pipeline import WORK_PREFIX, Outcome, VideoEncoder
+from jobplatform.auth import ensure_message_auth
 from jobplatform.broker import ENCODE_VIDEO, Queues, broker_identity, stop_notice
 from jobplatform.emit import IntentEmitter
 from jobplatform.errors import ConfigError, JobHandedBack, TransientJobError
@@ -66,7 +67,9 @@ def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[[dic
     """Declare the ``encode_video`` actor on ``broker`` (queue ``settings.queue_video``).
 
     A worker starting removes the job folders that dead workers left in ``VIDEO_WORK_DIR``.
+    The broker refuses jobs without a valid MAC (:func:`jobplatform.auth.ensure_message_auth`).
     """
+    ensure_message_auth(broker, settings)
     removed = sweep(settings.video.work_dir, WORK_PREFIX)
     if removed:
         log.info("video.abandoned_folders_removed", count=len(removed),

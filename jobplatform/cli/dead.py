@@ -79,7 +79,12 @@ def show(id: int) -> None:
 @click.argument("id", type=int, required=False)
 @click.option("--all", "all_", is_flag=True, help="Every dead intent not yet retried.")
 def retry(id: int | None, all_: bool) -> None:
-    """Send a dead intent's body back to its queue, unchanged, and mark it retried."""
+    """Send a dead intent's body back to its queue, unchanged, and mark it retried.
+
+    The body is signed again with this process's key. A letter refused as unauthenticated
+    (unsigned, or a MAC that did not match) is never re-sent: nothing vouches for its body.
+    """
+    from jobplatform.auth import REFUSED, keyring_of
     from jobplatform.broker import WRITE_INTENT, build_broker, make_message
     from jobplatform.kinds import AfterCommit, registry_for
     from jobplatform.progress import ProgressStore
@@ -92,16 +97,24 @@ def retry(id: int | None, all_: bool) -> None:
     assert settings.redis_url is not None
     broker = build_broker(settings, settings.redis_url, set_global=False)
     registry = registry_for(settings)
+    keyring = keyring_of(broker)
     sent = 0
+    refused = 0
     try:
         with connect(url, autocommit=True, application_name="jobplatform-cli") as conn:
             if id is not None:
                 letter = letters.get(conn, id)
                 if letter is None:
                     raise click.ClickException(f"no dead intent with id {id}")
+                if letter.reason.startswith(REFUSED):
+                    raise click.ClickException(
+                        f"dead intent {id} was refused as an {letter.reason}: it is not re-sent"
+                        " (a producer holding the key must send it again)")
                 todo = [letter]
             else:
                 todo = [r for r in letters.list(conn, limit=1_000_000) if r.retried_at is None]
+                refused = sum(1 for r in todo if r.reason.startswith(REFUSED))
+                todo = [r for r in todo if not r.reason.startswith(REFUSED)]
             # Their kinds take the jobs back first (the roster's import leaves `failed`), then
             # the bodies are sent: an intent applied before that could not finish its job.
             with conn.transaction():
@@ -112,12 +125,13 @@ def retry(id: int | None, all_: bool) -> None:
                 kind.after_commit(AfterCommit(progress), outcome)
         for letter in todo:
             options = {"intent_id": str(letter.intent_id)} if letter.intent_id else {}
-            broker.enqueue(make_message(letter.queue, WRITE_INTENT, _payload(letter.body),
-                                        **options))
+            broker.enqueue(keyring.sign(make_message(letter.queue, WRITE_INTENT,
+                                                     _payload(letter.body), **options)))
             sent += 1
     finally:
         broker.close()
-    click.echo(f"re-sent {sent} dead intent(s)")
+    skipped = f"; {refused} unauthenticated one(s) left alone" if refused else ""
+    click.echo(f"re-sent {sent} dead intent(s){skipped}")
 
 
 def _payload(body: str) -> Any:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from jobplatform.cli._common import settings_from_env
+
+if TYPE_CHECKING:
+    from jobplatform.runner import OnUnhealthy
 
 
 @click.command()
@@ -23,20 +27,40 @@ from jobplatform.cli._common import settings_from_env
                    "Default: 30, or VIDEO_STOP_GRACE_S + 10 when that is longer.")
 @click.option("--migrate/--no-migrate", default=True, show_default=True,
               help="Apply pending database migrations before starting.")
+@click.option("--probes/--no-probes", default=True, show_default=True,
+              envvar="JOBPLATFORM_PROBES", show_envvar=True,
+              help="Give each process a METRICS_PORT and watch its /healthz and /readyz.")
+@click.option("--metrics-port-base", type=click.IntRange(0, 65535), default=0,
+              envvar="JOBPLATFORM_METRICS_PORT_BASE", show_envvar=True,
+              help="METRICS_PORT of the first process, the next ones counting up. "
+                   "Default: free ports.")
+@click.option("--on-unhealthy", type=click.Choice(["restart", "stop", "report"]),
+              default="restart", show_default=True, envvar="JOBPLATFORM_ON_UNHEALTHY",
+              show_envvar=True,
+              help="What to do with a process whose /healthz fails 3 times in a row.")
+@click.option("--ready-timeout", type=click.FloatRange(min=0), default=None,
+              envvar="JOBPLATFORM_READY_TIMEOUT", show_envvar=True,
+              help="Stop and exit 1 unless every process is ready within this many seconds.")
 def run(names: tuple[str, ...], procfile: Path | None, scale: str | None,
-        stop_timeout: float | None, migrate: bool) -> None:
+        stop_timeout: float | None, migrate: bool, probes: bool, metrics_port_base: int,
+        on_unhealthy: OnUnhealthy, ready_timeout: float | None) -> None:
     """Run the Procfile's processes (or only NAMES), prefixing and colouring their output.
 
     Services come from the environment, else the local or embedded stack (stopped again at
     the end if this run started it); their URLs are passed to every process. Ctrl-C or
     SIGTERM sends each process one SIGTERM and waits for it to drain; a second Ctrl-C kills at
-    once. A process exiting on its own stops the others and the command exits non-zero. In
-    production run the same Procfile under your supervisor (systemd, a Heroku-like platform,
-    one Kubernetes Deployment per line).
+    once. A process exiting on its own stops the others and the command exits non-zero.
+
+    With probes (the default) each process gets its own METRICS_PORT; the runner says when
+    each becomes ready (and why it is not) and when the whole formation is, and restarts a
+    process whose /healthz stops answering (--on-unhealthy). In production run the same
+    Procfile under your supervisor (systemd, a Heroku-like platform, one Kubernetes
+    Deployment per line, whose probes use the same /healthz and /readyz).
     """
     from jobplatform.runner import (
         Formation,
         FormationError,
+        Probes,
         builtin_formation,
         parse_scale,
         read_procfile,
@@ -69,8 +93,12 @@ def run(names: tuple[str, ...], procfile: Path | None, scale: str | None,
             from writer.migrate import upgrade
 
             upgrade(services.database_url)
+        watch = Probes(port_base=metrics_port_base, on_unhealthy=on_unhealthy) if probes \
+            else None
+        if ready_timeout is not None and watch is None:
+            raise click.UsageError("--ready-timeout needs the probes (drop --no-probes)")
         formation = Formation(types, scale=counts, env=services.environ(),
                               cwd=procfile.resolve().parent if procfile else None,
-                              stop_timeout_s=stop_timeout)
-        code = formation.run()
+                              stop_timeout_s=stop_timeout, probes=watch)
+        code = formation.run(ready_timeout_s=ready_timeout)
     raise click.exceptions.Exit(code)

@@ -17,8 +17,11 @@ from jobplatform.cli._common import echo_json, settings_from_env
 @click.option("--intent-log/--no-intent-log", envvar="WRITER_INTENT_LOG", show_envvar=True,
               default=True, show_default=True,
               help="Record applied intents in the write-intent log (WRITER_LOG_DIR).")
+@click.option("--shard", "shard", envvar="WRITER_SHARD", show_envvar=True, default=None,
+              metavar="K/N", help="Apply shard K of N: its lanes (writes.fast.K, writes.bulk.K)"
+              " under its own lock; producers route tenants to N shards (WRITER_SHARDS).")
 @click.pass_context
-def writer(ctx: click.Context, intent_log: bool) -> None:
+def writer(ctx: click.Context, intent_log: bool, shard: str | None) -> None:
     """Run the writer until SIGTERM/SIGINT (a second one started waits as a hot standby).
 
     Checks the write-intent log's folder (in production it must be set: WRITER_LOG_DIR or
@@ -29,16 +32,24 @@ def writer(ctx: click.Context, intent_log: bool) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
+    from jobplatform.auth import keyring_for
     from jobplatform.broker import build_broker
     from jobplatform.logging import get_logger
     from jobplatform.settings import check_intent_log_dir
     from jobplatform.stack import ensure_services
     from writer.engine import IntentLogWriter, Writer
+    from writer.engine.writer import shard_of_settings
     from writer.migrate import upgrade
 
     settings = settings_from_env()
+    if shard is not None:
+        settings = settings.model_copy(
+            update={"writer": settings.writer.model_copy(update={"shard": shard})})
+    spec = shard_of_settings(settings)  # a bad K/N stops here, before any connection
+    # Before any connection: a production writer needs its message keys ...
+    keyring_for(settings)
     if intent_log:
-        # Before any connection: a production writer must not log inside the package.
+        # ... and must not log inside the package.
         check_intent_log_dir(settings)
     settings = ensure_services(settings).apply(settings)
     assert settings.database_url is not None
@@ -49,13 +60,14 @@ def writer(ctx: click.Context, intent_log: bool) -> None:
     if intent_log:
         from writer.intentlog import IntentLog
 
-        log_writer = IntentLog.from_settings(settings)
+        log_writer = IntentLog.from_settings(settings, shard=spec)
     hooks = []
     if settings.metrics_port:
         from writer.metrics import WriterMetrics
 
         hooks.append(WriterMetrics())
-    instance = Writer.from_settings(settings, broker, log_writer=log_writer, hooks=hooks)
+    instance = Writer.from_settings(settings, broker, log_writer=log_writer, hooks=hooks,
+                                    shard=spec)
     server = hooks[0].serve(instance, port=settings.metrics_port) if hooks else None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -74,7 +86,9 @@ def writer(ctx: click.Context, intent_log: bool) -> None:
 
 
 @writer.command()
-def stats() -> None:
+@click.option("--shard", "shard", type=int, default=None, metavar="K",
+              help="The active writer of shard K (when WRITER_SHARDS is above 1).")
+def stats(shard: int | None) -> None:
     """Print the active writer's latest stats (published to Redis every interval)."""
     import redis
 
@@ -85,7 +99,7 @@ def stats() -> None:
     services = ensure_services(settings)
     client = redis.Redis.from_url(services.redis_url)
     try:
-        raw = client.get(writer_stats_key(settings.broker_namespace))
+        raw = client.get(writer_stats_key(settings.broker_namespace, shard))
     finally:
         client.close()
     if raw is None:
@@ -94,6 +108,48 @@ def stats() -> None:
         sys.exit(1)
     echo_json(json.loads(raw))
 
+
+@writer.command()
+@click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True,
+              help="Give up (exit 1) after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the lanes' backlog as JSON.")
+def drain(timeout_s: float, as_json: bool) -> None:
+    """Wait until every shard's lanes (WRITER_SHARDS) are empty: step 2 of resharding.
+
+    Run it after the producers stopped sending and while the writers still run; exit 0 once
+    no lane holds a message, 1 at the timeout. Then stop the writers, run it once more (a
+    stopped writer's held messages go back to its lanes), change WRITER_SHARDS, and start the
+    new shards' writers.
+    """
+    import time
+
+    from jobplatform.broker import Queues, build_broker, lane_backlog
+    from jobplatform.stack import ensure_services
+
+    settings = settings_from_env()
+    settings = ensure_services(settings).apply(settings)
+    assert settings.redis_url is not None
+    broker = build_broker(settings, settings.redis_url, set_global=False)
+    queues = Queues.from_settings(settings)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            backlog = lane_backlog(broker, queues)
+            left = sum(backlog.values())
+            if left == 0 or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        broker.close()
+    if as_json:
+        echo_json({"drained": left == 0, "shards": queues.shards.count, "lanes": backlog})
+    else:
+        for queue, count in backlog.items():
+            click.echo(f"{queue}: {count}")
+        click.echo("drained" if left == 0 else f"not drained: {left} messages left",
+                   err=left != 0)
+    if left:
+        sys.exit(1)
 
 @writer.group()
 def reset() -> None:

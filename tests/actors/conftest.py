@@ -14,6 +14,7 @@ import pytest
 
 from actors.video import VideoEncoder, build_encoder
 from actors.video.ffmpeg import ffmpeg_exe
+from jobplatform.auth import keyring_of
 from jobplatform.s3 import ensure_bucket, s3_client
 from jobplatform.settings import Settings, VideoSettings
 from schemas import EncodeVideo, decode_intent
@@ -133,6 +134,8 @@ def read_intents(
                 if time.monotonic() > deadline:
                     raise AssertionError(f"timed out waiting for intents; got {found}")
                 continue
+            # every intent an actor sends is signed with the broker's key
+            assert keyring_of(broker).verify(proxy) is None, proxy.options
             found.append(decode_intent(proxy.args[0]))
             consumer.ack(proxy)
     finally:

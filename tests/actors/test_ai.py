@@ -17,6 +17,7 @@ from openpyxl import load_workbook
 from actors.ai import RosterServices, import_roster, intent_id, register, report_key
 from jobplatform.errors import TransientJobError
 from jobplatform.progress import ProgressStore
+from jobplatform.publish import JobStatus
 from jobplatform.s3 import ensure_bucket, s3_client
 from jobplatform.settings import Settings
 from schemas import DecodeError, ImportRoster, RosterChunk, RosterStatus
@@ -285,27 +286,25 @@ def test_rows_land_in_postgresql_through_the_writer_sink(
     assert imported[0] in ("writing", "done")
 
 
-def test_finished_import_status_links_the_report_and_sample_errors(
-    tmp_path: Path, broker: dramatiq.Broker, roster_settings: Settings, s3: S3Client
-) -> None:
+def _import_with_writer(broker: dramatiq.Broker, settings: Settings, s3: S3Client,
+                        job: ImportRoster) -> JobStatus:
+    """Publish ``job``, run the actor on it and a real writer on what it emits; the status
+    once the writer has marked the import done."""
     from jobplatform.broker import Queues, build_broker
     from jobplatform.publish import Publisher
     from tests.writer.conftest import WriterThread
     from writer.engine import Writer
 
-    # Given the actor on the test's broker and a writer applying what it emits
-    actor = register(broker, roster_settings)
-    assert roster_settings.redis_url is not None
-    assert roster_settings.database_url is not None
-    writer_broker = build_broker(roster_settings, roster_settings.redis_url, set_global=False)
+    actor = register(broker, settings)
+    assert settings.redis_url is not None
+    assert settings.database_url is not None
+    writer_broker = build_broker(settings, settings.redis_url, set_global=False)
     writer = WriterThread(Writer(
-        roster_settings.writer, database_url=roster_settings.database_url, broker=writer_broker,
-        queues=Queues.from_settings(roster_settings), standby_poll_s=0.2, heartbeat_s=1.0,
+        settings.writer, database_url=settings.database_url, broker=writer_broker,
+        queues=Queues.from_settings(settings), standby_poll_s=0.2, heartbeat_s=1.0,
     )).start()
-    publisher = Publisher(roster_settings, broker=broker, s3=s3)
-    job = upload(s3, roster_settings, corpus.write_messy_xlsx(tmp_path))
+    publisher = Publisher(settings, broker=broker, s3=s3)
     try:
-        # When the import is published and run
         publisher.publish(job)
         actor(job.model_dump(mode="json"))
         deadline = time.monotonic() + 30
@@ -315,6 +314,16 @@ def test_finished_import_status_links_the_report_and_sample_errors(
     finally:
         writer.stop()
         writer_broker.close()
+    return status
+
+
+def test_finished_import_status_links_the_report_and_sample_errors(
+    tmp_path: Path, broker: dramatiq.Broker, roster_settings: Settings, s3: S3Client
+) -> None:
+    # Given the actor on the test's broker and a writer applying what it emits
+    job = upload(s3, roster_settings, corpus.write_messy_xlsx(tmp_path))
+    # When the import is published and run
+    status = _import_with_writer(broker, roster_settings, s3, job)
     # Then the finished import's status links its report and carries the sample errors,
     # beside the writer's counts
     assert status.report_key == report_key(job.source_key)
@@ -351,15 +360,37 @@ def test_libreoffice_ods_with_empty_slots_imports(
     job = upload(s3, roster_settings, corpus.fixture("excel-saved-as.ods"))
     sink: list[AnyIntent] = []
     import_roster(job, services_for(roster_settings, s3, progress, sink), final_attempt=False)
-    # Then the students are sent, the slots are no errors, and no report is written
+    # Then the students are sent, the slots are no errors but counted, and no report is written
     done = statuses(sink)[-1]
     assert (done.status, done.total, done.valid, done.invalid, done.report_key) == (
         "writing", 18, 18, 0, None
     )
+    assert done.empty_slots == 12
     assert sum(len(c.rows) for c in chunks(sink)) == 18
     # And the progress record counts the slots
     seen = progress.get(job.job_id)
     assert (seen["step"], seen["rows"], seen["empty_slots"]) == ("writing", 30, 12)
+
+
+def test_empty_slots_reach_the_writer_and_the_finished_status(
+    broker: dramatiq.Broker, roster_settings: Settings, s3: S3Client
+) -> None:
+    # Given a roster of 18 students and 12 empty numbered slots, imported through a real writer
+    job = upload(s3, roster_settings, corpus.fixture("excel-saved-as.ods"))
+    status = _import_with_writer(broker, roster_settings, s3, job)
+    # Then the writer took the status that carries the slots (nothing dead-lettered), and the
+    # finished import reports them beside the writer's counts
+    from writer.db import connect
+
+    url = roster_settings.database_url
+    assert url is not None
+    with connect(url, autocommit=True) as conn:
+        dead = conn.execute("SELECT count(*) FROM writer_dead_letters").fetchone()
+        row = conn.execute("SELECT status, total, valid, empty_slots FROM roster_imports"
+                           " WHERE id = %s", (job.import_id,)).fetchone()
+    assert dead == (0,)
+    assert row == ("done", 18, 18, 12)
+    assert (status.progress["empty_slots"], status.progress["created"]) == (12, 18)
 
 
 def test_a_file_the_reader_cannot_read_fails_with_what_to_do(

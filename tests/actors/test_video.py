@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import pytest
@@ -13,6 +13,7 @@ from dramatiq.brokers.redis import RedisBroker
 from rich.console import Console
 
 from actors.video import register
+from jobplatform.auth import keyring_of
 from jobplatform.broker import ENCODE_VIDEO, make_message
 from jobplatform.publish import Publisher
 from jobplatform.settings import Settings
@@ -31,6 +32,11 @@ def worker(broker: dramatiq.Broker, video_settings: Settings) -> Iterator[Worker
                     worker_timeout=100)
     yield worker
     worker.stop()
+
+
+def signed(broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> dramatiq.Message[Any]:
+    """``message`` signed as the publish client signs (the actors refuse it otherwise)."""
+    return keyring_of(broker).sign(message)
 
 
 def dead_letters(broker: RedisBroker, queue: str) -> int:
@@ -72,8 +78,8 @@ def test_transient_failure_is_retried_and_the_last_attempt_reports_it(
     register(broker, video_settings.model_copy(update={"s3": s3_down}))
     job = video_job()
 
-    broker.enqueue(make_message(video_settings.queue_video, ENCODE_VIDEO,
-                                job.model_dump(mode="json"), job_id=job.job_id))
+    broker.enqueue(signed(broker, make_message(video_settings.queue_video, ENCODE_VIDEO,
+                                               job.model_dump(mode="json"), job_id=job.job_id)))
     worker.start()
     found = read_intents(broker, video_settings.queue_writes_fast, until=terminal)
 
@@ -89,7 +95,8 @@ def test_a_message_that_is_not_a_video_job_is_dead_lettered(
     broker: RedisBroker, video_settings: Settings, worker: Worker,
 ) -> None:
     register(broker, video_settings)
-    broker.enqueue(make_message(video_settings.queue_video, ENCODE_VIDEO, {"kind": "nope"}))
+    broker.enqueue(signed(broker, make_message(video_settings.queue_video, ENCODE_VIDEO,
+                                               {"kind": "nope"})))
     worker.start()
     broker.join(video_settings.queue_video)
     worker.join()
@@ -104,8 +111,8 @@ def test_an_invalid_job_with_readable_ids_is_recorded_as_failed(
     register(broker, video_settings)
     job = video_job()
     payload = job.model_dump(mode="json") | {"source_key": "/etc/passwd"}
-    broker.enqueue(make_message(video_settings.queue_video, ENCODE_VIDEO, payload,
-                                job_id=job.job_id))
+    broker.enqueue(signed(broker, make_message(video_settings.queue_video, ENCODE_VIDEO,
+                                               payload, job_id=job.job_id)))
     worker.start()
     # Then the writer is told it failed, with the decode error as the reason
     [failed] = read_intents(broker, video_settings.queue_writes_fast, until=terminal)
@@ -126,7 +133,8 @@ def test_an_invalid_job_without_ids_shows_in_watch(
     from jobplatform.watch import render, take_snapshot
 
     register(broker, video_settings)
-    broker.enqueue(make_message(video_settings.queue_video, ENCODE_VIDEO, {"video_id": "x"}))
+    broker.enqueue(signed(broker, make_message(video_settings.queue_video, ENCODE_VIDEO,
+                                               {"video_id": "x"})))
     worker.start()
     broker.join(video_settings.queue_video)
     worker.join()

@@ -21,6 +21,20 @@ signal.signal(signal.SIGTERM, note)
 signal.signal(signal.SIGINT, note)
 print(f"ready pid={os.getpid()} pgid={os.getpgid(0)}", flush=True)
 
+if mode == "probed":  # serves /healthz and /readyz on METRICS_PORT, as the platform's do
+    from jobplatform.metrics import MetricsServer
+
+    born = time.monotonic()
+
+    def readiness() -> tuple[bool, str]:
+        if os.environ.get("NEVER_READY"):
+            return False, "never ready"
+        if time.monotonic() - born < 0.5:
+            return False, "warming up"
+        return True, "serving"
+
+    MetricsServer(int(os.environ["METRICS_PORT"]), exposition=lambda: b"", ready=readiness,
+                  host="127.0.0.1").start()
 if mode == "crash":
     time.sleep(0.3)
     print("crashing", flush=True)

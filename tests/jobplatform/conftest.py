@@ -30,7 +30,8 @@ def bus(bus_settings: Settings) -> Iterator[dramatiq.Broker]:
     assert bus_settings.redis_url is not None
     broker = build_broker(bus_settings, bus_settings.redis_url, set_global=False)
     yield broker
-    broker.flush_all()
+    if bus_settings.broker_kind == "redis":  # RabbitMQ: bus_settings deletes its queues
+        broker.flush_all()
     broker.close()
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from jobplatform.auth import keyring_of
 from jobplatform.broker import IMPORT_ROSTER, WRITE_INTENT, make_message
 from jobplatform.metrics import oldest_ready_age_ms, queue_depths
 from jobplatform.settings import Settings
@@ -106,7 +107,7 @@ def test_an_actor_workers_endpoint_sums_its_processes(bus_settings: Settings, br
         for _ in range(jobs):
             payload = {"tenant_id": tenant, "import_id": str(uuid.uuid4()), "lecture_id": 1,
                        "source_key": f"tenants/{tenant}/rosters/missing.xlsx"}
-            broker.enqueue(make_message(queue, IMPORT_ROSTER, payload))
+            broker.enqueue(keyring_of(broker).sign(make_message(queue, IMPORT_ROSTER, payload)))
         samples = _scrape_when(port, lambda s: _settled(s, queue, jobs))
         # Then every job is counted once, across both processes, with its duration
         assert _jobs(samples, queue) == jobs

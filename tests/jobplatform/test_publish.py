@@ -26,6 +26,8 @@ from schemas import EncodeVideo, ImportRoster, RosterStatus, VideoQueued, decode
 from schemas.jobs import check_key
 from tests.jobplatform.conftest import drain
 
+pytestmark = pytest.mark.brokers
+
 #: The start of an MP4 file: an ``ftyp`` box of brand ``isom``.
 MP4_HEAD = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2"
 
@@ -148,6 +150,7 @@ def test_invalid_jobs_are_refused_before_anything_is_sent(
     assert publisher.redis.keys(f"{bus_settings.broker_namespace}:idem:*") == []
 
 
+@pytest.mark.brokers("redis")
 def test_failed_publish_frees_its_idempotency_key(
     publisher: Publisher, bus: dramatiq.Broker, bus_settings: Settings
 ) -> None:
@@ -160,6 +163,24 @@ def test_failed_publish_frees_its_idempotency_key(
 
     assert publisher.redis.get(f"{bus_settings.broker_namespace}:idem:7:retry-me") is None
     assert publisher.status(job).state == "unknown"
+
+
+@pytest.mark.brokers("rabbitmq")
+def test_failed_publish_on_rabbitmq_frees_its_idempotency_key(bus_settings: Settings) -> None:
+    # Given a RabbitMQ that cannot be reached (nothing listens on its port)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = bus_settings.model_copy(
+        update={"broker_url": f"amqp://guest:guest@127.0.0.1:{port}/%2F"})
+    job = video_job()
+    with Publisher(settings) as publisher:
+        with pytest.raises(PublishError, match=f"could not publish {job.job_id}"):
+            publisher.publish(job, idempotency_key="retry-me")
+
+        # Then the key is free for the retry, and the job was never recorded as queued
+        assert publisher.redis.get(f"{settings.broker_namespace}:idem:7:retry-me") is None
+        assert publisher.status(job).state == "unknown"
 
 
 def test_upload_stores_source_under_tenant_prefix(publisher: Publisher, tmp_path: Any) -> None:

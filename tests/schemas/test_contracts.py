@@ -141,6 +141,10 @@ MALFORMED: list[tuple[str, Any, str]] = [
     ("unknown roster status",
      {"kind": "roster.status", "tenant_id": 1, "occurred_at": NOW.isoformat(),
       "import_id": str(IMPORT), "lecture_id": 1, "status": "done"}, "status"),
+    ("negative empty slots",
+     {"kind": "roster.status", "tenant_id": 1, "occurred_at": NOW.isoformat(),
+      "import_id": str(IMPORT), "lecture_id": 1, "status": "writing", "empty_slots": -1},
+     "empty_slots"),
 ]
 
 

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dramatiq.brokers.redis import RedisBroker
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from jobplatform.auth import Keyring, development_keys_file, keyring_for
 from jobplatform.broker import Queues
 from jobplatform.emit import IntentEmitter
 from jobplatform.kinds import Registry
@@ -61,10 +63,24 @@ def emit_all(broker: Any, settings: Settings, intents: Iterable[BaseIntent],
 
 def held_messages(broker: Any, queue: str) -> int:
     """Messages of ``queue`` fetched by some consumer and not acked (neither queued nor done)."""
+    if not isinstance(broker, RedisBroker):
+        return rabbitmq_unacked(queue)
     client = broker.client
     waiting = client.llen(f"{broker.namespace}:{queue}")
     stored = client.hlen(f"{broker.namespace}:{queue}.msgs")
     return int(stored) - int(waiting)
+
+
+def rabbitmq_unacked(queue: str) -> int:
+    """RabbitMQ's count of ``queue``'s delivered and unacked messages (``rabbitmqctl``)."""
+    out = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name",
+                          "messages_unacknowledged"], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    for line in out.splitlines():
+        name, _, count = line.rpartition("\t")
+        if name == queue:
+            return int(count)
+    return 0
 
 
 class TcpProxy:
@@ -186,7 +202,7 @@ def start_writer(settings: Settings) -> Iterator[Callable[..., WriterThread]]:
 
     def start(*, database_url: str | None = None, registry: Registry | None = None,
               hooks: Sequence[Hooks] = (), log_writer: IntentLogWriter | None = None,
-              **writer_settings: Any) -> WriterThread:
+              keyring: Keyring | None = None, **writer_settings: Any) -> WriterThread:
         assert settings.redis_url is not None
         assert settings.database_url is not None
         broker = build_broker(settings, settings.redis_url, set_global=False)
@@ -194,7 +210,7 @@ def start_writer(settings: Settings) -> Iterator[Callable[..., WriterThread]]:
         writer = Writer(ws, database_url=database_url or settings.database_url, broker=broker,
                         queues=Queues.from_settings(settings), standby_poll_s=0.2,
                         heartbeat_s=1.0, registry=registry, hooks=hooks,
-                        log_writer=log_writer)
+                        log_writer=log_writer, keyring=keyring)
         runner = WriterThread(writer).start()
         started.append((runner, broker))
         return runner
@@ -214,11 +230,18 @@ class WriterProcess:
         assert settings.database_url is not None
         assert settings.redis_url is not None
         self.log_path = tmp_path / f"{name}.log"
+        keyring_for(settings)  # the test's development key, shared with the process
         environ = {
+            "AUTH_KEYS_FILE": str(development_keys_file(settings)),
             **os.environ,
             "DATABASE_URL": settings.database_url,
             "REDIS_URL": settings.redis_url,
             "BROKER_NAMESPACE": settings.broker_namespace,
+            **({"BROKER_URL": settings.broker_url} if settings.broker_url else {}),
+            "QUEUE_WRITES_FAST": settings.queue_writes_fast,
+            "QUEUE_WRITES_BULK": settings.queue_writes_bulk,
+            "QUEUE_VIDEO": settings.queue_video,
+            "QUEUE_AI": settings.queue_ai,
             "JOBPLATFORM_STATE_DIR": str(tmp_path / f"state-{name}"),
             "LOG_FORMAT": "json",
             "WRITER_STATS_INTERVAL_S": "1",

@@ -65,7 +65,7 @@ def roster_status(import_id: uuid.UUID, status: str, *, seconds: float = 0,
 
 def queued(video: uuid.UUID, seconds: float = 0, attempt: int = 1) -> VideoQueued:
     return VideoQueued(tenant_id=TENANT, occurred_at=at(seconds), video_id=video,
-                       attempt=attempt, source_key=f"uploads/{video}.mp4")
+                       attempt=attempt, source_key=f"tenants/{TENANT}/uploads/{video}.mp4")
 
 
 def processing(video: uuid.UUID, seconds: float = 1, attempt: int = 1) -> VideoProcessing:
@@ -75,9 +75,9 @@ def processing(video: uuid.UUID, seconds: float = 1, attempt: int = 1) -> VideoP
 
 def ready(video: uuid.UUID, seconds: float = 2, attempt: int = 1) -> VideoReady:
     rendition = VideoRendition(name="720p", width=1280, height=720, bandwidth=2_800_000,
-                               playlist_key=f"hls/{video}/720p.m3u8")
+                               playlist_key=f"tenants/{TENANT}/videos/{video}/hls/720p.m3u8")
     return VideoReady(tenant_id=TENANT, occurred_at=at(seconds), video_id=video, attempt=attempt,
-                      hls_key=f"hls/{video}/master.m3u8", duration_s=12.5,
+                      hls_key=f"tenants/{TENANT}/videos/{video}/hls/master.m3u8", duration_s=12.5,
                       renditions=(rendition,))
 
 

@@ -48,15 +48,16 @@ def video_lifecycle(tenant: int, t: float, *, fail: bool = False) -> list[AnyInt
         end = VideoReady(
             **common,
             occurred_at=at(t + 2),
-            hls_key=f"hls/{video_id}/master.m3u8",
+            hls_key=f"tenants/{tenant}/videos/{video_id}/hls/master.m3u8",
             duration_s=10.0,
             renditions=(
                 VideoRendition(name="720p", width=1280, height=720, bandwidth=2_800_000,
-                               playlist_key=f"hls/{video_id}/720p.m3u8"),
+                               playlist_key=f"tenants/{tenant}/videos/{video_id}/hls/720p.m3u8"),
             ),
         )
     return [
-        VideoQueued(**common, occurred_at=at(t), source_key=f"uploads/{video_id}.mp4"),
+        VideoQueued(**common, occurred_at=at(t),
+                    source_key=f"tenants/{tenant}/uploads/{video_id}.mp4"),
         VideoProcessing(**common, occurred_at=at(t + 1)),
         end,
     ]
@@ -70,7 +71,7 @@ def roster_import(
     common = {"tenant_id": tenant, "import_id": import_id, "lecture_id": lecture}
     chunks = [students[i:i + chunk_rows] for i in range(0, len(students), chunk_rows)]
     out: list[AnyIntent] = [RosterStatus(**common, occurred_at=at(t), status="parsing",
-                                         source_key=f"rosters/{import_id}.xlsx")]
+                                         source_key=f"tenants/{tenant}/rosters/{import_id}.xlsx")]
     for index, rows in enumerate(chunks):
         out.append(RosterChunk(**common, occurred_at=at(t + 1 + index), chunk_index=index,
                                rows=tuple(rows)))

@@ -5,6 +5,7 @@ import uuid
 import pytest
 from dramatiq.broker import MessageProxy
 
+from jobplatform.auth import Keyring
 from jobplatform.broker import WRITE_INTENT, make_message
 from jobplatform.kinds import load_registry
 from schemas.intents import encode_intent
@@ -12,12 +13,14 @@ from tests.writer.intent_factory import chunk, queued, student
 from writer.batcher import Batch, BatchSizer, Limits
 from writer.lanes import Item, inspect_message
 
+KEYRING = Keyring({"test": "t" * 32})
+
 
 def _item(payload: object, queue: str = "writes.fast", actor: str = WRITE_INTENT,
           max_bytes: int = 1 << 20) -> Item:
-    message = make_message(queue, actor, {}).copy(args=(payload,))
+    message = KEYRING.sign(make_message(queue, actor, {}).copy(args=(payload,)))
     return inspect_message(MessageProxy(message), queue, max_bytes=max_bytes,
-                           registry=load_registry())
+                           registry=load_registry(), keyring=KEYRING)
 
 
 def _roster(rows: int) -> Item:

@@ -69,7 +69,7 @@ def test_video_intents_coalesce_to_the_highest_and_keep_every_id() -> None:
     # Then one change, at the highest state, carrying what the lower ones knew
     [change] = result.videos
     assert (change.status, change.attempt, change.status_rank) == ("ready", 1, 2)
-    assert change.source_key == f"uploads/{video}.mp4"
+    assert change.source_key == f"tenants/{TENANT}/uploads/{video}.mp4"
     assert (change.queued_at, change.started_at, change.finished_at) == (at(0), at(10), at(30))
     assert change.updated_at == at(30)
     assert json.loads(change.renditions or "")[0]["name"] == "720p"
@@ -98,12 +98,12 @@ def test_roster_statuses_merge_values_of_lower_ranks() -> None:
     imp = uuid.uuid4()
     result = plan([
         roster_status(imp, "writing", seconds=9, total=10, valid=9, chunks=2),
-        roster_status(imp, "queued", seconds=1, source_key="rosters/a.xlsx"),
+        roster_status(imp, "queued", seconds=1, source_key=f"tenants/{TENANT}/rosters/a.xlsx"),
         roster_status(imp, "parsing", seconds=2),
     ])
     [change] = result.roster.statuses
     assert (change.status, change.chunks_expected, change.source_key) == (
-        "writing", 2, "rosters/a.xlsx"
+        "writing", 2, f"tenants/{TENANT}/rosters/a.xlsx"
     )
     assert (change.started_at, change.updated_at) == (at(1), at(9))
     assert len(change.intent_ids) == 3

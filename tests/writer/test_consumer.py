@@ -1,4 +1,4 @@
-"""The writer against real PostgreSQL and Redis: batching, ledger, poison, malformed input."""
+"""The writer against real PostgreSQL and each broker: batching, ledger, poison, malformed input."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from dramatiq.brokers.redis import RedisBroker
 
+from jobplatform.auth import keyring_of
 from jobplatform.broker import WRITE_INTENT, make_message
 from jobplatform.progress import ProgressStore
 from jobplatform.settings import Settings
@@ -32,6 +34,8 @@ from writer import lock
 from writer.db import connect
 from writer.pacing import DbBudget
 from writer.stats import STAGES
+
+pytestmark = pytest.mark.brokers
 
 
 def _ledger(settings: Settings) -> int:
@@ -186,14 +190,21 @@ def test_malformed_messages_are_dead_lettered_with_reasons_and_the_writer_goes_o
         make_message(fast, WRITE_INTENT, oversize),
         make_message(fast, "encode_video", body),
     ]
-    for message in messages:
-        broker.enqueue(message)
+    for message in messages:  # signed: each is refused for what it carries
+        broker.enqueue(keyring_of(broker).sign(message))
     # A message that is not even a dramatiq envelope, written with the broker's own command
-    broker.do_enqueue(fast, str(uuid.uuid4()), b"\xff\xfe garbage")
+    on_redis = isinstance(broker, RedisBroker)
+    if on_redis:
+        broker.do_enqueue(fast, str(uuid.uuid4()), b"\xff\xfe garbage")
+    else:
+        broker.channel.basic_publish(exchange="", routing_key=fast, body=b"\xff\xfe garbage")
     emit_all(broker, settings, [good])
 
     runner = start_writer(max_intent_bytes=900)
-    wait_until(lambda: len(_dead(settings)) == 7, message="seven dead letters")
+    # (on RabbitMQ, dramatiq's consumer itself moves an envelope it cannot decode to the
+    # queue's dead-letter queue: the writer never sees it)
+    dead = 7 if on_redis else 6
+    wait_until(lambda: len(_dead(settings)) == dead, message=f"{dead} dead letters")
     wait_until(lambda: _ledger(settings) == 1, message="the good intent applied")
     wait_until(lambda: _drained(broker, settings), message="every message acked")
     stats = runner.writer.get_stats()
@@ -203,10 +214,13 @@ def test_malformed_messages_are_dead_lettered_with_reasons_and_the_writer_goes_o
     expected = ["not JSON", "video.exploded", "unsupported version 9", "tenant_id",
                 "exceeds WRITER_MAX_INTENT_BYTES (900)", "wrong actor 'encode_video'",
                 "undecodable message"]
+    if not on_redis:
+        expected.remove("undecodable message")
+        assert broker.get_queue_message_counts(fast)[2] == 1  # in the dead-letter queue
     for fragment in expected:
         assert sum(fragment in r for r in reasons) == 1, (fragment, reasons)
-    assert stats["rejected"] == 7
-    assert stats["dead"] == 7
+    assert stats["rejected"] == dead
+    assert stats["dead"] == dead
     assert held_messages(broker, fast) == 0
 
 
@@ -308,6 +322,9 @@ def test_database_cut_mid_stream_loses_nothing_and_applies_nothing_twice(
     total = len(first) + 2 * len(videos)
     wait_until(lambda: _ledger(settings) == total, timeout=60, message="everything applied")
     wait_until(lambda: _drained(broker, settings), message="every message acked")
+    # The stats count a batch once its commit is acknowledged, just after the ledger shows it.
+    wait_until(lambda: runner.writer.get_stats()["applied"] >= total,
+               message="the stats caught up")
     stats = runner.writer.get_stats()
     runner.stop()
 

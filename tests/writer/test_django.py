@@ -157,7 +157,7 @@ def test_a_running_writer_writes_the_models_and_the_orm_reads_them(
         "student__mobile", flat=True).order_by("student__mobile")) == [
         "010-0000-0001", "010-0000-0002"]
     clip = Video.objects.get(id=video)
-    assert (clip.attempt, clip.source_key) == (1, f"uploads/{video}.mp4")
+    assert (clip.attempt, clip.source_key) == (1, f"tenants/{TENANT}/uploads/{video}.mp4")
     assert clip.renditions[0]["name"] == "720p"
     assert clip.started_at is not None
     # The writer's own tables stayed in its schema; public holds Django's only.

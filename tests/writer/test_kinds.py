@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import pytest
 
+from jobplatform.auth import keyring_of
 from jobplatform.broker import WRITE_INTENT, make_message
 from jobplatform.kinds import Kind, Registry, RegistryError, UnknownKind, load_registry
 from jobplatform.publish import InvalidJob, Publisher
@@ -173,7 +174,8 @@ def test_an_unclaimed_kind_is_dead_lettered_naming_the_plug_in_it_needs(
     # Given an intent of a kind this writer's registry does not hold, and a valid one after it
     body = {"kind": "attendance.marked", "tenant_id": 7, "intent_id": str(uuid.uuid4()),
             "occurred_at": "2026-03-02T09:00:00+00:00"}
-    broker.enqueue(make_message(settings.queue_writes_fast, WRITE_INTENT, body))
+    broker.enqueue(keyring_of(broker).sign(
+        make_message(settings.queue_writes_fast, WRITE_INTENT, body)))
     emit_all(broker, settings, [queued(uuid.uuid4())])
     runner = start_writer()
     url = str(settings.database_url)

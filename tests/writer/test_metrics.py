@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ import yaml
 from jobplatform.settings import Settings
 from schemas.intents import AnyIntent
 from tests.promql import Unsupported, fires
-from tests.scrape import get, scrape, value
+from tests.scrape import Samples, get, scrape, value
 from tests.writer.conftest import WriterThread, emit_all, scalar, wait_until
 from tests.writer.intent_factory import chunks, queued, ready, roster_status, student
 from writer.metrics import WriterMetrics
@@ -177,7 +178,10 @@ def test_the_dashboard_plots_metrics_the_endpoints_serve(
     runner = start_writer(hooks=[metrics])
     server = metrics.serve(runner.writer, port=0)
     try:
-        served = {sample for sample, _ in scrape(server.port)}
+        # once active, the writer serves the database's connections too
+        samples = _scrape_until(server.port, lambda s: any(
+            name == "jobplatform_database_max_connections" for name, _ in s), "active")
+        served = {sample for sample, _ in samples}
     finally:
         server.close()
     actor = {"jobplatform_actor_jobs_total", "jobplatform_actor_failures_total",
@@ -207,3 +211,106 @@ def test_the_intent_log_state_is_scraped(
             log.get_stats()["segments_opened"] >= 1
     finally:
         server.close()
+
+
+def _crowd(url: str, n: int, **params: Any) -> list[Any]:
+    import psycopg
+
+    return [psycopg.connect(url, autocommit=True, application_name="crowd", **params)
+            for _ in range(n)]
+
+
+def _scrape_until(port: int, predicate: Callable[[Samples], bool], message: str) -> Samples:
+    def ready() -> Samples | None:
+        samples = scrape(port)
+        return samples if predicate(samples) else None
+
+    found: Samples = wait_until(ready, message=message)
+    return found
+
+
+def _connections(samples: Samples, **labels: str) -> float:
+    return sum(v for (name, found), v in samples.items()
+               if name == "jobplatform_database_connections"
+               and set(labels.items()) <= set(found))
+
+
+@pytest.mark.slow
+def test_database_connections_are_counted_against_max_and_alerted(
+    settings: Settings, broker: Any, start_writer: Callable[..., WriterThread]
+) -> None:
+    from bench._instance import EmulatedInstance, InstanceConfig
+    from writer.db import APPLICATION_NAME
+    from writer.migrate import upgrade
+
+    rule = _rules()["JobplatformDbConnectionsHigh"]
+    # Given a PostgreSQL server of its own with max_connections 10 (none reserved), its active
+    # writer serving metrics, and 2 idle connections of another application
+    config = InstanceConfig(cpu_quota=None, max_connections=10,
+                            extra=(("superuser_reserved_connections", "0"),))
+    with EmulatedInstance(config) as instance:
+        url = instance.create_database("app")
+        upgrade(url)
+        metrics = WriterMetrics(connections_interval_s=0.1)
+        runner = start_writer(database_url=url, hooks=[metrics])
+        server = metrics.serve(runner.writer, port=0)
+        crowd = _crowd(url, 2)
+        try:
+            # When it is scraped
+            samples = _scrape_until(server.port, lambda s: _connections(
+                s, application="crowd") == 2, "the crowd counted")
+            # Then the server's client connections are there by state and application: the
+            # crowd idle, the writer's own connection busy counting them
+            assert value(samples, "jobplatform_database_connections", state="idle",
+                         application="crowd") == 2
+            assert value(samples, "jobplatform_database_connections", state="active",
+                         application=APPLICATION_NAME) == 1
+            assert _connections(samples) == 3
+            assert value(samples, "jobplatform_database_max_connections") == 10
+            assert value(samples, "jobplatform_database_reserved_connections") == 0
+            assert value(samples, "jobplatform_database_connections_age_seconds") < 5
+            assert not fires(rule, samples)
+            # and what the server itself lists, counted from one of the crowd
+            [row] = crowd[0].execute("SELECT count(*) FROM pg_stat_activity"
+                                     " WHERE backend_type = 'client backend'").fetchall()
+            assert row[0] == 3
+
+            # When 6 more connect: 9 of 10, over 0.8 x max_connections
+            crowd += _crowd(url, 6)
+            samples = _scrape_until(server.port, lambda s: _connections(
+                s, application="crowd") == 8, "the larger crowd counted")
+            # Then the alert fires on the writer's figures alone
+            assert _connections(samples) == 9
+            assert fires(rule, samples)
+
+            # When the writer stops, it no longer reports a count (a standby or a stopped
+            # writer would add to the active one's)
+            runner.stop()
+            samples = scrape(server.port)
+            assert _connections(samples) == 0
+            assert not fires(rule, samples)
+        finally:
+            server.close()
+            for conn in crowd:
+                conn.close()
+            if runner.thread.is_alive():
+                runner.stop()
+
+
+def test_connection_labels_are_bounded() -> None:
+    from writer.metrics import MAX_APPLICATIONS, ConnectionSample, _WriterCollector
+
+    # Given a server with more applications than the label limit
+    counts = {("idle", f"app{n:02d}"): 100 - n for n in range(MAX_APPLICATIONS + 5)}
+    counts[("active", "app00")] = 1
+    metrics = WriterMetrics()
+    metrics._connections = ConnectionSample(counts, 100, 3, time.monotonic())
+    collector = _WriterCollector.__new__(_WriterCollector)
+    collector.metrics = metrics
+    [family, *_] = list(collector._database())
+    # Then the most connected keep their names, the rest add up under "other", nothing lost
+    apps = {sample.labels["application"] for sample in family.samples}
+    assert len(apps) == MAX_APPLICATIONS + 1
+    assert "app00" in apps
+    assert "other" in apps
+    assert sum(sample.value for sample in family.samples) == sum(counts.values())

@@ -116,9 +116,10 @@ def test_a_run_of_attempts_in_one_batch_counts_as_seen(database_url: str) -> Non
 def test_a_late_lower_ranked_roster_status_fills_what_the_row_lacks(database_url: str) -> None:
     imp = uuid.uuid4()
     apply(database_url, [roster_status(imp, "parsing", seconds=1)])
-    apply(database_url, [roster_status(imp, "queued", source_key="uploads/r.xlsx")])
+    source = f"tenants/{TENANT}/uploads/r.xlsx"
+    apply(database_url, [roster_status(imp, "queued", source_key=source)])
     assert query(database_url, "SELECT status, source_key FROM roster_imports") == [
-        ("parsing", "uploads/r.xlsx")]
+        ("parsing", source)]
 
 
 def test_one_forged_intent_among_honest_ones_is_dead_lettered_alone(

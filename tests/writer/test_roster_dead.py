@@ -62,7 +62,8 @@ def test_a_dead_lettered_chunk_fails_its_import_and_a_retry_brings_it_back(
     with connect(url, autocommit=True) as conn:
         conn.execute("UPDATE lectures SET tenant_id = 7 WHERE id = %s", (LECTURE,))
     env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": str(settings.redis_url),
-           "BROKER_NAMESPACE": settings.broker_namespace}
+           "BROKER_NAMESPACE": settings.broker_namespace,
+           "JOBPLATFORM_STATE_DIR": str(settings.jobplatform_state_dir)}  # the test's key
     out = subprocess.run([sys.executable, "-m", "jobplatform", "dead", "retry", "--all"],
                          env=env, capture_output=True, text=True, cwd=ROOT, check=True)
     assert "re-sent 2 dead intent(s)" in out.stdout

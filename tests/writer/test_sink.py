@@ -134,17 +134,17 @@ def test_failed_then_attempt_two_processing_moves_forward(conn: Conn) -> None:
     video = uuid.uuid4()
     apply(conn, [queued(video, 0), processing(video, 5), failed(video, 20)])
     assert video_row(conn, video)[:5] == (
-        "failed", 1, f"uploads/{video}.mp4", None, "ffmpeg exited with status 1"
+        "failed", 1, f"tenants/{TENANT}/uploads/{video}.mp4", None, "ffmpeg exited with status 1"
     )
     apply(conn, [processing(video, 30, attempt=2)])
     status, attempt, source, hls, error, queued_at, started, finished, updated, _ = video_row(
         conn, video
     )
-    assert (status, attempt, source, hls, error) == ("processing", 2, f"uploads/{video}.mp4",
-                                                     None, None)
+    assert (status, attempt, source, hls, error) == (
+        "processing", 2, f"tenants/{TENANT}/uploads/{video}.mp4", None, None)
     assert (queued_at, started, finished, updated) == (at(0), at(30), None, at(30))
     apply(conn, [ready(video, 90, attempt=2)])
-    assert video_row(conn, video)[:3] == ("ready", 2, f"uploads/{video}.mp4")
+    assert video_row(conn, video)[:3] == ("ready", 2, f"tenants/{TENANT}/uploads/{video}.mp4")
     assert video_row(conn, video)[6:9] == (at(30), at(90), at(90))
 
 
@@ -160,7 +160,7 @@ def test_many_intents_for_one_video_make_one_row_change(conn: Conn) -> None:
         ).fetchone()
     assert row == (1, 0)
     assert (result.coalesced, result.outcome("video").changed) == (3, 1)
-    assert video_row(conn, video)[:3] == ("ready", 1, f"uploads/{video}.mp4")
+    assert video_row(conn, video)[:3] == ("ready", 1, f"tenants/{TENANT}/uploads/{video}.mp4")
 
 
 def test_a_video_of_another_tenant_is_a_data_error(conn: Conn) -> None:
@@ -275,7 +275,8 @@ def test_a_student_in_two_lectures_of_one_batch_is_enrolled_in_both(conn: Conn) 
 
 def test_done_when_writing_comes_after_the_chunks(conn: Conn) -> None:
     imp = uuid.uuid4()
-    apply(conn, [roster_status(imp, "queued", seconds=0, source_key="rosters/x.xlsx")])
+    source = f"tenants/{TENANT}/rosters/x.xlsx"
+    apply(conn, [roster_status(imp, "queued", seconds=0, source_key=source)])
     batch = chunks(imp, roster(9), 3, seconds=4)
     apply(conn, batch[:2])
     assert import_row(conn, imp)["status"] == "queued"
@@ -283,7 +284,7 @@ def test_done_when_writing_comes_after_the_chunks(conn: Conn) -> None:
     apply(conn, [roster_status(imp, "writing", seconds=3, chunks=3, total=9, valid=9)])
     row = import_row(conn, imp)
     assert (row["status"], row["chunks_applied"], row["created"]) == ("done", 3, 9)
-    assert (row["source_key"], row["total"], row["finished_at"]) == ("rosters/x.xlsx", 9, at(4))
+    assert (row["source_key"], row["total"], row["finished_at"]) == (source, 9, at(4))
 
 
 def test_done_when_the_chunks_come_after_writing(conn: Conn) -> None:

@@ -18,6 +18,7 @@ from schemas import BaseIntent
 from tests.writer.conftest import query, scalar
 from tests.writer.intent_factory import (
     LECTURE,
+    TENANT,
     chunk,
     processing,
     queued,
@@ -141,7 +142,7 @@ def test_an_import_and_a_videos_states_land_in_the_applications_tables(
     apply(academy_db, [ready(video)])
     assert query(academy_db, "SELECT state, try, source, playlist IS NOT NULL, started"
                              " IS NOT NULL FROM academy.clip") == [
-        ("ready", 1, f"uploads/{video}.mp4", True, True)]
+        ("ready", 1, f"tenants/{TENANT}/uploads/{video}.mp4", True, True)]
     # Nothing of the domain went into the writer's built-in tables.
     assert scalar(academy_db, "SELECT count(*) FROM jobplatform.students") == 0
     assert scalar(academy_db, "SELECT count(*) FROM jobplatform.videos") == 0

@@ -67,9 +67,11 @@ class Chores:
     # --- on the loop -----------------------------------------------------------------------
 
     def tick(self) -> None:
-        """The loop is alive; emit stats when due."""
+        """The loop is alive; emit stats when due, keep the lanes' connections alive."""
         now = time.monotonic()
         self.alive = now
+        for lane in self.writer.leader.lanes:
+            lane.keepalive()
         if now >= self._next_stats:
             self._next_stats = now + self.writer.settings.stats_interval_s
             self.emit_stats()
@@ -91,7 +93,7 @@ class Chores:
                                     "broker_id": writer.broker.broker_id, "at": time.time()}
         ttl = max(60, int(writer.settings.stats_interval_s * 3))
         try:
-            writer.broker.client.set(writer_stats_key(writer.broker.namespace),
+            writer.broker.client.set(writer_stats_key(writer.broker.namespace, writer.shard_key),
                                      json.dumps(document), ex=ttl)
         except REDIS_ERRORS as exc:
             log.warning("could not publish stats", error=str(exc))

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import psycopg
+from dramatiq.brokers.redis import RedisBroker
 from psycopg_pool import NullConnectionPool
 
 from jobplatform.logging import get_logger
@@ -159,7 +160,8 @@ class FastLane:
     def __init__(self, writer: Writer, database_url: str) -> None:
         settings = writer.settings
         self.writer = writer
-        self.enabled = settings.fast_connection
+        # On Redis only: dramatiq's RabbitMQ consumers live on their thread's connection.
+        self.enabled = settings.fast_connection and isinstance(writer.broker, RedisBroker)
         self.session = FastSession(self, database_url)
         #: Sizes the lane's batches for ``WRITER_TARGET_TXN_MS`` (a status change weighs one
         #: row), as the collector's sizer does the bulk work's.

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 from jobplatform.logging import get_logger
 from writer import lock
+from writer.brokers import open_lane, requeue_held
 from writer.engine.session import DB_OUTAGES, REDIS_ERRORS
-from writer.lanes import Lane, requeue_unacked
+from writer.lanes import Lane
 
 if TYPE_CHECKING:
     from writer.engine.writer import Writer
@@ -24,9 +25,11 @@ if TYPE_CHECKING:
 log = get_logger("writer")
 
 
-def consumers_key(namespace: str) -> str:
-    """Broker ids of every process that consumed the writer's queues and may hold messages."""
-    return f"{namespace}:writer:consumers"
+def consumers_key(namespace: str, shard: int | None = None) -> str:
+    """Broker ids of every process that consumed the writer's queues (of ``shard``, when
+    sharded) and may hold messages."""
+    base = f"{namespace}:writer:consumers"
+    return base if shard is None else f"{base}:{shard}"
 
 
 class Leadership:
@@ -88,7 +91,7 @@ class Leadership:
                 log.warning("fast-lane sessions of an earlier writer terminated", pids=fenced)
         broker = writer.broker
         client = broker.client
-        key = consumers_key(broker.namespace)
+        key = consumers_key(broker.namespace, writer.shard_key)
         me = broker.broker_id
         recovered = 0
         for raw in client.smembers(key):
@@ -96,20 +99,22 @@ class Leadership:
             if other == me:
                 continue
             for queue in writer.queues.writes:
-                recovered += requeue_unacked(broker, queue, other)
+                recovered += requeue_held(broker, queue, other)
             client.srem(key, other)
         client.sadd(key, me)
         settings = writer.settings
         # What lives now (modules, schemas, settings, whatever the process held before) stays:
         # full collections then scan only what the writer allocated since, not all of it.
         gc.freeze()
-        self.fast = Lane(broker, writer.queues.writes_fast, registry=writer.registry,
-                         max_intent_bytes=settings.max_intent_bytes,
-                         poll_timeout_ms=settings.fast_poll_timeout_ms
-                         if writer.fastlane.enabled else settings.poll_timeout_ms)
-        self.bulk = Lane(broker, writer.queues.writes_bulk, registry=writer.registry,
-                         max_intent_bytes=settings.max_intent_bytes,
-                         poll_timeout_ms=settings.poll_timeout_ms)
+        fast_poll_ms = (settings.fast_poll_timeout_ms if writer.fastlane.enabled
+                        else settings.poll_timeout_ms)
+        self.fast, self.bulk = (
+            open_lane(broker, queue, registry=writer.registry, keyring=writer.keyring,
+                      max_intent_bytes=settings.max_intent_bytes,
+                      poll_timeout_ms=poll_ms,
+                      prefetch=settings.batch_max_intents)
+            for queue, poll_ms in zip(writer.queues.writes,
+                                      (fast_poll_ms, settings.poll_timeout_ms), strict=True))
         self._lost = None
         if writer.fastlane.enabled:
             writer.fastlane.hand(self.fast)
@@ -147,7 +152,8 @@ class Leadership:
         released = self.release_lanes()
         if was_active and released:
             with contextlib.suppress(*REDIS_ERRORS):
-                writer.broker.client.srem(consumers_key(writer.broker.namespace),
+                writer.broker.client.srem(consumers_key(writer.broker.namespace,
+                                                        writer.shard_key),
                                           writer.broker.broker_id)
         writer.session.unlock()
         return was_active

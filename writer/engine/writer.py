@@ -28,13 +28,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import dramatiq
 import psycopg
-from dramatiq.brokers.redis import RedisBroker
 
+from jobplatform.auth import Keyring, keyring_of
 from jobplatform.broker import Queues
+from jobplatform.errors import ConfigError
 from jobplatform.kinds import Registry, registry_for
 from jobplatform.logging import get_logger
 from jobplatform.settings import Settings, WriterSettings
+from jobplatform.shards import ShardSpec
 from jobplatform.tables import TableMap, load_tables
 from writer.catalog import ensure_fits
 from writer.db import connect
@@ -63,14 +66,16 @@ class Writer:
         settings: WriterSettings,
         *,
         database_url: str,
-        broker: RedisBroker,
+        broker: dramatiq.Broker,
         queues: Queues,
         registry: Registry | None = None,
+        keyring: Keyring | None = None,
         log_writer: IntentLogWriter | None = None,
         hooks: Sequence[Hooks] = (),
         standby_poll_s: float = 0.5,
         heartbeat_s: float = 5.0,
         name: str | None = None,
+        shard: ShardSpec | None = None,
         tables: TableMap | None = None,
     ) -> None:
         self.settings = settings
@@ -78,9 +83,14 @@ class Writer:
         self.tables = tables if tables is not None else load_tables(
             settings.tables, schema=settings.db_schema)
         self.tables_checked = False
-        self.broker = broker
+        self.broker: Any = broker
+        self.shard = shard or ShardSpec()
+        """The shard this writer applies; ``queues`` and ``settings.lock_key`` are its own
+        (:meth:`from_settings` derives them)."""
         self.queues = queues
         self.registry = resolve(registry)
+        #: The keys intents must be signed with (default: the broker's, from build_broker).
+        self.keyring = keyring if keyring is not None else keyring_of(broker)
         self.log_writer = log_writer
         self.hooks: tuple[Hooks, ...] = tuple(hooks)
         self.standby_poll_s = standby_poll_s
@@ -102,13 +112,20 @@ class Writer:
                                  batch_rows_cap=self.collector.sizer.rows)
 
     @classmethod
-    def from_settings(cls, settings: Settings, broker: RedisBroker, *,
-                      log_writer: IntentLogWriter | None = None, **kwargs: Any) -> Writer:
+    def from_settings(cls, settings: Settings, broker: dramatiq.Broker, *,
+                      log_writer: IntentLogWriter | None = None,
+                      shard: ShardSpec | None = None, **kwargs: Any) -> Writer:
+        """A writer of ``settings``; of ``shard`` (default ``WRITER_SHARD``, else the only
+        one), with that shard's lanes and advisory lock key."""
         if not settings.database_url:
             raise ValueError("settings.database_url is not set (resolve the services first)")
         kwargs.setdefault("registry", registry_for(settings))
-        return cls(settings.writer, database_url=settings.database_url, broker=broker,
-                   queues=Queues.from_settings(settings), log_writer=log_writer, **kwargs)
+        spec = shard or shard_of_settings(settings)
+        writer_settings = settings.writer.model_copy(
+            update={"lock_key": spec.lock_key(settings.writer.lock_key)})
+        queues = Queues.from_settings(settings).for_shard(spec.index, spec.count)
+        return cls(writer_settings, database_url=settings.database_url, broker=broker,
+                   queues=queues, log_writer=log_writer, shard=spec, **kwargs)
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -167,6 +184,11 @@ class Writer:
         self._stop.set()
 
     @property
+    def shard_key(self) -> int | None:
+        """The shard's number in Redis keys (stats, consumers); None when unsharded."""
+        return self.shard.index if self.shard.sharded else None
+
+    @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
@@ -190,6 +212,7 @@ class Writer:
         """Apply intents until :meth:`stop`; as a standby, wait for the lock first."""
         self.open()
         log.info("writer started", name=self.name, broker_id=self.broker.broker_id,
+                 shard=self.shard.label, lanes=list(self.queues.writes),
                  lock_key=self.settings.lock_key, budget=self.settings.db_budget,
                  kinds=self.registry.names())
         try:
@@ -273,3 +296,23 @@ class Writer:
         """:meth:`get_stats`, then reset the counters, ``lag_max_ms`` and the histogram."""
         self.stats.gauge(db_share=self.budget.used())
         return self.stats.pop()
+
+
+def shard_of_settings(settings: Settings) -> ShardSpec:
+    """The shard ``WRITER_SHARD`` names (``K/N``), else shard 0 of ``WRITER_SHARDS``.
+
+    Raises :class:`~jobplatform.errors.ConfigError` when ``WRITER_SHARD``'s N and an explicit
+    ``WRITER_SHARDS`` disagree: producers would route to shards no writer consumes.
+    """
+    writer = settings.writer
+    if writer.shard is None:
+        if writer.shards > 1:
+            raise ConfigError(f"WRITER_SHARDS is {writer.shards}: say which shard this writer "
+                              "applies with --shard K/N (or WRITER_SHARD)")
+        return ShardSpec()
+    spec = ShardSpec.parse(writer.shard)
+    if "shards" in writer.model_fields_set and writer.shards != spec.count:
+        raise ConfigError(f"--shard {spec.label}: but WRITER_SHARDS is {writer.shards}, so "
+                          "producers route to another number of shards; set both alike")
+    return spec
+

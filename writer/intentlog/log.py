@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
     from jobplatform.settings import Settings
+    from jobplatform.shards import ShardSpec
 
 log = get_logger(__name__)
 
@@ -125,6 +126,7 @@ class IntentLog:
         writer_id: str | None = None,
         shipper: SegmentShipper | None = None,
         clock: Callable[[], float] = time.monotonic,
+        shard: int = 0,
     ) -> None:
         if segment_bytes <= 0 or segment_age_s <= 0:
             raise ValueError("segment_bytes and segment_age_s must be positive")
@@ -132,6 +134,8 @@ class IntentLog:
         self.segment_bytes = segment_bytes
         self.segment_age_s = segment_age_s
         self.writer_id = writer_id or default_writer_id()
+        self.shard = shard
+        """The writer shard whose batches this log records (each record says it)."""
         self.shipper = shipper
         self._clock = clock
         self._lock = threading.Lock()
@@ -148,9 +152,11 @@ class IntentLog:
         self._thread.start()
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, writer_id: str | None = None) -> IntentLog:
+    def from_settings(cls, settings: Settings, *, writer_id: str | None = None,
+                      shard: ShardSpec | None = None) -> IntentLog:
         """The log the settings describe: ``WRITER_LOG_DIR``, ``WRITER_LOG_SEGMENT_*`` and,
-        when ``WRITER_LOG_S3_PREFIX`` is set, shipping to the settings' S3 bucket."""
+        when ``WRITER_LOG_S3_PREFIX`` is set, shipping to the settings' S3 bucket; of
+        ``shard`` (its records and segment names say which)."""
         shipper: SegmentShipper | None = None
         prefix = settings.writer.log_s3_prefix
         if prefix is not None:
@@ -163,6 +169,7 @@ class IntentLog:
             segment_age_s=float(settings.writer.log_segment_age_s),
             shipper=shipper,
             writer_id=writer_id,
+            shard=shard.index if shard is not None else 0,
         )
 
     # --- the writer's side ---------------------------------------------------------------
@@ -177,7 +184,7 @@ class IntentLog:
         """Write one batch's record and make it durable before returning."""
         prepared, self._prepared = self._prepared, {}
         line = encode_record(batch_seq, self.writer_id, datetime.now(UTC), intents,
-                             encoded=prepared)
+                             encoded=prepared, shard=self.shard)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the intent log is closed")
@@ -253,7 +260,8 @@ class IntentLog:
 
     def _open_locked(self, first_seq: int) -> _Segment:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
-        path = self.folder / segment_name(first_seq, self.writer_id)
+        label = f"{self.writer_id}-shard{self.shard}" if self.shard else self.writer_id
+        path = self.folder / segment_name(first_seq, label)
         for attempt in range(1, 100):
             try:
                 if path.with_name(path.name + ".gz").exists():
@@ -261,7 +269,7 @@ class IntentLog:
                 fd = os.open(path, flags, 0o644)
                 break
             except FileExistsError:  # batch numbers reused (a database restored from backup)
-                path = self.folder / segment_name(first_seq, f"{self.writer_id}-{attempt}")
+                path = self.folder / segment_name(first_seq, f"{label}-{attempt}")
         else:
             raise FileExistsError(f"no free segment name for batch {first_seq} in {self.folder}")
         try:

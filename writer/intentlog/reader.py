@@ -1,9 +1,16 @@
 """Reading the write-intent log: segments from files, folders and S3, merged by batch number.
 
-Several sources (an active writer's folder, a standby's, the copies shipped to S3) merge into
-one stream in ``seq`` order; a batch read twice (the same segment in two places) is yielded
-once. A torn tail (the last line of a segment without its newline, or one that does not parse:
-a crash while appending) ends that segment; it is reported in :attr:`LogReader.notes`, never
+Several sources (an active writer's folder, a standby's, every shard's, the copies shipped to
+S3) merge into one stream in ``(seq, shard)`` order; a batch read twice (the same segment in
+two places) is yielded once: a batch is identified by ``(shard, seq)``.
+
+Why that order replays exactly: within a shard, one writer is active at a time and takes
+``seq`` inside each transaction, so ``seq`` order is its commit order; shards apply disjoint
+tenants, so how two shards' batches interleave changes nothing; and a tenant moves to another
+shard only by resharding, after the old shard drained (its batches all have lower numbers).
+
+A torn tail (the last line of a segment without its newline, or one that does not parse: a
+crash while appending) ends that segment; it is reported in :attr:`LogReader.notes`, never
 decoded. Such a batch was never committed: the writer commits only after the append returned.
 """
 
@@ -137,11 +144,11 @@ class LogReader:
     def records(self, log_filter: LogFilter | None = None) -> Iterator[LogRecord]:
         """Batches in ``seq`` order across all segments, filtered; a repeated ``seq`` once."""
         flt = log_filter or LogFilter()
-        last_seq: int | None = None
+        last_key: tuple[int, int] | None = None
         for record in self._merged():
-            if record.seq == last_seq:
+            if record.key == last_key:
                 continue
-            last_seq = record.seq
+            last_key = record.key
             if flt.until is not None and record.seq > flt.until:
                 return
             if not flt.keep_seq(record.seq):
@@ -152,21 +159,22 @@ class LogReader:
                     continue
                 record = LogRecord(
                     record.seq, record.writer, record.at, tuple(intents), record.source,
-                    record.line,
+                    record.line, record.shard,
                 )
             yield record
 
     def _merged(self) -> Iterator[LogRecord]:
         """A k-way merge that opens a segment only once its first batch can come next."""
         pending = self.segments()
-        heap: list[tuple[int, int, LogRecord, Iterator[LogRecord]]] = []
+        heap: list[tuple[tuple[int, int], int, LogRecord, Iterator[LogRecord]]] = []
         opened = 0
         while True:
-            while opened < len(pending) and (not heap or pending[opened].first_seq <= heap[0][0]):
+            while opened < len(pending) and (
+                    not heap or pending[opened].first_seq <= heap[0][0][0]):
                 records = self._read_segment(pending[opened])
                 first = next(records, None)
                 if first is not None:
-                    heapq.heappush(heap, (first.seq, opened, first, records))
+                    heapq.heappush(heap, (first.key, opened, first, records))
                 opened += 1
             if not heap:
                 return
@@ -176,7 +184,7 @@ class LogReader:
             if following is None:
                 heapq.heappop(heap)
             else:
-                heapq.heapreplace(heap, (following.seq, order, following, records))
+                heapq.heapreplace(heap, (following.key, order, following, records))
 
     def _read_segment(self, segment: Segment) -> Iterator[LogRecord]:
         with _open(segment.path) as stream:

@@ -94,7 +94,7 @@ def planned(
             kept = log_filter.apply(kept)
         if kept:
             yield LogRecord(record.seq, record.writer, record.at, tuple(kept), record.source,
-                            record.line)
+                            record.line, record.shard)
 
 
 BatchCallback = Callable[[LogRecord, int], None]

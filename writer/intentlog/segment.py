@@ -8,8 +8,12 @@ A segment is a file of JSON Lines, one line per batch the writer applied::
 ``seq`` is the batch's number from PostgreSQL's ``writer_batch_seq`` (taken inside the batch's
 transaction), ``writer`` the host and process that wrote it, ``at`` when it was appended, and
 ``intents`` the intents the batch applied, in apply order, as :func:`schemas.encode_intent`
-makes them. One line per batch (rather than one per intent) makes a batch the unit that is
-either wholly in the log or, after a crash mid-write, a torn last line that readers drop.
+makes them. A writer of shard K of N > 1 adds ``"shard": K`` (absent means shard 0): a batch
+is identified by ``(shard, seq)``, and the shards' logs merge by ``seq`` (every shard of one
+database numbers its batches from the same sequence; see :mod:`writer.intentlog.reader`).
+
+One line per batch (rather than one per intent) makes a batch the unit that is either wholly in
+the log or, after a crash mid-write, a torn last line that readers drop.
 
 A segment is named after the first batch it holds, so names sort in log order::
 
@@ -52,6 +56,13 @@ class LogRecord:
     intents: tuple[BaseIntent, ...]
     source: str = ""
     line: int = 0
+    shard: int = 0
+    """The writer shard that applied the batch (0 when unsharded)."""
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """``(seq, shard)``: what identifies a batch, and the order the log merges in."""
+        return (self.seq, self.shard)
 
 
 def segment_name(first_seq: int, writer_id: str, *, closed: bool = False) -> str:
@@ -78,18 +89,21 @@ def is_segment(name: str) -> bool:
 
 
 def encode_record(seq: int, writer_id: str, at: datetime, intents: Sequence[BaseIntent], *,
-                  encoded: Mapping[UUID, bytes] | None = None) -> bytes:
+                  encoded: Mapping[UUID, bytes] | None = None, shard: int = 0) -> bytes:
     """One record as a complete line, newline included.
 
     ``encoded`` holds intents already encoded by :func:`schemas.intents.intent_json` (made
     ahead of time); the others are encoded here. The line is the same either way.
     """
-    head = json.dumps({
+    fields: dict[str, Any] = {
         "seq": seq,
         "writer": writer_id,
         "at": at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
         "n": len(intents),
-    }, separators=(",", ":"), ensure_ascii=False).encode()
+    }
+    if shard:
+        fields["shard"] = shard
+    head = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
     known = encoded or {}
     texts = [known.get(intent.intent_id) or intent_json(intent) for intent in intents]
     return b"".join((head[:-1], b',"intents":[', b",".join(texts), b"]}\n"))
@@ -117,6 +131,9 @@ def decode_record(line: bytes, *, source: str = "", line_no: int = 0,
         raise LogFormatError(f"{where}: 'writer' must be a string")
     if not isinstance(raw, list):
         raise LogFormatError(f"{where}: 'intents' must be a list")
+    shard = body.get("shard", 0)
+    if not isinstance(shard, int) or isinstance(shard, bool) or shard < 0:
+        raise LogFormatError(f"{where}: 'shard' must be a non-negative integer, got {shard!r}")
     try:
         when = datetime.fromisoformat(str(at))
     except ValueError as exc:
@@ -127,4 +144,4 @@ def decode_record(line: bytes, *, source: str = "", line_no: int = 0,
             intents.append(decode(item))
         except DecodeError as exc:
             raise LogFormatError(f"{where}: intents[{index}]: {exc}") from exc
-    return LogRecord(seq, writer, when, tuple(intents), source, line_no)
+    return LogRecord(seq, writer, when, tuple(intents), source, line_no, shard)

@@ -63,6 +63,7 @@ class RosterStatusChange:
     valid: int | None
     invalid: int | None
     duplicates: int | None
+    empty_slots: int | None
     chunks_expected: int | None
     error: str | None
     sample_errors: str | None
@@ -224,6 +225,7 @@ def _status_change(win: RosterStatus, group: Sequence[RosterStatus]) -> RosterSt
         valid=latest("valid"),
         invalid=latest("invalid"),
         duplicates=latest("duplicates"),
+        empty_slots=latest("empty_slots"),
         chunks_expected=latest("chunks"),
         error=latest("error"),
         sample_errors=(
@@ -331,11 +333,11 @@ class _RosterRows:
 
 _STATUS_COLUMNS = (
     "tenant_id", "lecture_id", "status", "status_rank", "source_key", "report_key",
-    "total", "valid", "invalid", "duplicates", "chunks_expected", "error",
+    "total", "valid", "invalid", "duplicates", "empty_slots", "chunks_expected", "error",
     "sample_errors", "started_at", "updated_at",
 )
 _FINISHED = ("import_id", "tenant_id", "total", "valid", "invalid", "duplicates",
-             "created", "updated", "unchanged", "enrolled")
+             "empty_slots", "created", "updated", "unchanged", "enrolled")
 
 
 def apply(tx: Transaction, work: RosterPlan) -> RosterOutcome:

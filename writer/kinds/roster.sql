@@ -39,12 +39,14 @@ FROM STDIN (FORMAT BINARY)
 -- values the row lacks. Rows of another tenant were refused before (check_tenants).
 INSERT INTO roster_imports AS r
     (id, tenant_id, lecture_id, status, status_rank, source_key, report_key, total, valid,
-     invalid, duplicates, chunks_expected, error, sample_errors, started_at, updated_at)
+     invalid, duplicates, empty_slots, chunks_expected, error, sample_errors, started_at,
+     updated_at)
 SELECT * FROM unnest(
     %(id)s::uuid[], %(tenant_id)s::bigint[], %(lecture_id)s::bigint[], %(status)s::text[],
     %(status_rank)s::smallint[], %(source_key)s::text[], %(report_key)s::text[],
     %(total)s::integer[], %(valid)s::integer[], %(invalid)s::integer[],
-    %(duplicates)s::integer[], %(chunks_expected)s::integer[], %(error)s::text[],
+    %(duplicates)s::integer[], %(empty_slots)s::integer[], %(chunks_expected)s::integer[],
+    %(error)s::text[],
     %(sample_errors)s::jsonb[], %(started_at)s::timestamptz[], %(updated_at)s::timestamptz[]
 )
 ON CONFLICT (id) DO UPDATE SET
@@ -65,6 +67,9 @@ ON CONFLICT (id) DO UPDATE SET
     duplicates = CASE WHEN EXCLUDED.status_rank > r.status_rank
                       THEN coalesce(EXCLUDED.duplicates, r.duplicates)
                       ELSE coalesce(r.duplicates, EXCLUDED.duplicates) END,
+    empty_slots = CASE WHEN EXCLUDED.status_rank > r.status_rank
+                       THEN coalesce(EXCLUDED.empty_slots, r.empty_slots)
+                       ELSE coalesce(r.empty_slots, EXCLUDED.empty_slots) END,
     chunks_expected = coalesce(r.chunks_expected, EXCLUDED.chunks_expected),
     error = CASE WHEN r.dead_intents > 0 OR EXCLUDED.status_rank <= r.status_rank THEN r.error
                  ELSE coalesce(EXCLUDED.error, r.error) END,
@@ -105,7 +110,8 @@ ON CONFLICT (id) DO UPDATE SET
 UPDATE roster_imports
 SET status = 'done', status_rank = %(done_rank)s, finished_at = updated_at
 WHERE id = ANY(%(ids)s::uuid[]) AND status = 'writing' AND chunks_applied >= chunks_expected
-RETURNING id, tenant_id, total, valid, invalid, duplicates, created, updated, unchanged, enrolled
+RETURNING id, tenant_id, total, valid, invalid, duplicates, empty_slots, created, updated,
+          unchanged, enrolled
 
 -- name: dead_imports
 -- Imports of the batch held `failed` by dead-lettered intents (their progress record says so).

@@ -69,6 +69,7 @@ CREATE TABLE roster_imports (
     unchanged       integer NOT NULL DEFAULT 0,
     enrolled        integer NOT NULL DEFAULT 0,
     dead_intents    integer NOT NULL DEFAULT 0,
+    empty_slots     integer,
     error           text,
     sample_errors   jsonb,
     started_at      timestamptz,

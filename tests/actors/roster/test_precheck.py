@@ -180,3 +180,16 @@ def test_a_value_past_the_limits_is_refused_behind_padding(tmp_path: Path) -> No
     # Then it is refused, as it would be without the padding
     with pytest.raises(RosterRejected, match="row 1048576 is past the limit of 50 rows"):
         precheck(path, SMALL)
+
+
+def test_quoted_attribute_text_neither_ends_nor_hides_an_ods_cell(tmp_path: Path) -> None:
+    # Given a row of 6 values whose attributes hold "/>", ">" and a single-quoted "'/>'": text
+    # of the value, not the end of the cell
+    cell = ('<table:table-cell office:value-type="string" table:style-name="a/>b" x=\'c>"/>\'>'
+            "<text:p>x</text:p></table:table-cell>")
+    path = tmp_path / "quoted.ods"
+    corpus._write_ods_content(path, [("명단", f"<table:table-row>{cell * 6}</table:table-row>")])
+    # Then the scan counts 6 columns, as the reader does
+    assert precheck(path, Limits(max_columns=6)) is Format.ODS
+    with pytest.raises(RosterRejected, match="column 6 is past the limit of 5 columns"):
+        precheck(path, Limits(max_columns=5))

@@ -7,6 +7,7 @@ from typing import Any
 
 from click.testing import CliRunner
 
+from jobplatform.auth import REFUSED
 from jobplatform.cli import cli
 from jobplatform.settings import Settings
 from schemas.intents import intent_json
@@ -20,7 +21,9 @@ def _env(settings: Settings) -> dict[str, str]:
     assert settings.database_url is not None
     assert settings.redis_url is not None
     return {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
-            "BROKER_NAMESPACE": settings.broker_namespace}
+            "BROKER_NAMESPACE": settings.broker_namespace,
+            # the test's development key: what the CLI re-sends, the writer authenticates
+            "JOBPLATFORM_STATE_DIR": str(settings.jobplatform_state_dir)}
 
 
 def test_dead_list_show_retry_and_drop(
@@ -75,3 +78,27 @@ def test_dead_list_show_retry_and_drop(
     assert scalar(url, "SELECT count(*) FROM writer_dead_letters WHERE id = %s", [junk]) == 0
     assert missing.exit_code != 0
     assert "no dead intent with id 999999" in missing.output
+
+
+def test_an_unauthenticated_dead_letter_is_never_re_signed(settings: Settings) -> None:
+    # Given a forged intent the writer refused, and one that failed for another reason
+    url = settings.database_url
+    assert url is not None
+    fast = settings.queue_writes_fast
+    forged, honest = queued(uuid.uuid4()), queued(uuid.uuid4())
+    with connect(url, autocommit=True) as conn:
+        refused = dead.record(conn, fast, intent_json(forged).decode(),
+                              f"{REFUSED}: it carries no MAC (option 'mac')", forged.intent_id)
+        dead.record(conn, fast, intent_json(honest).decode(), "lock timeout", honest.intent_id)
+    env = _env(settings)
+    runner = CliRunner()
+    # When an operator re-drives them
+    one = runner.invoke(cli, ["dead", "retry", str(refused)], env=env)
+    every = runner.invoke(cli, ["dead", "retry", "--all"], env=env)
+    # Then the forged one is refused by name and left out of --all; the other is re-sent
+    assert one.exit_code != 0
+    assert f"dead intent {refused} was refused as an {REFUSED}" in one.output
+    assert every.exit_code == 0, every.output
+    assert "re-sent 1 dead intent(s); 1 unauthenticated one(s) left alone" in every.output
+    assert scalar(url, "SELECT count(*) FROM writer_dead_letters WHERE retried_at IS NOT NULL") \
+        == 1
