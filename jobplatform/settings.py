@@ -99,7 +99,8 @@ class WriterSettings(BaseSettings):
     (with ``fast_connection`` off: the fast lane then shares the writer's one connection)."""
     fast_connection: bool = True
     """Apply fast intents on a second connection of the active writer, in transactions of
-    their own, so a status change never waits for a bulk transaction in flight."""
+    their own, so a status change never waits for a bulk transaction in flight (Redis lanes;
+    on RabbitMQ the fast lane shares the writer's connection)."""
     fast_poll_timeout_ms: Positive = 5
     """The fast lane's poll timeout on its own connection (its longest wait for news)."""
     db_budget: Share = 0.5
