@@ -11,7 +11,8 @@ job re-sends the same intents and the writer applies each once):
 4. ``RosterChunk`` intents to ``writes.bulk`` as rows are validated;
 5. the error report, when some row was rejected or repeated, to ``<source key>.errors.xlsx``;
 6. ``RosterStatus(writing)`` with the counts (``empty_slots``: numbered rows left empty), the
-   number of chunks and the report's key; the job's progress record in Redis gets them too.
+   number of chunks and the report's key; the job's progress record in Redis gets them too,
+   and ``timings``, the seconds each step took (:class:`Timings`).
 
 S3 and Redis faults raise :class:`~jobplatform.errors.TransientJobError`, which dramatiq's
 Retries middleware retries with backoff (``ROSTER_MAX_RETRIES`` times, then the import is marked
@@ -20,9 +21,11 @@ failed); anything else is permanent: a failed status, no retry, and the worker g
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +39,7 @@ from actors.invalid import read_ids
 from actors.roster import Limits, RosterRejected, open_roster, write_report
 from jobplatform.auth import ensure_message_auth
 from jobplatform.broker import IMPORT_ROSTER, Queues, broker_identity
-from jobplatform.emit import IntentEmitter
+from jobplatform.emit import EmitTimings, IntentEmitter
 from jobplatform.errors import JobError, TransientJobError
 from jobplatform.logging import get_logger
 from jobplatform.progress import ProgressStore
@@ -88,6 +91,41 @@ class RosterServices:
     progress: ProgressStore | None
     identity: dict[str, str] = field(default_factory=dict)
     """The worker's name and broker id, recorded with each job's progress."""
+    emitter: IntentEmitter | None = None
+    """The emitter behind ``emit``, when it is one: its per-thread timings split the time
+    spent sending chunks into encoding and the Redis calls."""
+
+
+@dataclass(slots=True)
+class Timings:
+    """Seconds one import spent in each step, in its progress record as ``timings``.
+
+    ``parse`` is opening the file (pre-check, reading the sheet); ``validate`` the row
+    checks, reading rows out of the parsed sheet included; ``chunks`` building the chunk
+    intents; ``encode`` and ``send`` what emitting them cost (their wire form; dramatiq's
+    envelope and the Redis call), or ``emit`` both when the emitter cannot tell them apart;
+    ``report`` writing and uploading the error report.
+    """
+
+    download_s: float = 0.0
+    parse_s: float = 0.0
+    validate_s: float = 0.0
+    chunks_s: float = 0.0
+    encode_s: float = 0.0
+    send_s: float = 0.0
+    emit_s: float = 0.0
+    report_s: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: round(value, 4) for name, value in asdict(self).items()}
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, step, getattr(self, step) + time.perf_counter() - started)
 
 
 def import_roster(job: ImportRoster, services: RosterServices, *, final_attempt: bool) -> None:
@@ -124,8 +162,10 @@ def import_roster(job: ImportRoster, services: RosterServices, *, final_attempt:
             )
         with job_folder(None, WORK_PREFIX) as folder:
             source = folder / ("source" + _suffix(job))
-            _download(services.s3, settings.s3.bucket, job.source_key, source, limits)
-            _run(job, services, limits, source, status, progress)
+            timings = Timings()
+            with timings.timed("download_s"):
+                _download(services.s3, settings.s3.bucket, job.source_key, source, limits)
+            _run(job, services, limits, source, status, progress, timings)
     except RosterRejected as exc:
         rejected = str(exc)[:2000]
         log.info("roster rejected", reason=rejected)
@@ -141,33 +181,52 @@ def import_roster(job: ImportRoster, services: RosterServices, *, final_attempt:
 
 def _run(
     job: ImportRoster, services: RosterServices, limits: Limits, source: Path,
-    status: Callable[..., None], progress: Callable[..., None],
+    status: Callable[..., None], progress: Callable[..., None], timings: Timings,
 ) -> None:
     chunk_index = 0
+    emitter = services.emitter
+    emitted = EmitTimings() if emitter is None else replace(emitter.timings())
+    in_chunks = 0.0
 
     def on_chunk(rows: tuple[StudentRow, ...]) -> None:
-        nonlocal chunk_index
+        nonlocal chunk_index, in_chunks
+        started = time.perf_counter()
         chunk = RosterChunk(
             intent_id=intent_id(job.import_id, f"chunk:{chunk_index}"), tenant_id=job.tenant_id,
             occurred_at=datetime.now(UTC), import_id=job.import_id, lecture_id=job.lecture_id,
             chunk_index=chunk_index, rows=rows,
         )
+        built = time.perf_counter()
         _redis_call(lambda: services.emit(chunk))
         chunk_index += 1
+        ended = time.perf_counter()
+        timings.chunks_s += built - started
+        timings.emit_s += ended - built
+        in_chunks += ended - started
 
-    with open_roster(source, limits) as roster:
+    with timings.timed("parse_s"):
+        opened = open_roster(source, limits)
+    with opened as roster:
         total = roster.data_rows
         progress(final=True, step="parsing", rows=0, total=total)
-        counts = roster.validate(
-            on_chunk, lambda done, total: progress(step="parsing", rows=done, total=total)
-        )
+        with timings.timed("validate_s"):
+            counts = roster.validate(
+                on_chunk, lambda done, total: progress(step="parsing", rows=done, total=total)
+            )
+        timings.validate_s -= in_chunks
+        if emitter is not None:
+            now = emitter.timings()
+            timings.encode_s = now.encode_s - emitted.encode_s
+            timings.send_s = now.send_s - emitted.send_s
+            timings.emit_s = 0.0
         key: str | None = None
         if counts.invalid or counts.duplicates:
             progress(final=True, step="report", rows=total, total=total)
             key = report_key(job.source_key)
             report = source.with_name("report.xlsx")
-            write_report(roster, counts, report)
-            _upload(services.s3, services.settings.s3.bucket, key, report)
+            with timings.timed("report_s"):
+                write_report(roster, counts, report)
+                _upload(services.s3, services.settings.s3.bucket, key, report)
     sample = tuple(
         RowError(row=p.row, column=p.column[:200], reason=p.reason[:500])
         for p in counts.problems[:SAMPLE_ERRORS]
@@ -175,6 +234,7 @@ def _run(
     log.info(
         "roster parsed", total=counts.total, valid=counts.valid, invalid=counts.invalid,
         duplicates=counts.duplicates, empty_slots=counts.empty_slots, chunks=counts.chunks,
+        **timings.as_dict(),
     )
     # The progress record first: the writer's ``done``, which may follow the status intent
     # within milliseconds, is merged into it and must not be overwritten by ``writing``. The
@@ -183,7 +243,7 @@ def _run(
     progress(
         final=True, step="writing", rows=total, total=total, chunks=counts.chunks,
         valid=counts.valid, invalid=counts.invalid, duplicates=counts.duplicates,
-        empty_slots=counts.empty_slots,
+        empty_slots=counts.empty_slots, timings=timings.as_dict(),
         report_key=key, sample_errors=[e.model_dump(mode="json") for e in sample],
     )
     _redis_call(lambda: status(
@@ -288,12 +348,14 @@ def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[Any,
         if services is None:
             assert settings.redis_url is not None, "settings.redis_url must be filled"
             client = redis.Redis.from_url(settings.redis_url)
+            emitter = IntentEmitter(broker, Queues.from_settings(settings))
             services = RosterServices(
                 settings=settings,
                 s3=s3_client(settings),
-                emit=IntentEmitter(broker, Queues.from_settings(settings)).emit,
+                emit=emitter.emit,
                 progress=ProgressStore(client, settings.broker_namespace),
                 identity=broker_identity(broker),
+                emitter=emitter,
             )
         return services
 

@@ -165,10 +165,14 @@ class WriterProcess:
     """``jobplatform writer`` as a subprocess pointed at one database and broker namespace."""
 
     def __init__(self, database_url: str, redis_url: str, namespace: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, *, checkout: Path | None = None) -> None:
         self.state_dir = Path(tempfile.mkdtemp(prefix="jobplatform-bench-writer-"))
+        #: Where the writer's code comes from (another checkout, e.g. a baseline's), or None
+        #: for the installed one.
+        self.checkout = checkout
         self.env = {
             **os.environ,
+            **({"PYTHONPATH": str(checkout)} if checkout is not None else {}),
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,
             "BROKER_NAMESPACE": namespace,
@@ -187,7 +191,7 @@ class WriterProcess:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "jobplatform", "writer"], env=self.env,
-                stdout=log, stderr=subprocess.STDOUT,
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.checkout,
             )
         deadline = time.monotonic() + timeout_s
         with psycopg.connect(admin_url, autocommit=True) as conn:

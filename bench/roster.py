@@ -53,14 +53,16 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINE_PACKAGES = ("actors", "schemas", "jobplatform")
 
 
-def roster_rows(rows: int) -> list[list[Any]]:
+def roster_rows(rows: int, *, start: int = 0, invalid_every: int = 501) -> list[list[Any]]:
+    """``rows`` students numbered from ``start`` (their phones follow the number); every
+    ``invalid_every``-th row has a landline, an invalid phone (0: none)."""
     out: list[list[Any]] = []
-    for i in range(rows):
+    for i in range(start, start + rows):
         a, b = 1000 + i // 10_000, i % 10_000
         phone: Any = PHONE_FORMS[i % len(PHONE_FORMS)].format(a=a, b=b)
         if i % 97 == 0:
             phone = int(f"10{a:04d}{b:04d}")
-        if i % 501 == 0:
+        if invalid_every and i % invalid_every == 0:
             phone = "02-123-4567"
         out.append([
             f"학생{i}", phone, "010-9999-8888" if i % 3 else None, "한국고등학교",
@@ -69,13 +71,13 @@ def roster_rows(rows: int) -> list[list[Any]]:
     return out
 
 
-def write_roster(path: Path, rows: int) -> None:
+def write_roster(path: Path, rows: int, *, start: int = 0, invalid_every: int = 501) -> None:
     from openpyxl import Workbook
 
     workbook = Workbook(write_only=True)
     sheet = workbook.create_sheet("명단")
     sheet.append(list(HEADER))
-    for row in roster_rows(rows):
+    for row in roster_rows(rows, start=start, invalid_every=invalid_every):
         sheet.append(row)
     workbook.save(path)
 

@@ -256,9 +256,10 @@ def _declare_queues(broker: dramatiq.Broker, settings: Settings) -> None:
 
 
 def make_message(
-    queue: str, actor_name: str, payload: dict[str, Any], **options: Any
+    queue: str, actor_name: str, payload: dict[str, Any] | str, **options: Any
 ) -> dramatiq.Message[Any]:
-    """A dramatiq message addressed by name, so producers need no actor code."""
+    """A dramatiq message addressed by name, so producers need no actor code; ``payload`` is
+    its one argument (a job as a JSON object, an intent as its JSON text)."""
     return dramatiq.Message(
         queue_name=queue,
         actor_name=actor_name,

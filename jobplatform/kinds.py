@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Generic, NoReturn, Protocol, TypeVar
 from uuid import UUID
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, ValidationError
 
 from jobplatform.errors import ConfigError
 from jobplatform.sinks import TableSink
@@ -355,8 +355,16 @@ class Registry:
 
     def decode_intent(self, data: bytes | str | Mapping[str, Any]) -> BaseIntent:
         """Decode a write intent of any registered kind; raise :class:`~schemas.DecodeError`
-        naming each bad field, or :class:`UnknownKind` for a kind nobody registered."""
+        naming each bad field, or :class:`UnknownKind` for a kind nobody registered.
+
+        JSON text is validated as it is, without building Python objects first (how intents
+        travel: :class:`~jobplatform.emit.IntentEmitter` sends their JSON); only what fails
+        is parsed again, to say why."""
         if isinstance(data, bytes | str):
+            if self._intent_adapter is not None:
+                with contextlib.suppress(ValidationError):
+                    valid: BaseIntent = self._intent_adapter.validate_json(data)
+                    return valid
             with contextlib.suppress(ValueError):
                 data = json.loads(data)
         if isinstance(data, Mapping):

@@ -95,7 +95,14 @@ class WriterSettings(BaseSettings):
     batch_max_age_ms: Positive = 50
     poll_timeout_ms: Positive = 20
     bulk_share: Share = 0.1
-    """Largest share of a batch's intents taken from ``writes.bulk`` when fast intents wait."""
+    """Largest share of a batch's intents taken from ``writes.bulk`` when fast intents wait
+    (with ``fast_connection`` off: the fast lane then shares the writer's one connection)."""
+    fast_connection: bool = True
+    """Apply fast intents on a second connection of the active writer, in transactions of
+    their own, so a status change never waits for a bulk transaction in flight (Redis lanes;
+    on RabbitMQ the fast lane shares the writer's connection)."""
+    fast_poll_timeout_ms: Positive = 5
+    """The fast lane's poll timeout on its own connection (its longest wait for news)."""
     db_budget: Share = 0.5
     """Largest share of wall time the writer may keep PostgreSQL busy; past it, commits wait."""
     max_intent_bytes: Positive = 2 * 1024 * 1024

@@ -31,12 +31,14 @@ def database_clock(url: str) -> float:
     return float(str(row[0]))
 
 
-def check_database(url: str, *, writers: int = 2, others: int = 0) -> list[Finding]:
+def check_database(url: str, *, writers: int = 2, others: int = 0,
+                   fast_connection: bool = True) -> list[Finding]:
     """The formation's connections against ``max_connections``, and a pooler between the
     writer and PostgreSQL that would break its session advisory lock.
 
-    ``writers``: writer processes (the active one and its standbys, one connection each);
-    ``others``: connections of everything else the deployment runs (API servers, cron, ...).
+    ``writers``: writer processes (the active one and its standbys, one connection each, and
+    the active one's fast lane another with ``fast_connection``); ``others``: connections of
+    everything else the deployment runs (API servers, cron, ...).
     """
     out: list[Finding] = []
     with connect(url, autocommit=False, application_name=f"{APPLICATION_NAME}-doctor") as conn:
@@ -56,10 +58,12 @@ def check_database(url: str, *, writers: int = 2, others: int = 0) -> list[Findi
     assert row is not None
     max_connections, reserved, in_use, platform = (int(str(v)) for v in row)
     usable = max_connections - reserved
-    need = writers + others + 1  # and one for the CLI (db upgrade, dead, replay, doctor)
+    fast = 1 if fast_connection else 0  # the active writer's fast lane
+    need = writers + fast + others + 1  # and one for the CLI (db upgrade, dead, replay, doctor)
+    lane = ", 1 fast lane" if fast else ""
     detail = (f"max_connections {max_connections} ({reserved} reserved): {in_use} in use now "
               f"({platform} of the platform); the formation needs {need} "
-              f"({writers} writers, {others} others, 1 CLI)")
+              f"({writers} writers{lane}, {others} others, 1 CLI)")
     limit = CONNECTIONS_ALARM * usable
     if need > limit or in_use > limit:
         out.append(Finding("connections", "fail", detail,

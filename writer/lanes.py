@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -181,6 +182,11 @@ class Lane:
         self._ack_many: Any = None
         #: Raw messages dramatiq could not decode at all; ``quarantine`` settles them.
         self.undecodable: list[bytes] = []
+        #: Seconds since the last :meth:`pop_spent` in Redis fetches that brought messages
+        #: (``fetch``: the round trip and dramatiq's decoding of the first message), in polls
+        #: that found none (``idle``: their wait included) and decoding the others and
+        #: inspecting every message (``decode``).
+        self.spent: dict[str, float] = {"fetch": 0.0, "idle": 0.0, "decode": 0.0}
 
     def take(self, want: int, *, wait: bool) -> list[Item]:
         """Up to ``want`` items: put-back ones first, then at most one fetch from Redis.
@@ -196,7 +202,11 @@ class Lane:
         if not consumer.message_cache:
             consumer.prefetch = consumer.outstanding_message_count + (want - len(out))
         consumer.timeout = self.poll_timeout_ms if wait and not out else 0
+        clock = time.perf_counter
+        spent = self.spent
         while len(out) < want:
+            cached = bool(consumer.message_cache)
+            started = clock()
             try:
                 message = next(consumer)
             except dramatiq.errors.DecodeError as exc:
@@ -204,13 +214,24 @@ class Lane:
                 if not consumer.message_cache:
                     break
                 continue
+            finally:
+                took = clock() - started
             if message is None:
+                spent["idle"] += took
                 break
+            spent["decode" if cached else "fetch"] += took
+            started = clock()
             out.append(inspect_message(message, self.queue, max_bytes=self.max_intent_bytes,
                                        registry=self.registry, keyring=self.keyring))
+            spent["decode"] += clock() - started
             if not consumer.message_cache:
                 break
         return out
+
+    def pop_spent(self) -> dict[str, float]:
+        """:attr:`spent`, then reset."""
+        spent, self.spent = self.spent, {"fetch": 0.0, "idle": 0.0, "decode": 0.0}
+        return spent
 
     def put_back(self, items: Sequence[Item]) -> None:
         """Items taken but left out of the batch: the next :meth:`take` returns them first."""

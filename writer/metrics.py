@@ -232,6 +232,12 @@ class _WriterCollector:
                                           f"Writer counter {name} (see Writer.get_stats).")
             counter.add_metric((), float(stats[name]))
             yield counter
+        stages = CounterMetricFamily("jobplatform_writer_stage_seconds",
+                                     "Wall time the writer's loop spent in each stage.",
+                                     labels=("stage",))
+        for stage, seconds in stats["time_s"].items():
+            stages.add_metric((stage,), float(seconds))
+        yield stages
         yield _gauge("jobplatform_writer_up", "1 while the writer process runs.", 1)
         role = GaugeMetricFamily("jobplatform_writer_role", "1 for the writer's current role.",
                                  labels=("role",))
@@ -247,7 +253,8 @@ class _WriterCollector:
         info.add_metric((writer.name, "" if pid is None else str(pid)), 1.0)
         yield info
         yield _gauge("jobplatform_writer_db_connections",
-                     "PostgreSQL connections the writer holds.", 0 if pid is None else 1)
+                     "PostgreSQL connections the writer holds (its own and, while active, "
+                     "the fast lane's).", len(writer.backend_pids))
         yield _gauge("jobplatform_writer_db_share",
                      "Share of wall time the writer kept PostgreSQL busy (sliding window).",
                      stats["db_share"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +31,8 @@ class DbBudget:
         self._last = clock()
         self._started = self._last
         self._spans: deque[tuple[float, float]] = deque()
+        # The writer's loop and its fast lane's thread both spend and read it.
+        self._lock = threading.Lock()
 
     def _refill(self, now: float) -> None:
         self._credit = min(self.burst_s, self._credit + (now - self._last) * self.share)
@@ -39,16 +42,27 @@ class DbBudget:
         """Seconds to wait before the next transaction; 0 when within the budget."""
         if self.share >= 1:
             return 0.0
-        self._refill(self._clock())
-        return 0.0 if self._credit >= 0 else -self._credit / self.share
+        with self._lock:
+            self._refill(self._clock())
+            return 0.0 if self._credit >= 0 else -self._credit / self.share
 
     def spent(self, start: float, end: float) -> None:
-        """Record a transaction that ran from ``start`` to ``end`` (this budget's clock)."""
-        self._refill(max(start, self._last))
-        self._credit -= (end - max(start, self._last)) * (1 - self.share)
-        self._last = max(end, self._last)
-        self._spans.append((start, end))
-        self._trim(end)
+        """Record a transaction that ran from ``start`` to ``end`` (this budget's clock).
+
+        The busy time is wall time with at least one of the writer's transactions open:
+        where a transaction overlaps others already recorded (the fast lane's beside the
+        bulk work's, on the writer's two connections), only the time they did not cover is
+        spent."""
+        with self._lock:
+            if start >= self._last:
+                self._refill(start)
+                fresh = end - start
+            else:
+                fresh = (end - start) - _covered(start, end, self._spans)
+            self._credit -= fresh * (1 - self.share)
+            self._last = max(end, self._last)
+            self._spans.append((start, end))
+            self._trim(end)
 
     def _trim(self, now: float) -> None:
         horizon = now - self.window_s
@@ -58,11 +72,36 @@ class DbBudget:
     def used(self) -> float:
         """Share of the last ``window_s`` seconds (or of the time since start) spent busy."""
         now = self._clock()
-        self._trim(now)
-        horizon = now - self.window_s
-        busy = sum(end - max(start, horizon) for start, end in self._spans)
+        with self._lock:
+            self._trim(now)
+            horizon = now - self.window_s
+            busy = _union_length([(max(s, horizon), e) for s, e in self._spans])
         elapsed = min(self.window_s, now - self._started)
         return 0.0 if elapsed <= 0 else min(1.0, busy / elapsed)
+
+
+def _union_length(spans: list[tuple[float, float]]) -> float:
+    """The time covered by at least one of ``spans``."""
+    total = 0.0
+    reach = float("-inf")
+    for start, end in sorted(spans):
+        if end <= reach:
+            continue
+        total += end - max(start, reach)
+        reach = end
+    return total
+
+
+def _covered(start: float, end: float, spans: deque[tuple[float, float]]) -> float:
+    """How much of ``[start, end]`` the recorded ``spans`` cover (they are recorded as they
+    end, so the scan stops at the first that ended before ``start``)."""
+    parts: list[tuple[float, float]] = []
+    for s, e in reversed(spans):
+        if e <= start:
+            break
+        if s < end:
+            parts.append((max(s, start), min(e, end)))
+    return _union_length(parts)
 
 
 class Backoff:

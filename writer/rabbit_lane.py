@@ -29,6 +29,7 @@ queue), which ``jobplatform watch`` lists.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -66,6 +67,7 @@ class RabbitLane(Lane):
         #: acked (batch in hand and put-back ones). A tag of an earlier consumer is stale.
         self._held: dict[int, Any] = {}
         self.undecodable: list[bytes] = []
+        self.spent: dict[str, float] = {"fetch": 0.0, "idle": 0.0, "decode": 0.0}
         self.consumer: Any = None
         self._started = False
         self._open()
@@ -135,14 +137,19 @@ class RabbitLane(Lane):
                     consumer.connection.process_data_events(0)
                     if not self._waiting():
                         break
+                fetching = time.perf_counter()
                 message = next(consumer)
+                self.spent["idle" if message is None else "fetch"] += (
+                    time.perf_counter() - fetching)
                 if message is None:  # the poll timed out (or dramatiq dead-lettered junk)
                     break
                 block = False
                 self._held[message._tag] = message
+                inspecting = time.perf_counter()
                 out.append(inspect_message(message, self.queue,
                                            max_bytes=self.max_intent_bytes,
                                            registry=self.registry, keyring=self.keyring))
+                self.spent["decode"] += time.perf_counter() - inspecting
         except ConnectionClosed as exc:
             raise self._lost(exc) from exc
         except _PIKA_ERRORS as exc:

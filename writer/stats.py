@@ -27,6 +27,25 @@ COUNTERS = (
     "ledger_pruned",    # ledger ids deleted past WRITER_LEDGER_RETENTION_DAYS
 )
 
+#: The loop's stages whose wall time ``time_s`` sums (seconds; reset by :meth:`WriterStats.pop`).
+STAGES = (
+    "fetch",            # Redis fetches that brought messages (and the first one's envelope)
+    "idle",             # polls of empty lanes (their wait included)
+    "decode",           # the other messages' envelopes; inspecting and validating each intent
+    "plan",             # the kinds' plans (coalescing), before the transaction
+    "log_encode",       # the intent log's record encoded, before the transaction
+    "begin",            # BEGIN, the lock, the batch number
+    "ledger",           # the ledger claim
+    "copy",             # the kinds' COPY statements (rows encoded and sent)
+    "statements",       # the kinds' other statements (the roster's upsert among them)
+    "kinds",            # the kinds' own Python inside the transaction, statements excluded
+    "log",              # the intent log append and its fsync (after the other connection's
+                        # COMMIT, when the fast lane's and the bulk work's meet there)
+    "commit",           # COMMIT
+    "ack",              # acknowledging the batch's messages
+    "pace",             # waiting for the database time budget (bulk work held back by it)
+)
+
 
 class Histogram:
     """The last ``size`` samples; percentiles by nearest rank."""
@@ -92,6 +111,8 @@ class WriterStats:
     """Transaction milliseconds per row the batch sizer learned (0 before the first commit)."""
     commit_ms: Histogram = field(default_factory=Histogram)
     """Duration of each batch transaction, BEGIN to COMMIT."""
+    time_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    """Wall seconds spent in each of :data:`STAGES` (a counter of each, reset by pop)."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     """Held by :meth:`count`, :meth:`gauge`, :meth:`snapshot` and :meth:`pop`: the loop and
     the heartbeat thread update the stats while another thread reads them."""
@@ -101,6 +122,13 @@ class WriterStats:
         with self.lock:
             for name, delta in deltas.items():
                 setattr(self, name, getattr(self, name) + delta)
+
+    def spend(self, seconds: dict[str, float]) -> None:
+        """Add to the time of stages: ``stats.spend({"ack": 0.002})``."""
+        with self.lock:
+            spent = self.time_s
+            for name, value in seconds.items():
+                spent[name] = spent.get(name, 0.0) + value
 
     def gauge(self, **values: Any) -> None:
         """Set gauges: ``stats.gauge(role="active")``."""
@@ -115,8 +143,9 @@ class WriterStats:
     def _snapshot(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             f.name: getattr(self, f.name) for f in fields(self)
-            if f.name not in ("commit_ms", "lock")
+            if f.name not in ("commit_ms", "lock", "time_s")
         }
+        out["time_s"] = {name: round(value, 4) for name, value in self.time_s.items()}
         out["commit_ms_count"] = len(self.commit_ms)
         out["commit_ms_mean"] = round(self.commit_ms.mean(), 2)
         out["commit_ms_p50"] = round(self.commit_ms.percentile(50), 2)
@@ -135,5 +164,6 @@ class WriterStats:
             for name in COUNTERS:
                 setattr(self, name, 0)
             self.commit_ms.clear()
+            self.time_s = dict.fromkeys(STAGES, 0.0)
             self.lag_max_ms = 0.0
         return out

@@ -39,16 +39,24 @@ def bench_package() -> ModuleType:
 
 
 class _LazyBenchGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(
-            m.name for m in pkgutil.iter_modules(bench_package().__path__)
+    """A benchmark named after a Python keyword lives in a module with a trailing underscore
+    (``bench import`` is ``bench/import_.py``)."""
+
+    def _modules(self) -> dict[str, str]:
+        return {
+            m.name.removesuffix("_"): m.name
+            for m in pkgutil.iter_modules(bench_package().__path__)
             if not m.name.startswith("_")
-        )
+        }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self._modules())
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.list_commands(ctx):
+        name = self._modules().get(cmd_name)
+        if name is None:
             return None
-        module = importlib.import_module(f"bench.{cmd_name}")
+        module = importlib.import_module(f"bench.{name}")
         command = getattr(module, "command", None)
         return command if isinstance(command, click.Command) else None
 

@@ -33,7 +33,8 @@ def doctor(writers: int, others: int, skip_s3: bool, as_json: bool) -> None:
     assert settings.database_url is not None
     assert settings.redis_url is not None
     findings: list[Finding] = check_database(settings.database_url, writers=writers,
-                                             others=others)
+                                             others=others,
+                                             fast_connection=settings.writer.fast_connection)
     client = redis.Redis.from_url(settings.redis_url)
     try:
         findings += check_redis(client)

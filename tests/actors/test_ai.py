@@ -111,9 +111,16 @@ def test_import_emits_chunks_status_and_report(
              "(2099-01-01)"),
         (11, "same phone as row 4; this row is kept"),
     ]
-    # And the progress in Redis says where it ended
+    # And the progress in Redis says where it ended, and where its time went: the sink here
+    # is a list, so sending the chunks is timed whole (``emit_s``), not split by an emitter
     seen = progress.get(job.job_id)
     assert (seen["step"], seen["rows"], seen["total"], seen["chunks"]) == ("writing", 8, 8, 2)
+    timings = seen["timings"]
+    assert set(timings) == {"download_s", "parse_s", "validate_s", "chunks_s", "encode_s",
+                            "send_s", "emit_s", "report_s"}
+    assert all(value >= 0 for value in timings.values())
+    assert min(timings["download_s"], timings["parse_s"], timings["report_s"]) > 0
+    assert timings["encode_s"] == timings["send_s"] == 0
 
 
 def test_clean_import_has_no_report(
@@ -227,6 +234,13 @@ def test_registered_actor_keeps_serving_after_a_bad_file(
     ))
     assert {c.import_id for c in bulk} == {good.import_id}
     assert sum(len(c.rows) for c in bulk) == 4
+    # And the worker's emitter split the time its chunks took: encoding, then the Redis sends
+    assert roster_settings.redis_url is not None
+    store = ProgressStore(redis.Redis.from_url(roster_settings.redis_url),
+                          roster_settings.broker_namespace)
+    timings = store.get(good.job_id)["timings"]
+    assert min(timings["encode_s"], timings["send_s"]) > 0
+    assert timings["emit_s"] == 0
 
 
 def test_rows_land_in_postgresql_through_the_writer_sink(

@@ -33,6 +33,7 @@ from tests.writer.intent_factory import at, chunks, queued, ready, roster_status
 from writer import lock
 from writer.db import connect
 from writer.pacing import DbBudget
+from writer.stats import STAGES
 
 pytestmark = pytest.mark.brokers
 
@@ -94,6 +95,17 @@ def test_applies_status_and_roster_intents_then_acks(
     assert stats["commit_ms_count"] == stats["batches"]
     assert 0 < stats["commit_ms_p50"] <= stats["commit_ms_max"]
     assert _dead(settings) == []
+    # and the loop's time is split by stage: every stage that ran has its share (this writer
+    # keeps no intent log to encode for), the transaction's parts add up to no more than the
+    # transactions
+    spent = stats["time_s"]
+    assert set(spent) == set(STAGES)
+    assert all(spent[s] > 0 for s in ("fetch", "decode", "plan", "begin", "ledger", "copy",
+                                      "statements", "commit", "ack"))
+    assert spent["log_encode"] == 0
+    in_transactions = sum(spent[s] for s in ("begin", "ledger", "copy", "statements", "kinds",
+                                             "log", "commit"))
+    assert in_transactions <= stats["commit_ms_mean"] * stats["batches"] / 1000 + 0.01
 
 
 def test_redelivered_and_duplicated_intents_are_no_ops(

@@ -22,7 +22,7 @@ from jobplatform.broker import WRITE_INTENT, make_message
 from jobplatform.kinds import Kind, Registry, RegistryError, UnknownKind, load_registry
 from jobplatform.publish import InvalidJob, Publisher
 from jobplatform.settings import Settings
-from schemas import BaseIntent, BaseJob
+from schemas import BaseIntent, BaseJob, DecodeError
 from tests.writer.conftest import WriterThread, emit_all, query, scalar, wait_until
 from tests.writer.intent_factory import queued
 from writer.db import connect
@@ -188,6 +188,37 @@ def test_an_unclaimed_kind_is_dead_lettered_naming_the_plug_in_it_needs(
     assert "no registered kind declares intents of kind 'attendance.marked'" in reason
     assert "JOBPLATFORM_KINDS" in reason
     assert "'attendance' kind" in reason
+
+
+def test_intents_travel_as_json_text_and_decode_as_the_object_form_does(
+    settings: Settings, broker: Any
+) -> None:
+    # Given an intent as the emitter sends it: the message's one argument is its JSON text
+    registry = load_registry()
+    intent = queued(uuid.uuid4())
+    emit_all(broker, settings, [intent])
+    [raw] = broker.client.hvals(f"{broker.namespace}:{settings.queue_writes_fast}.msgs")
+    [payload] = json.loads(raw)["args"]
+    assert isinstance(payload, str)
+    # Then the text decodes to the intent, as the same intent as an object does
+    assert registry.decode_intent(payload) == intent == registry.decode_intent(json.loads(payload))
+    assert registry.decode_intent(payload.encode()) == intent
+    # And a bad one is refused with the same words either way
+    bad = [
+        {**json.loads(payload), "schema_version": 2},
+        {**json.loads(payload), "kind": "grading.scored"},
+        {**json.loads(payload), "tenant_id": "seven"},
+        {**json.loads(payload), "unexpected": 1},
+    ]
+    for body in bad:
+        with pytest.raises(DecodeError) as as_object:
+            registry.decode_intent(body)
+        with pytest.raises(DecodeError) as as_text:
+            registry.decode_intent(json.dumps(body))
+        assert type(as_text.value) is type(as_object.value)
+        assert str(as_text.value) == str(as_object.value)
+    with pytest.raises(DecodeError, match="not JSON"):
+        registry.decode_intent("{not json")
 
 
 def test_the_emitter_refuses_an_intent_of_an_unregistered_kind(

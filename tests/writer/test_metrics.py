@@ -63,6 +63,9 @@ def test_scrape_matches_the_database_and_redis(
         assert value(samples, "jobplatform_writer_batch_intents_sum") == len(intents)
         assert value(samples, "jobplatform_writer_intents_applied_total") == ledger
         assert value(samples, "jobplatform_writer_coalesced_total") == stats["coalesced"] > 0
+        # the stage times are the stats' (which moved no further while idle but for polls)
+        assert value(samples, "jobplatform_writer_stage_seconds_total", stage="copy") == \
+            stats["time_s"]["copy"] > 0
         # and the lanes are what Redis holds: empty, so the lag is 0
         for lane in (fast, bulk):
             assert value(samples, "jobplatform_writer_backlog", queue=lane, state="ready") == \
@@ -72,7 +75,10 @@ def test_scrape_matches_the_database_and_redis(
         assert value(samples, "jobplatform_writer_lag_seconds") == 0
         assert value(samples, "jobplatform_writer_active") == 1
         assert value(samples, "jobplatform_writer_role", role="active") == 1
-        assert value(samples, "jobplatform_writer_db_connections") == 1
+        # its own connection and the fast lane's (it applied the video statuses)
+        assert value(samples, "jobplatform_writer_db_connections") == 2 == int(scalar(
+            url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                 " AND application_name LIKE 'jobplatform-writer%%'"))
         backend = int(scalar(url, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' "
                                   "AND granted AND database = (SELECT oid FROM pg_database "
                                   "WHERE datname = current_database())"))

@@ -69,3 +69,26 @@ def test_backoff_grows_with_jitter_up_to_the_cap() -> None:
     assert delays[-1] >= 2.5
     backoff.reset()
     assert backoff.next() <= 0.1
+
+
+def test_transactions_that_overlap_spend_the_wall_time_they_cover_once() -> None:
+    # Given two budgets with the same history of busy wall time: one with a bulk transaction
+    # alone, one where fast-lane transactions ran beside it on the second connection (one
+    # inside it, one reaching past its end)
+    clock = Clock()
+    alone = DbBudget(0.5, burst_s=0.0, window_s=100.0, clock=clock)
+    beside = DbBudget(0.5, burst_s=0.0, window_s=100.0, clock=clock)
+    t = clock.now
+    beside.spent(t + 0.02, t + 0.03)   # the fast one commits first, inside the bulk one
+    beside.spent(t, t + 0.10)          # then the bulk transaction
+    beside.spent(t + 0.09, t + 0.12)   # one more fast one, past the bulk one's end
+    alone.spent(t, t + 0.12)
+    clock.now = t + 0.12
+    # Then both spent the same credit and report the same busy share: 0.12 s of 0.12 s
+    assert beside.delay() == pytest.approx(alone.delay())
+    assert beside.used() == pytest.approx(alone.used()) == pytest.approx(1.0)
+    # And time after them that nothing covers is spent as usual
+    clock.now += 0.5
+    beside.spent(clock.now, clock.now + 0.1)
+    alone.spent(clock.now, clock.now + 0.1)
+    assert beside.delay() == pytest.approx(alone.delay())

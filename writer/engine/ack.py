@@ -6,6 +6,7 @@ message committed and not acked is redelivered later and skipped by the ledger.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
@@ -28,11 +29,13 @@ class Acker:
     def ack(self, items: list[Item]) -> None:
         writer = self.writer
         writer.call_hooks("before_ack", items)
+        started = time.perf_counter()
         for lane in writer.leader.lanes:
             mine = [item for item in items if item.queue == lane.queue]
             if mine:
                 self.retry_redis(partial(lane.ack, mine))
                 writer.stats.count(acks=len(mine))
+        writer.stats.spend({"ack": time.perf_counter() - started})
         writer.call_hooks("after_ack", items)
 
     def retry_redis(self, call: Callable[[], object]) -> None:

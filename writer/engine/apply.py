@@ -15,10 +15,11 @@ to the dead letters and the rest commit.
 from __future__ import annotations
 
 import gc
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -28,8 +29,15 @@ from jobplatform.logging import get_logger
 from jobplatform.progress import ProgressStore
 from schemas import BaseIntent
 from writer import dead, lock
-from writer.batcher import Batch
-from writer.engine.batch import BatchResult, Prepared, apply_batch, prepare, run_kind_hook
+from writer.batcher import Batch, BatchSizer
+from writer.engine.batch import (
+    BatchResult,
+    Prepared,
+    apply_batch,
+    prepare,
+    renumber,
+    run_kind_hook,
+)
 from writer.engine.hooks import Commit, DeadLetterEntry
 from writer.engine.session import REDIS_ERRORS, Abandoned, IntentLogUnavailable
 from writer.errors import DataApplyError
@@ -41,6 +49,7 @@ if TYPE_CHECKING:
 log = get_logger("writer")
 
 Conn = psycopg.Connection[tuple[object, ...]]
+T = TypeVar("T")
 
 
 class IntentLogWriter(Protocol):
@@ -55,9 +64,61 @@ class IntentLogWriter(Protocol):
     def close(self) -> None: ...
 
 
+class BatchSession(Protocol):
+    """The connection an :class:`Applier` applies on, with its way of proving it may."""
+
+    def with_db(self, work: Callable[[Conn], T]) -> T: ...
+
+    def begin(self, conn: Conn) -> int:
+        """First statement of a batch transaction: its guard and its (first) batch number."""
+        ...
+
+    def guard(self, conn: Conn) -> None:
+        """The guard alone, in an open transaction (dead letters)."""
+        ...
+
+
+class CommitOrder:
+    """Batch numbers in the order of the intent log, and of commits that touched one row.
+
+    A transaction takes a number when it begins. The writer's own connection and the fast
+    lane's may have a transaction in flight at once, so after applying, each appends to the
+    intent log under :attr:`lock`, taking a new number first (:func:`~writer.engine.batch.
+    renumber`) when its own is not above the last one logged. So the log's numbers only grow,
+    and of two transactions that changed the same row, the second to commit has the higher
+    number: its statements waited for the first one's row lock, held until that one's COMMIT,
+    which follows its log append.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last = 0
+        """The number of the last batch logged."""
+
+
 class Applier:
-    def __init__(self, writer: Writer) -> None:
+    """Applies batches on ``session`` (the writer's own connection unless given); ``lanes``
+    are the lanes whose undecodable messages it settles (all of the writer's unless given);
+    ``sizer``: the batch sizer its commits teach (the collector's unless given: then its cap
+    is also the stats' ``batch_rows_cap``); ``lock_lost``: what to do when the lock is gone
+    (stand the writer down)."""
+
+    def __init__(self, writer: Writer, session: BatchSession | None = None, *,
+                 lanes: Callable[[], Sequence[Lane]] | None = None,
+                 sizer: BatchSizer | None = None,
+                 lock_lost: Callable[[str], None] | None = None) -> None:
         self.writer = writer
+        self._session = session
+        self._lanes = lanes
+        self._sizer = sizer
+        self._lock_lost = lock_lost
+
+    @property
+    def session(self) -> BatchSession:
+        return self._session if self._session is not None else self.writer.session
+
+    def lanes(self) -> Sequence[Lane]:
+        return self._lanes() if self._lanes is not None else self.writer.leader.lanes
 
     # --- pacing ----------------------------------------------------------------------------
 
@@ -73,7 +134,9 @@ class Applier:
             return
         delay = writer.budget.delay()
         if delay > 0:
+            started = time.perf_counter()
             writer.wait(delay)
+            writer.stats.spend({"pace": time.perf_counter() - started})
 
     # --- one batch -------------------------------------------------------------------------
 
@@ -90,7 +153,10 @@ class Applier:
                      messages=len(batch))
             return False
         except lock.LockLost as exc:
-            writer.leader.step_down(str(exc))
+            if self._lock_lost is not None:
+                self._lock_lost(str(exc))
+            else:
+                writer.leader.step_down(str(exc))
             return False
         now_ms = time.time() * 1000
         lag = max(0.0, now_ms - batch.oldest_ms())
@@ -102,7 +168,7 @@ class Applier:
     def dead_letter_malformed(self, batch: Batch) -> None:
         writer = self.writer
         found: list[tuple[Lane, str, bytes]] = []
-        for lane in writer.leader.lanes:
+        for lane in self.lanes():
             if lane.undecodable:
                 try:
                     found += [(lane, rid, raw) for rid, raw in lane.quarantine()]
@@ -131,7 +197,7 @@ class Applier:
         def work(conn: Conn) -> list[tuple[Kind, Outcome]]:
             outcomes: list[tuple[Kind, Outcome]] = []
             with conn.transaction():
-                lock.guard(conn, writer.settings.lock_key)
+                self.session.guard(conn)
                 for e in entries:
                     dead.record(conn, queue=e.queue, body_text=e.body, reason=e.reason,
                                 intent_id=e.intent_id, kind=e.kind, tenant_id=e.tenant_id)
@@ -141,7 +207,7 @@ class Applier:
                     if outcome is not None:
                         outcomes.append((kind, outcome))
             return outcomes
-        outcomes = writer.session.with_db(work)
+        outcomes = self.session.with_db(work)
         writer.stats.count(dead=len(entries))
         for kind, outcome in outcomes:
             self.kind_after_commit(kind, outcome)
@@ -164,10 +230,9 @@ class Applier:
         """Commit ``items``; on a data error split them until the culprit is alone."""
         if not items:
             return
-        writer = self.writer
         try:
             work = self.prepare(items)
-            commit = writer.session.with_db(lambda conn: self.commit(conn, items, work))
+            commit = self.session.with_db(lambda conn: self.commit(conn, items, work))
         except (Abandoned, lock.LockLost):
             raise
         except Exception as exc:
@@ -201,11 +266,15 @@ class Applier:
         """The client's work that needs no transaction, done before it begins: each kind's
         plan and the intent log's record."""
         writer = self.writer
+        started = time.perf_counter()
         work = prepare((item.intent for item in items if item.intent is not None),
                        writer.registry)
+        planned = time.perf_counter()
         log_prepare = getattr(writer.log_writer, "prepare", None)
         if log_prepare is not None:
             log_prepare(work.intents)
+        writer.stats.spend({"plan": planned - started,
+                            "log_encode": time.perf_counter() - planned})
         return work
 
     def commit(self, conn: Conn, items: list[Item], work: Prepared) -> Commit:
@@ -215,38 +284,56 @@ class Applier:
         milliseconds with many live objects) then runs between transactions, not inside one.
         """
         writer = self.writer
-        settings = writer.settings
+        order = writer.commit_order
         writer.call_hooks("before_commit", items)
         by_id = {intent.intent_id: intent for intent in work.intents}
         gc_was_on = gc.isenabled()
         gc.disable()
         started = time.perf_counter()
         start = time.monotonic()
+        ordered = False
         try:
             with conn.transaction():
-                batch_seq = lock.begin_batch(conn, settings.lock_key,
-                                             settings.statement_timeout_ms)
+                batch_seq = self.session.begin(conn)
+                begun = time.perf_counter()
                 result = apply_batch(conn, work, batch_seq=batch_seq, registry=writer.registry)
                 applied = [by_id[i] for i in result.applied]
+                # The batch's number and its log record, one transaction at a time
+                # (CommitOrder); then COMMIT.
+                logged = time.perf_counter()
+                order.lock.acquire()
+                ordered = True
+                if applied and batch_seq <= order.last:
+                    batch_seq = result.batch_seq = renumber(conn, result.applied)
                 if writer.log_writer is not None and applied:
                     try:
                         writer.log_writer.append(batch_seq, applied)
                     except Exception as exc:
                         raise IntentLogUnavailable(f"intent log append failed: {exc}") from exc
+                order.last = max(order.last, batch_seq)
+                order.lock.release()
+                ordered = False
+                result.timings["log"] = time.perf_counter() - logged
+                logged = time.perf_counter()
+            result.timings["begin"] = begun - started
+            result.timings["commit"] = time.perf_counter() - logged
         finally:
+            if ordered:
+                order.lock.release()
             end = time.monotonic()
             ended = time.perf_counter()
             if gc_was_on:
                 gc.enable()
             writer.budget.spent(start, end)
         ms = (end - start) * 1000
-        sizer = writer.collector.sizer
-        cap = sizer.observe(sum(item.rows for item in items if item.intent is not None), ms)
         stats = writer.stats
+        sizer = self._sizer if self._sizer is not None else writer.collector.sizer
+        cap = sizer.observe(sum(item.rows for item in items if item.intent is not None), ms)
         with stats.lock:
             stats.commit_ms.add(ms)
-            stats.batch_rows_cap = cap
-            stats.ms_per_row = sizer.ms_per_row or 0.0
+            if self._sizer is None:
+                stats.batch_rows_cap = cap
+                stats.ms_per_row = sizer.ms_per_row or 0.0
         return Commit(batch_seq, items, applied, result, started, ended)
 
     def after_commit(self, commit: Commit) -> None:
@@ -255,6 +342,7 @@ class Applier:
         writer.stats.count(batches=1, applied=len(result.applied), rows=result.rows,
                            coalesced=result.coalesced, skipped_duplicate=result.duplicates,
                            skipped_unchanged=result.unchanged)
+        writer.stats.spend(result.timings)
         self.kinds_after_commit(result)
         writer.call_hooks("after_commit", commit)
 

@@ -13,6 +13,7 @@ isolated and dead-lettered, never recorded as applied.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -102,25 +103,29 @@ class KindTransaction:
 
     def run(self, name: str, params: Mapping[str, Any] | None = None,
             **identifiers: str) -> list[tuple[Any, ...]]:
-        self._result.statements += 1
-        cur = self._cur
-        cur.execute(self._query(name, identifiers), params)
-        return cur.fetchall() if cur.description is not None else []
+        return self.execute(self._query(name, identifiers), params)
 
     def execute(self, query: sql.SQL | sql.Composed, params: Mapping[str, Any] | None = None
                 ) -> list[tuple[Any, ...]]:
-        self._result.statements += 1
+        result = self._result
+        result.statements += 1
+        started = time.perf_counter()
         cur = self._cur
         cur.execute(query, params)
-        return cur.fetchall() if cur.description is not None else []
+        found = cur.fetchall() if cur.description is not None else []
+        result.timings["statements"] += time.perf_counter() - started
+        return found
 
     def copy(self, name: str, rows: Iterable[Sequence[Any]], *, types: Sequence[str],
              **identifiers: str) -> None:
-        self._result.statements += 1
+        result = self._result
+        result.statements += 1
+        started = time.perf_counter()
         with self._cur.copy(self._query(name, identifiers)) as copy:
             copy.set_types(list(types))
             for row in rows:
                 copy.write_row(row)
+        result.timings["copy"] += time.perf_counter() - started
 
     def reject(self, reason: str, intents: Iterable[BaseIntent | UUID] = ()) -> NoReturn:
         ids = [i.intent_id if isinstance(i, BaseIntent) else i for i in intents]
@@ -189,6 +194,10 @@ class BatchResult:
     """Statements sent to the server (a COPY counts as one)."""
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     """Each kind's outcome, by kind name."""
+    timings: dict[str, float] = field(
+        default_factory=lambda: {"ledger": 0.0, "copy": 0.0, "statements": 0.0, "kinds": 0.0})
+    """Seconds spent on the ledger claim, the kinds' COPY statements, their other statements
+    and their own Python between them (the stages of :data:`writer.stats.STAGES`)."""
 
     def outcome(self, kind: str) -> Any:
         """The outcome of kind ``kind`` (its own :class:`~jobplatform.kinds.Outcome` subclass),
@@ -285,9 +294,12 @@ def _apply(conn: Conn, prepared: Prepared, batch_seq: int, registry: Registry) -
         return result
     cur = conn.cursor()
     result.statements += 1
+    timings = result.timings
+    started = time.perf_counter()
     cur.execute(_engine_statements()["claim_intents"],
                 {"ids": [i.intent_id for i in unique], "batch_seq": batch_seq})
     claimed = {row[0] for row in cur.fetchall()}
+    timings["ledger"] += time.perf_counter() - started
     if len(claimed) == len(unique):
         fresh, work = unique, prepared.work
     else:
@@ -298,13 +310,25 @@ def _apply(conn: Conn, prepared: Prepared, batch_seq: int, registry: Registry) -
     result.rows = sum(i.weight() for i in fresh)
     for share in work:
         assert share.kind.apply is not None
+        started = time.perf_counter()
+        before = timings["copy"] + timings["statements"]
         outcome = share.kind.apply(KindTransaction(conn, cur, share.kind, result), share.plan)
+        timings["kinds"] += (time.perf_counter() - started
+                             - (timings["copy"] + timings["statements"] - before))
         if outcome is None:
             outcome = Outcome()
         result.outcomes[share.kind.name] = outcome
         result.coalesced += outcome.coalesced
         result.unchanged += outcome.unchanged
     return result
+
+
+def renumber(conn: Conn, applied: Sequence[UUID]) -> int:
+    """Give the open batch transaction a new, higher number: drawn now, and recorded on its
+    ledger rows (``applied``). See :class:`writer.engine.apply.CommitOrder`."""
+    row = conn.execute(_engine_statements()["renumber_batch"], {"ids": list(applied)}).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def run_kind_hook(conn: Conn, kind: Kind, hook: Callable[..., Outcome | None],

@@ -41,6 +41,8 @@ class Collector:
         database time budget is spent, fast intents still come through. An idle writer returns
         an empty batch when the ledger's pruning is due."""
         writer = self.writer
+        if writer.fastlane.enabled:
+            return self._collect_bulk(bulk_after)
         fast, bulk = writer.leader.fast, writer.leader.bulk
         assert fast is not None
         assert bulk is not None
@@ -79,7 +81,13 @@ class Collector:
                     if writer.stopping or fast.undecodable or bulk.undecodable:
                         return batch
                     writer.chores.tick()
+                    waited = fast.spent["idle"]
+                    held = time.monotonic() < bulk_after  # the bulk lane waits for the budget
                     idle = fast.take(limits.intents, wait=True)
+                    if held:
+                        paced = fast.spent["idle"] - waited
+                        fast.spent["idle"] = waited
+                        writer.stats.spend({"pace": paced})
                     batch.add_all(idle, limits)
                     if not idle and (writer.stopping or self.redis_dirty
                                      or writer.chores.prune_due()):
@@ -87,6 +95,52 @@ class Collector:
         except REDIS_ERRORS as exc:
             self.redis_failed(exc)
             return batch
+        finally:
+            for lane in (fast, bulk):
+                writer.stats.spend(lane.pop_spent())
+
+    def _collect_bulk(self, bulk_after: float) -> Batch:
+        """One batch of the bulk lane alone (the fast lane has a connection of its own:
+        :mod:`writer.engine.fastlane`). Until ``bulk_after`` the writer waits for the budget."""
+        writer = self.writer
+        bulk = writer.leader.bulk
+        assert bulk is not None
+        self._size_limits()
+        limits = self.limits
+        max_age_ms = writer.settings.batch_max_age_ms
+        batch = Batch()
+        try:
+            held = bulk_after - time.monotonic()
+            if held > 0:
+                started = time.perf_counter()
+                writer.wait(held)
+                writer.stats.spend({"pace": time.perf_counter() - started})
+                if writer.stopping:
+                    return batch
+            while True:
+                want = self._bulk_want(batch, limits)
+                if want <= 0:
+                    return batch
+                taken = bulk.take(want, wait=not batch.items)
+                left = batch.add_all(taken, limits, bulk_limits=limits)
+                self._learn_bulk(taken)
+                if left:
+                    bulk.put_back(left)
+                    return batch
+                if batch.full(limits) or (batch.items and (
+                        not taken or batch.age_ms() >= max_age_ms)):
+                    return batch
+                if not taken and (writer.stopping or bulk.undecodable or self.redis_dirty
+                                  or writer.chores.prune_due()
+                                  or writer.leader.lost_pending):
+                    return batch
+                if not taken:
+                    writer.chores.tick()
+        except REDIS_ERRORS as exc:
+            self.redis_failed(exc)
+            return batch
+        finally:
+            writer.stats.spend(bulk.pop_spent())
 
     def _size_limits(self) -> None:
         """The row limit of the next batch: the sizer's cap (``WRITER_TARGET_TXN_MS``)."""

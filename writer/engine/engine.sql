@@ -7,3 +7,13 @@ SELECT unnest(%(ids)s::uuid[]), %(batch_seq)s
 ON CONFLICT (intent_id) DO NOTHING
 RETURNING intent_id
 
+
+-- name: renumber_batch
+-- A batch that reaches its COMMIT after a later-numbered one of the same writer committed
+-- takes a new number, so numbers follow the commit order (writer/engine/apply.py).
+WITH n AS (SELECT nextval('writer_batch_seq') AS seq),
+moved AS (
+    UPDATE writer_ledger SET batch_seq = (SELECT seq FROM n)
+    WHERE intent_id = ANY(%(ids)s::uuid[])
+)
+SELECT seq FROM n

@@ -2,7 +2,10 @@
 
 Subclass :class:`Hooks`, override the methods you need and pass instances to the writer
 (``Writer(..., hooks=[MyHooks()])``). Every method is a documented no-op; they run on the
-writer's loop thread, in the order the hooks were given, so keep them short. A hook that raises
+writer's loop thread, in the order the hooks were given, so keep them short. With the fast
+lane on its own connection (``WRITER_FAST_CONNECTION``), ``before_commit``, ``after_commit``,
+``on_dead_letter``, ``before_ack`` and ``after_ack`` are also called from the fast lane's
+thread for its batches: a hook that keeps state must be safe from two threads. A hook that raises
 is logged and ignored: it never stops the writer or undoes a commit.
 """
 

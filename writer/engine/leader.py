@@ -14,6 +14,7 @@ import random
 from typing import TYPE_CHECKING
 
 from jobplatform.logging import get_logger
+from writer import lock
 from writer.brokers import open_lane, requeue_held
 from writer.engine.session import DB_OUTAGES, REDIS_ERRORS
 from writer.lanes import Lane
@@ -36,6 +37,20 @@ class Leadership:
         self.writer = writer
         self.fast: Lane | None = None
         self.bulk: Lane | None = None
+        self._lost: str | None = None
+
+    def lose(self, reason: str) -> None:
+        """Another thread (the fast lane's) found the lock gone: the loop stands down."""
+        self._lost = reason
+
+    @property
+    def lost_pending(self) -> bool:
+        return self._lost is not None
+
+    def take_lost(self) -> str | None:
+        """Why the writer must stand down, if another thread said so (once)."""
+        reason, self._lost = self._lost, None
+        return reason if self.active else None
 
     @property
     def active(self) -> bool:
@@ -67,6 +82,13 @@ class Leadership:
     def _become_active(self) -> None:
         """Take over: requeue what earlier writers left unacked, then start consuming."""
         writer = self.writer
+        if writer.fastlane.enabled:
+            # No fast-lane transaction of an earlier holder is in flight past this point.
+            conn = writer.session.locked_conn
+            assert conn is not None
+            fenced = lock.bar_fast_lanes(conn, writer.settings.lock_key)
+            if fenced:
+                log.warning("fast-lane sessions of an earlier writer terminated", pids=fenced)
         broker = writer.broker
         client = broker.client
         key = consumers_key(broker.namespace, writer.shard_key)
@@ -84,12 +106,18 @@ class Leadership:
         # What lives now (modules, schemas, settings, whatever the process held before) stays:
         # full collections then scan only what the writer allocated since, not all of it.
         gc.freeze()
+        fast_poll_ms = (settings.fast_poll_timeout_ms if writer.fastlane.enabled
+                        else settings.poll_timeout_ms)
         self.fast, self.bulk = (
             open_lane(broker, queue, registry=writer.registry, keyring=writer.keyring,
                       max_intent_bytes=settings.max_intent_bytes,
-                      poll_timeout_ms=settings.poll_timeout_ms,
+                      poll_timeout_ms=poll_ms,
                       prefetch=settings.batch_max_intents)
-            for queue in writer.queues.writes)
+            for queue, poll_ms in zip(writer.queues.writes,
+                                      (fast_poll_ms, settings.poll_timeout_ms), strict=True))
+        self._lost = None
+        if writer.fastlane.enabled:
+            writer.fastlane.hand(self.fast)
         writer.set_role("active")
         log.info("writer active", name=writer.name, recovered=recovered)
 
@@ -101,7 +129,10 @@ class Leadership:
         self.writer.set_role("standby")
 
     def release_lanes(self) -> bool:
-        """Requeue everything the lanes hold; False when Redis could not be reached."""
+        """Requeue everything the lanes hold; False when Redis could not be reached. The fast
+        lane's thread settles its batch in hand first."""
+        if not self.writer.fastlane.pause(timeout_s=30.0):
+            log.warning("the fast lane still applies a batch; its messages go back too")
         ok = True
         for lane in self.lanes:
             try:

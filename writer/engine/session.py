@@ -157,6 +157,14 @@ class Session:
             self.locked_conn = conn
         return conn
 
+    def begin(self, conn: Conn) -> int:
+        """First statement of a batch transaction: the lock, the timeout, the batch number."""
+        settings = self.writer.settings
+        return lock.begin_batch(conn, settings.lock_key, settings.statement_timeout_ms)
+
+    def guard(self, conn: Conn) -> None:
+        lock.guard(conn, self.writer.settings.lock_key)
+
     def with_db(self, work: Callable[[Conn], T]) -> T:
         """Run ``work`` on the locked connection; on an outage back off and retry, in order."""
         writer = self.writer

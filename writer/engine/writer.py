@@ -12,6 +12,7 @@ The loop is a pipeline of named stages, each an object of its own module::
     apply    (apply.py)    prepare -> BEGIN, ledger, kinds' apply, intent log -> COMMIT; bisect
     ack      (ack.py)      one round trip per lane, after the commit
     chores   (chores.py)   heartbeat thread, stats, ledger pruning
+    fastlane (fastlane.py) writes.fast on a second connection, from its own thread
 
 with the database session (session.py: one connection, backoff through outages) under them
 and :class:`~writer.engine.hooks.Hooks` around them. The intents themselves are applied by
@@ -41,9 +42,10 @@ from jobplatform.tables import TableMap, load_tables
 from writer.catalog import ensure_fits
 from writer.db import connect
 from writer.engine.ack import Acker
-from writer.engine.apply import Applier, IntentLogWriter
+from writer.engine.apply import Applier, CommitOrder, IntentLogWriter
 from writer.engine.chores import Chores
 from writer.engine.collect import Collector
+from writer.engine.fastlane import FastLane
 from writer.engine.handlers import resolve
 from writer.engine.hooks import Hooks
 from writer.engine.leader import Leadership
@@ -99,11 +101,13 @@ class Writer:
         self._opened = False
 
         self.session = Session(self, database_url)
+        self.commit_order = CommitOrder()
         self.leader = Leadership(self)
         self.collector = Collector(self)
         self.applier = Applier(self)
         self.acker = Acker(self)
         self.chores = Chores(self)
+        self.fastlane = FastLane(self, database_url)
         self.stats = WriterStats(db_budget=settings.db_budget,
                                  batch_rows_cap=self.collector.sizer.rows)
 
@@ -144,6 +148,7 @@ class Writer:
         self._stop.clear()
         self._opened = True
         self.chores.start()
+        self.fastlane.start()
 
     def check_tables(self, conn: psycopg.Connection[Any]) -> None:
         """Refuse to go on (:class:`~writer.catalog.TableMapError`) when the table map or a
@@ -160,6 +165,7 @@ class Writer:
         if not self._opened:
             return
         self._shutdown()
+        self.fastlane.close()
         self.chores.stop()
         self.session.close()
         if self.log_writer is not None:
@@ -195,6 +201,13 @@ class Writer:
         """PostgreSQL backend pid of the writer's connection (the lock holder when active)."""
         return self.session.backend_pid
 
+    @property
+    def backend_pids(self) -> list[int]:
+        """The backend pids of every connection the writer holds: its own, then the fast
+        lane's (``WRITER_FAST_CONNECTION``, while active)."""
+        pids = (self.session.backend_pid, self.fastlane.backend_pid)
+        return [pid for pid in pids if pid is not None]
+
     def run(self) -> None:
         """Apply intents until :meth:`stop`; as a standby, wait for the lock first."""
         self.open()
@@ -206,6 +219,10 @@ class Writer:
             while not self.stopping:
                 self.chores.tick()
                 if not self.leader.ensure_active():
+                    continue
+                lost = self.leader.take_lost()
+                if lost is not None:
+                    self.leader.step_down(lost)
                     continue
                 self.call_hooks("before_collect")
                 batch = self.collector.collect(bulk_after=time.monotonic() + self.budget.delay())

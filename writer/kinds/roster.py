@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from jobplatform.kinds import AfterCommit, Outcome, Transaction, coalesce
@@ -73,9 +73,9 @@ class RosterStatusChange:
     intent_ids: tuple[UUID, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class StageRow:
-    """One row of the staging table: an enrollment with its student's (winning) values."""
+class StageRow(NamedTuple):
+    """One row of the staging table: an enrollment with its student's (winning) values, its
+    fields in the table's column order (a row is written to the COPY as it is)."""
 
     tenant_id: int
     phone: str
@@ -257,7 +257,8 @@ class _RosterRows:
     def __init__(self, key: tuple[str, ...] = ("tenant_id", "phone")) -> None:
         self.key = key
         self.students: dict[tuple[Any, ...], _Student] = {}
-        self.enrollments: dict[tuple[Any, ...], _Enrollment] = {}
+        self.enrollments: dict[tuple[int, tuple[Any, ...]], _Enrollment] = {}
+        """By ``(lecture_id, student key)``."""
         self.lectures: dict[int, tuple[int, datetime]] = {}
         self.lecture_tenants: dict[int, dict[int, list[UUID]]] = {}
         self.imports: dict[UUID, ImportTally] = {}
@@ -285,12 +286,16 @@ class _RosterRows:
         tally.rows += len(chunk.rows)
         tally.last_at = at if tally.last_at is None else max(tally.last_at, at)
         fields = self.key
+        by_phone = fields == ("tenant_id", "phone")  # the default key, spelled out: faster
+        students, enrollments = self.students, self.enrollments
+        import_id, chunk_index = chunk.import_id, chunk.chunk_index
+        self.rows += len(chunk.rows)
         for row in chunk.rows:
-            self.rows += 1
-            key = tuple(tenant if f == "tenant_id" else getattr(row, f) for f in fields)
-            seen = self.students.get(key)
+            key = (tenant, row.phone) if by_phone else tuple(
+                tenant if f == "tenant_id" else getattr(row, f) for f in fields)
+            seen = students.get(key)
             if seen is None:
-                self.students[key] = _Student(row, chunk.import_id, chunk.chunk_index, at)
+                students[key] = _Student(row, import_id, chunk_index, at)
                 tally.students += 1
             else:
                 self.duplicates += 1
@@ -302,30 +307,24 @@ class _RosterRows:
                     self.imports[seen.import_id].students -= 1
                     tally.students += 1
                     self.students[key] = _Student(row, chunk.import_id, chunk.chunk_index, at)
-            self.enrollments.setdefault((lecture, *key), _Enrollment(chunk.import_id, at))
+            if (lecture, key) not in enrollments:
+                enrollments[(lecture, key)] = _Enrollment(import_id, at)
 
     def stage_rows(self) -> list[StageRow]:
         staged: set[tuple[Any, ...]] = set()
         out = []
-        for (lecture, *key), enrollment in self.enrollments.items():
-            student_key = tuple(key)
-            student = self.students[student_key]
+        students, imports = self.students, self.imports
+        for (lecture, student_key), enrollment in self.enrollments.items():
+            student = students[student_key]
             first = student_key not in staged
             staged.add(student_key)
             row = student.row
+            # positional, in the field order of StageRow (the staging table's columns)
             out.append(StageRow(
-                tenant_id=self.imports[student.import_id].tenant_id,
-                phone=row.phone,
-                name=row.name,
-                parent_phone=row.parent_phone,
-                school=row.school,
-                grade=row.grade,
-                birth_date=row.birth_date,
-                student_at=student.at if first else None,
-                student_import=student.import_id if first else None,
-                lecture_id=lecture,
-                import_id=enrollment.import_id,
-                enrolled_at=enrollment.at,
+                imports[student.import_id].tenant_id, row.phone, row.name, row.parent_phone,
+                row.school, row.grade, row.birth_date, student.at if first else None,
+                student.import_id if first else None, lecture, enrollment.import_id,
+                enrollment.at,
             ))
         return out
 
@@ -413,11 +412,7 @@ def _rows(tx: Transaction, work: RosterPlan, out: RosterOutcome) -> None:
     [(_, _, has_stage)] = tx.run("prepare_stage", {"stage": STAGE_TABLE})
     if not has_stage:
         tx.run("create_stage", stage=STAGE_TABLE)
-    tx.copy("copy_stage", (
-        (r.tenant_id, r.phone, r.name, r.parent_phone, r.school, r.grade, r.birth_date,
-         r.student_at, r.student_import, r.lecture_id, r.import_id, r.enrolled_at)
-        for r in work.stage
-    ), types=_STAGE_TYPES, stage=STAGE_TABLE)
+    tx.copy("copy_stage", work.stage, types=_STAGE_TYPES, stage=STAGE_TABLE)
     statements = roster_statements(active())
     by_lecture = None if statements.exact_imports else _imports_by_lecture(work)
     for counted, created, updated, enrolled in tx.execute(statements.upsert_roster):

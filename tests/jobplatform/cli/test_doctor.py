@@ -66,6 +66,11 @@ def test_a_formation_over_the_connection_limit_fails_with_its_fix(settings: Sett
     assert f"{max_connections} others" in connections.detail
     assert "Only the writer connects" in connections.fix
     [fits, _] = check_database(settings.database_url, writers=2, others=0)
+    # two writers (one connection each), the active one's fast lane, the CLI
+    assert "needs 4 (2 writers, 1 fast lane, 0 others, 1 CLI)" in fits.detail
+    [one_lane, _] = check_database(settings.database_url, writers=2, others=0,
+                                   fast_connection=False)
+    assert "needs 3 (2 writers, 0 others, 1 CLI)" in one_lane.detail
     in_use = int(scalar(settings.database_url, "SELECT count(*) FROM pg_stat_activity "
                                                "WHERE backend_type = 'client backend'"))
     assert fits.status == ("ok" if in_use + 3 < 0.8 * max_connections else "fail")
