@@ -180,20 +180,24 @@ def test_when_the_writers_session_dies_its_fast_lane_stops_and_a_writer_goes_on(
             emit_all(broker, settings, [intent])
             sent.append(intent)
 
-    sender = threading.Thread(target=send)
+    # A daemon, stopped in any case: a failing wait must not leave it sending forever.
+    sender = threading.Thread(target=send, daemon=True)
     sender.start()
-    wait_until(lambda: len(sent) > 50, message="status changes flowing")
-    # When the active writer's own session is killed
-    pid = active.writer.backend_pid
-    assert pid is not None
-    scalar(url, "SELECT pg_terminate_backend(%s)", [pid])
-    # Either takes the lock next: the standby polling it, or the first writer on a new session.
-    wait_until(lambda: standby.writer.active or (
-        active.writer.active and pid not in active.writer.backend_pids),
-        message="a writer active again on a live session")
-    wait_until(lambda: len(sent) > 150, message="more status changes")
-    stop.set()
-    sender.join()
+    try:
+        wait_until(lambda: len(sent) > 50, message="status changes flowing")
+        # When the active writer's own session is killed
+        pid = active.writer.backend_pid
+        assert pid is not None
+        scalar(url, "SELECT pg_terminate_backend(%s)", [pid])
+        # Either takes the lock next: the standby polling it, or the first writer on a new
+        # session.
+        wait_until(lambda: standby.writer.active or (
+            active.writer.active and pid not in active.writer.backend_pids),
+            message="a writer active again on a live session")
+        wait_until(lambda: len(sent) > 150, message="more status changes")
+    finally:
+        stop.set()
+        sender.join()
     # Then the killed session's fast lane applied nothing in its name, one writer is active,
     # and every status change is applied once, by one writer or the other
     wait_until(lambda: [active.writer.active, standby.writer.active].count(True) == 1,
