@@ -306,6 +306,9 @@ class Applier:
                 if applied and batch_seq <= order.last:
                     batch_seq = result.batch_seq = renumber(conn, result.applied)
                 if writer.log_writer is not None and applied:
+                    if time.monotonic() - start > writer.settings.fence_timeout_ms / 2000:
+                        # Stopped long enough to be fenced: log nothing the COMMIT would lose.
+                        self.session.guard(conn)
                     try:
                         writer.log_writer.append(batch_seq, applied)
                     except Exception as exc:
