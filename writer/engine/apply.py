@@ -271,10 +271,11 @@ class Applier:
                        writer.registry)
         planned = time.perf_counter()
         log_prepare = getattr(writer.log_writer, "prepare", None)
+        encoded = planned
         if log_prepare is not None:
             log_prepare(work.intents)
-        writer.stats.spend({"plan": planned - started,
-                            "log_encode": time.perf_counter() - planned})
+            encoded = time.perf_counter()
+        writer.stats.spend({"plan": planned - started, "log_encode": encoded - planned})
         return work
 
     def commit(self, conn: Conn, items: list[Item], work: Prepared) -> Commit:
