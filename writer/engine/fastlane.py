@@ -131,14 +131,15 @@ class FastSession:
 
     def probe(self) -> None:
         """Before a fetch, when the last proof is older than ``WRITER_LOCK_PROBE_INTERVAL_MS``:
-        prove on this connection that the writer's session still holds the lock (within
-        ``WRITER_FENCE_TIMEOUT_MS``). :class:`~writer.lock.LockLost` when it does not; a
-        connection that fails is dropped (the next batch opens another)."""
+        prove on this connection, if it has one, that the writer's session still holds the
+        lock (within ``WRITER_FENCE_TIMEOUT_MS``). :class:`~writer.lock.LockLost` when it does
+        not; a connection that fails is dropped (the next batch opens another)."""
         settings = self.writer.settings
-        if time.monotonic() - self.proven_at < settings.lock_probe_interval_ms / 1000:
+        conn = self.conn
+        if conn is None or \
+                time.monotonic() - self.proven_at < settings.lock_probe_interval_ms / 1000:
             return
         try:
-            conn = self.connection()
             with deadline(conn, settings.fence_timeout_ms / 1000):
                 self.guard(conn)
         except DB_OUTAGES as exc:
