@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from jobplatform.logging import get_logger
 from schemas import BaseIntent
@@ -184,7 +184,7 @@ class IntentLog:
         """Write one batch's record and make it durable before returning."""
         prepared, self._prepared = self._prepared, {}
         line = encode_record(batch_seq, self.writer_id, datetime.now(UTC), intents,
-                             encoded=prepared, shard=self.shard)
+                             encoded=prepared, shard=self.shard, batch_id=uuid4().hex)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the intent log is closed")
