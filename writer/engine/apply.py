@@ -180,8 +180,8 @@ class Applier:
         entries = [_entry(item, str(item.reason)) for item in rejected]
         entries += [DeadLetterEntry(queue=lane.queue, body=raw.decode("utf-8", "replace"),
                                     reason="undecodable message: not a dramatiq message "
-                                           "envelope")
-                    for lane, _, raw in found]
+                                           "envelope", message_id=rid)
+                    for lane, rid, raw in found]
         for entry in entries:
             log.warning("malformed intent dead-lettered", queue=entry.queue, reason=entry.reason)
         self.record_dead(entries)
@@ -194,24 +194,32 @@ class Applier:
         same transaction (``Kind.dead_lettered``: the roster fails the import)."""
         writer = self.writer
 
+        fresh = entries
+
         def work(conn: Conn) -> list[tuple[Kind, Outcome]]:
+            nonlocal fresh
             outcomes: list[tuple[Kind, Outcome]] = []
             with conn.transaction():
                 self.session.guard(conn)
-                for e in entries:
+                # A message recorded before the writer died, unacked: its letter stands.
+                known = dead.recorded(conn, (e.message_id for e in entries))
+                fresh = [e for e in entries if e.message_id not in known]
+                for e in fresh:
                     dead.record(conn, queue=e.queue, body_text=e.body, reason=e.reason,
-                                intent_id=e.intent_id, kind=e.kind, tenant_id=e.tenant_id)
-                for kind, reason, intents in self._dead_by_kind(entries):
+                                intent_id=e.intent_id, kind=e.kind, tenant_id=e.tenant_id,
+                                message_id=e.message_id)
+                for kind, reason, intents in self._dead_by_kind(fresh):
                     assert kind.dead_lettered is not None
                     outcome = run_kind_hook(conn, kind, kind.dead_lettered, intents, reason)
                     if outcome is not None:
                         outcomes.append((kind, outcome))
             return outcomes
         outcomes = self.session.with_db(work)
-        writer.stats.count(dead=len(entries))
+        writer.stats.count(dead=len(fresh))
         for kind, outcome in outcomes:
             self.kind_after_commit(kind, outcome)
-        writer.call_hooks("on_dead_letter", entries)
+        if fresh:
+            writer.call_hooks("on_dead_letter", fresh)
 
     def _dead_by_kind(
         self, entries: list[DeadLetterEntry]
@@ -368,4 +376,5 @@ def _entry(item: Item, reason: str) -> DeadLetterEntry:
     described: dict[str, Any] = item.describe()
     return DeadLetterEntry(queue=item.queue, reason=reason, body=item.body,
                            intent_id=described["intent_id"], kind=described["kind"],
-                           tenant_id=described["tenant_id"], intent=item.intent)
+                           tenant_id=described["tenant_id"], intent=item.intent,
+                           message_id=item.message.message_id)
