@@ -50,7 +50,7 @@ class Backpressure:
 
     def __init__(self, broker: Any, *, max_intents: int, max_bytes: int, max_wait_s: float,
                  check_s: float = 0.5, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], object] = time.sleep) -> None:
         self.broker = broker
         self.max_intents = max_intents
         self.max_bytes = max_bytes
