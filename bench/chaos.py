@@ -205,6 +205,18 @@ class Producers:
                 self.out.malformed.append(payload)
             return
 
+    def emit_video(self) -> None:
+        """One more video, queued to ready in order (a batch for a fault point to meet)."""
+        video = uuid.uuid4()
+        t = datetime(2024, 3, 2, tzinfo=UTC)
+        prefix = f"tenants/{TENANT_ID}/videos/{video}/"
+        self.emit(VideoQueued(tenant_id=TENANT_ID, video_id=video, occurred_at=t,
+                              source_key=prefix + "source.mp4"))
+        self.emit(VideoProcessing(tenant_id=TENANT_ID, video_id=video,
+                                  occurred_at=t + timedelta(seconds=1)))
+        self.emit(VideoFailed(tenant_id=TENANT_ID, video_id=video,
+                              occurred_at=t + timedelta(seconds=2), reason="chaos nudge"))
+
     def _plan(self) -> list[tuple[float, Callable[[], None]]]:
         config, rng = self.config, self.rng
         window = config.duration_s * 0.9
@@ -535,10 +547,10 @@ class Chaos:
                            takeover_s=self._takeover(victim, died))
 
     def fault_kill_after_append(self) -> FaultRecord:
-        return self._point_kill("kill_after_append", "after_append")
+        return self._point_kill("kill_after_append", "after_append", self.producers.emit_video)
 
     def fault_kill_after_commit(self) -> FaultRecord:
-        return self._point_kill("kill_after_commit", "after_commit")
+        return self._point_kill("kill_after_commit", "after_commit", self.producers.emit_video)
 
     def fault_kill_mid_copy(self) -> FaultRecord:
         return self._point_kill("kill_mid_copy", "mid_copy")
@@ -571,6 +583,7 @@ class Chaos:
         with psycopg.connect(self.pg.admin_url(), autocommit=True) as conn:
             conn.execute("CHECKPOINT")
         victim.arm("after_append", "stop")
+        self.producers.emit_video()
         deadline = time.monotonic() + 30
         while not victim.stopped() and time.monotonic() < deadline:
             time.sleep(0.02)
