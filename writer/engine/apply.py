@@ -28,7 +28,7 @@ from jobplatform.kinds import AfterCommit, Kind, Outcome
 from jobplatform.logging import get_logger
 from jobplatform.progress import ProgressStore
 from schemas import BaseIntent
-from writer import dead, lock
+from writer import dead, faults, lock
 from writer.batcher import Batch, BatchSizer
 from writer.engine.batch import (
     BatchResult,
@@ -215,6 +215,7 @@ class Applier:
                         outcomes.append((kind, outcome))
             return outcomes
         outcomes = self.session.with_db(work)
+        faults.reached("after_dead_letter")
         writer.stats.count(dead=len(fresh))
         for kind, outcome in outcomes:
             self.kind_after_commit(kind, outcome)
@@ -318,6 +319,7 @@ class Applier:
                         writer.log_writer.append(batch_seq, applied)
                     except Exception as exc:
                         raise IntentLogUnavailable(f"intent log append failed: {exc}") from exc
+                    faults.reached("after_append")
                 order.last = max(order.last, batch_seq)
                 order.lock.release()
                 ordered = False
@@ -325,6 +327,7 @@ class Applier:
                 logged = time.perf_counter()
             result.timings["begin"] = begun - started
             result.timings["commit"] = time.perf_counter() - logged
+            faults.reached("after_commit")
         finally:
             if ordered:
                 order.lock.release()
