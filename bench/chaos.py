@@ -146,6 +146,7 @@ class Producers:
         self.rng = random.Random(config.seed)
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+        self._nudges = 0
 
     def start(self) -> None:
         plan = self._plan()
@@ -216,6 +217,23 @@ class Producers:
                                   occurred_at=t + timedelta(seconds=1)))
         self.emit(VideoFailed(tenant_id=TENANT_ID, video_id=video,
                               occurred_at=t + timedelta(seconds=2), reason="chaos nudge"))
+
+    def emit_import(self) -> None:
+        """One more small import, in order (a COPY for the mid-COPY fault point to meet)."""
+        with self.out.lock:
+            self._nudges += 1
+            n = self.config.imports + self._nudges
+        import_id = uuid.uuid4()
+        common = {"tenant_id": TENANT_ID, "import_id": import_id, "lecture_id": LECTURE_BASE + n}
+        rows = tuple(student(1_000_000 + n * 1000 + i, source_row=i + 2) for i in range(50))
+        t = datetime(2024, 3, 3, tzinfo=UTC)
+        self.emit(RosterStatus(**common, status="parsing", occurred_at=t,
+                               source_key=f"tenants/{TENANT_ID}/rosters/{import_id}.xlsx"))
+        self.emit(RosterChunk(**common, chunk_index=0, rows=rows,
+                              occurred_at=t + timedelta(seconds=1)))
+        self.emit(RosterStatus(**common, status="writing", occurred_at=t + timedelta(minutes=1),
+                               total=len(rows), valid=len(rows), invalid=0, duplicates=0,
+                               chunks=1))
 
     def _plan(self) -> list[tuple[float, Callable[[], None]]]:
         config, rng = self.config, self.rng
@@ -534,10 +552,14 @@ class Chaos:
         if victim is None:
             return FaultRecord(name, 0, "no active writer")
         victim.arm(point)
-        if nudge is not None:
-            nudge()
         deadline = time.monotonic() + 30
+        next_nudge = 0.0
         while victim.alive and time.monotonic() < deadline:
+            # Work for the point to meet, again every few seconds: the first may be taken
+            # by a batch already past the point.
+            if nudge is not None and time.monotonic() >= next_nudge:
+                nudge()
+                next_nudge = time.monotonic() + 3.0
             time.sleep(0.02)
         if victim.alive:
             victim.disarm()
@@ -553,7 +575,7 @@ class Chaos:
         return self._point_kill("kill_after_commit", "after_commit", self.producers.emit_video)
 
     def fault_kill_mid_copy(self) -> FaultRecord:
-        return self._point_kill("kill_mid_copy", "mid_copy")
+        return self._point_kill("kill_mid_copy", "mid_copy", self.producers.emit_import)
 
     def fault_kill_after_dead_letter(self) -> FaultRecord:
         tag = f"fault-{len(self.records)}"
@@ -583,9 +605,12 @@ class Chaos:
         with psycopg.connect(self.pg.admin_url(), autocommit=True) as conn:
             conn.execute("CHECKPOINT")
         victim.arm("after_append", "stop")
-        self.producers.emit_video()
         deadline = time.monotonic() + 30
+        next_nudge = 0.0
         while not victim.stopped() and time.monotonic() < deadline:
+            if time.monotonic() >= next_nudge:
+                self.producers.emit_video()
+                next_nudge = time.monotonic() + 3.0
             time.sleep(0.02)
         if not victim.stopped():
             victim.disarm()
