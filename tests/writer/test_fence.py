@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from jobplatform.progress import writer_stats_key
 from jobplatform.settings import Settings
@@ -41,7 +42,7 @@ from tests.writer.conftest import (
 from tests.writer.intent_factory import chunks, queued, ready, student
 from tests.writer.private_pg import private_postgres
 from writer import lock
-from writer.db import connect
+from writer.db import connect, session_options
 from writer.intentlog import IntentLog
 from writer.metrics import writer_readiness
 
@@ -342,8 +343,9 @@ def test_a_writer_started_while_postgres_is_down_waits_and_starts_when_it_is_bac
 ) -> None:
     with private_postgres() as server:
         # Given PostgreSQL down, a writer process started
-        url = server.url("postgres")
-        writer = writer_process("a", DATABASE_URL=url)
+        server.stop()
+        url = make_conninfo(server.url, options=session_options())
+        writer = writer_process("a", DATABASE_URL=server.url)
 
         # Then it does not exit: it waits, says so, and retries
         wait_until(lambda: writer.output().count("database unavailable") >= 2, timeout=30,
@@ -365,7 +367,8 @@ def test_a_writer_waiting_for_postgres_stops_on_sigterm(
     settings: Settings, writer_process: Callable[..., WriterProcess],
 ) -> None:
     with private_postgres() as server:
-        writer = writer_process("a", DATABASE_URL=server.url("postgres"))
+        server.stop()
+        writer = writer_process("a", DATABASE_URL=server.url)
         wait_until(lambda: "database unavailable" in writer.output(), timeout=30,
                    message="the writer waiting for the database")
         assert writer.terminate(signal.SIGTERM, timeout=10) == 0
