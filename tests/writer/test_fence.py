@@ -42,7 +42,8 @@ from tests.writer.conftest import (
 from tests.writer.intent_factory import chunks, queued, ready, student
 from tests.writer.private_pg import private_postgres
 from writer import lock
-from writer.db import connect, session_options
+from writer.db import ClientTimeout, connect, session_options
+from writer.engine.session import writer_pool
 from writer.intentlog import IntentLog
 from writer.metrics import writer_readiness
 
@@ -373,3 +374,39 @@ def test_a_writer_waiting_for_postgres_stops_on_sigterm(
                    message="the writer waiting for the database")
         assert writer.terminate(signal.SIGTERM, timeout=10) == 0
 
+
+
+def test_a_writer_session_is_bounded_on_both_ends_and_gives_up_on_a_frozen_path(
+    settings: Settings, pg_proxy: TcpProxy,
+) -> None:
+    # Given a writer session through a proxy, with a client-side deadline of 1 s
+    writer_settings = settings.writer.model_copy(update={"client_timeout_ms": 1000})
+    pool = writer_pool(proxied_url(_url(settings), pg_proxy), writer_settings, "test",
+                       "jobplatform-test")
+    pool.open()
+    try:
+        conn = pool.getconn()
+        # Then the server bounds it too
+        shown = {name: conn.execute(f"SHOW {name}").fetchone() for name in (
+            "statement_timeout", "idle_in_transaction_session_timeout", "tcp_keepalives_idle",
+            "tcp_keepalives_interval", "tcp_keepalives_count", "tcp_user_timeout",
+            "client_connection_check_interval")}
+        assert {name: row[0] for name, row in shown.items() if row is not None} == {
+            "statement_timeout": "30s", "idle_in_transaction_session_timeout": "2s",
+            "tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2",
+            "tcp_keepalives_count": "3", "tcp_user_timeout": "15000",
+            "client_connection_check_interval": "2s"}
+
+        # When the path freezes, a statement gives up at the deadline instead of waiting for
+        # ever, and the connection is closed
+        pg_proxy.freeze()
+        started = time.monotonic()
+        with pytest.raises(ClientTimeout):
+            conn.execute("SELECT 1")
+        waited = time.monotonic() - started
+        assert 0.9 <= waited < 3.0
+        assert conn.closed
+        pool.putconn(conn)
+    finally:
+        pg_proxy.thaw()
+        pool.close()
