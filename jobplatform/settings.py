@@ -108,6 +108,18 @@ class WriterSettings(BaseSettings):
     max_intent_bytes: Positive = 2 * 1024 * 1024
     lock_key: int = 0x6A6F62706C6174
     statement_timeout_ms: Positive = 30_000
+    client_timeout_ms: Positive | None = None
+    """Longest the writer waits for PostgreSQL to answer one statement, COPY block or commit
+    (a frozen network path); past it the connection is closed. Unset:
+    ``statement_timeout_ms`` plus 5 s."""
+    lock_probe_interval_ms: Positive = 250
+    """The active writer proves it still holds its lock (a round trip) before a fetch when its
+    last proof is older than this; a writer that lost it stands down at once."""
+    fence_timeout_ms: Positive = 2000
+    """A lock holder whose session has waited on its client this long (idle, idle in a
+    transaction, or in the middle of a COPY) is taken for hung: a standby terminates its
+    session and takes over. Also the sessions' ``idle_in_transaction_session_timeout`` and
+    the deadline of a lock probe. At least 4 x ``lock_probe_interval_ms``."""
     stats_interval_s: Annotated[float, Field(gt=0)] = 30.0
     ledger_retention_days: Annotated[int, Field(ge=1)] = 30
     """Ledger ids older than this are deleted; a message redelivered later is applied again."""
@@ -141,6 +153,21 @@ class WriterSettings(BaseSettings):
     tables: str | None = None
     """The application's tables the built-in kinds write: a TOML file or ``module:attribute``
     (see :mod:`jobplatform.tables`); unset: the built-in tables, in ``WRITER_DB_SCHEMA``."""
+
+    @model_validator(mode="after")
+    def _fence_outlasts_probes(self) -> WriterSettings:
+        if self.fence_timeout_ms < 4 * self.lock_probe_interval_ms:
+            raise ValueError(
+                f"WRITER_FENCE_TIMEOUT_MS ({self.fence_timeout_ms}) must be at least 4 x "
+                f"WRITER_LOCK_PROBE_INTERVAL_MS ({self.lock_probe_interval_ms}): a live "
+                "writer would be taken for hung")
+        return self
+
+    @property
+    def client_timeout_s(self) -> float:
+        """The client-side deadline of one database operation (``client_timeout_ms``)."""
+        ms = self.client_timeout_ms
+        return (ms if ms is not None else self.statement_timeout_ms + 5000) / 1000
 
 
 class RosterSettings(BaseSettings):

@@ -9,7 +9,7 @@ writer whose session was lost and reconnected cannot apply a batch while another
 
 from __future__ import annotations
 
-from psycopg import Connection
+from psycopg import Connection, sql
 from psycopg.errors import LockNotAvailable
 
 
@@ -35,6 +35,40 @@ def holder_pid(conn: Connection[tuple[object, ...]], key: int) -> int | None:
         " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         (key, key),
     ).fetchone()
+    return None if row is None else int(str(row[0]))
+
+
+def holds(conn: Connection[tuple[object, ...]], key: int) -> bool:
+    """Whether this session holds the session lock: the lock probe, one cheap round trip (the
+    transaction lock, taken and released at once; outside a transaction)."""
+    row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,)).fetchone()
+    return bool(row and row[0])
+
+
+def fence_hung_holder(conn: Connection[tuple[object, ...]], key: int,
+                      stale_ms: int) -> int | None:
+    """Terminate the session holding the lock when it has waited on its client for
+    ``stale_ms``; the pid terminated, if one was.
+
+    Waiting on its client: idle, idle in a transaction, or in a statement reading from the
+    client (a COPY whose data stopped coming). A live writer never waits that long: it probes
+    its lock every ``WRITER_LOCK_PROBE_INTERVAL_MS``. A stopped process (SIGSTOP, a paused VM)
+    or a frozen network path leaves its socket open, so PostgreSQL would keep the session,
+    and the lock, for as long as that lasts. Waits up to a second for the session to end.
+    Needs the right to signal it (the same role, or ``pg_signal_backend``).
+    """
+    terminate = sql.SQL("pg_terminate_backend(a.pid, 1000)"
+                        if conn.info.server_version >= 140000 else "pg_terminate_backend(a.pid)")
+    statement = sql.SQL(
+        "SELECT a.pid, {terminate} FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = (%(key)s >> 32)::oid"
+        " AND l.objid = (%(key)s & 4294967295)::oid AND l.objsubid = 1"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND l.pid <> pg_backend_pid()"
+        " AND (a.state LIKE 'idle%%' OR a.wait_event = 'ClientRead')"
+        " AND a.state_change < clock_timestamp() - make_interval(secs => %(stale)s)"
+    ).format(terminate=terminate)
+    row = conn.execute(statement, {"key": key, "stale": stale_ms / 1000}).fetchone()
     return None if row is None else int(str(row[0]))
 
 

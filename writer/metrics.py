@@ -94,8 +94,12 @@ def sample_connections(conn: psycopg.Connection[Any], *,
 
 
 def writer_readiness(writer: Writer) -> tuple[bool, str]:
-    """Ready when active, or standing by with a live database connection."""
+    """Ready when active (and the intent log records), or standing by with a live database
+    connection."""
     role = writer.stats.role
+    if role == "active" and writer.stats.intent_log_error:
+        return False, ("active, holding its batch: the intent log cannot record it "
+                       f"({writer.stats.intent_log_error})")
     if role == "active":
         return True, "active"
     if role == "standby" and writer.backend_pid is not None:

@@ -17,11 +17,13 @@ moved into the writer's schema, once, by :func:`adopt_public`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+import psycopg
 from psycopg import Connection, sql
 
 from jobplatform.errors import ConfigError
@@ -99,6 +101,28 @@ def upgrade(url: str, *, create_database: bool = True, registry: Registry | None
     schema = schema or writer_schema()
     with connect(url, autocommit=True, schema=schema) as conn:
         return upgrade_connection(conn, registry=registry, tables=tables, schema=schema)
+
+
+def upgrade_when_up(url: str, *, stopping: Callable[[], bool],
+                    wait: Callable[[float], None]) -> bool:
+    """:func:`upgrade`, waiting through a database outage: a writer started while PostgreSQL
+    is down (or still starting) retries with backoff (0.5 to 10 s, jittered), logging each
+    failure, instead of exiting. False when ``stopping()`` became true first."""
+    from jobplatform.logging import get_logger
+    from writer.pacing import Backoff
+
+    backoff = Backoff(0.5, 10.0)
+    while not stopping():
+        try:
+            upgrade(url)
+        except psycopg.OperationalError as exc:
+            get_logger("writer").warning(
+                "database unavailable at start; waiting as a standby and retrying",
+                error=str(exc).strip(), attempt=backoff.attempts)
+            wait(backoff.next())
+            continue
+        return True
+    return False
 
 
 def configured_tables(schema: str | None = None) -> TableMap:

@@ -25,6 +25,7 @@ COUNTERS = (
     "lost_lock",        # times another writer held the lock when a batch began
     "acks",             # messages acknowledged
     "ledger_pruned",    # ledger ids deleted past WRITER_LEDGER_RETENTION_DAYS
+    "log_retries",      # batch attempts the intent log could not record (held and retried)
 )
 
 #: The loop's stages whose wall time ``time_s`` sums (seconds; reset by :meth:`WriterStats.pop`).
@@ -95,6 +96,7 @@ class WriterStats:
     lost_lock: int = 0
     acks: int = 0
     ledger_pruned: int = 0
+    log_retries: int = 0
     # gauges
     role: str = "starting"
     lag_ms: float = 0.0
@@ -109,6 +111,8 @@ class WriterStats:
     """Row cap of the next batch, sized for ``WRITER_TARGET_TXN_MS``."""
     ms_per_row: float = 0.0
     """Transaction milliseconds per row the batch sizer learned (0 before the first commit)."""
+    intent_log_error: str = ""
+    """Why the intent log cannot record the batch in hand (held, retried); empty when fine."""
     commit_ms: Histogram = field(default_factory=Histogram)
     """Duration of each batch transaction, BEGIN to COMMIT."""
     time_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))

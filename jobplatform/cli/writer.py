@@ -25,8 +25,8 @@ def writer(ctx: click.Context, intent_log: bool, shard: str | None) -> None:
     """Run the writer until SIGTERM/SIGINT (a second one started waits as a hot standby).
 
     Checks the write-intent log's folder (in production it must be set: WRITER_LOG_DIR or
-    JOBPLATFORM_STATE_DIR), resolves the services, upgrades the schema, then consumes
-    writes.fast and writes.bulk.
+    JOBPLATFORM_STATE_DIR), resolves the services, upgrades the schema (waiting as a standby,
+    retrying, while PostgreSQL is down), then consumes writes.fast and writes.bulk.
     One SIGTERM stops it gracefully: the batch in hand is committed and acked (or put back on
     its queue when the database is down), the lock is released, the exit code is 0.
     """
@@ -39,7 +39,7 @@ def writer(ctx: click.Context, intent_log: bool, shard: str | None) -> None:
     from jobplatform.stack import ensure_services
     from writer.engine import IntentLogWriter, Writer
     from writer.engine.writer import shard_of_settings
-    from writer.migrate import upgrade
+    from writer.migrate import upgrade_when_up
 
     settings = settings_from_env()
     if shard is not None:
@@ -54,7 +54,6 @@ def writer(ctx: click.Context, intent_log: bool, shard: str | None) -> None:
     settings = ensure_services(settings).apply(settings)
     assert settings.database_url is not None
     assert settings.redis_url is not None
-    upgrade(settings.database_url)
     broker = build_broker(settings, settings.redis_url, set_global=False)
     log_writer: IntentLogWriter | None = None
     if intent_log:
@@ -77,8 +76,11 @@ def writer(ctx: click.Context, intent_log: bool, shard: str | None) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        with instance:
-            instance.run()
+        instance.set_role("standby")
+        if upgrade_when_up(settings.database_url, stopping=lambda: instance.stopping,
+                           wait=instance.wait):
+            with instance:
+                instance.run()
     finally:
         if server is not None:
             server.close()

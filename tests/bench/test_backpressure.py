@@ -29,7 +29,5 @@ def test_redis_memory_stays_under_its_bound_while_postgres_is_down(
     assert result["intents_sent"] > 0
 
 
-@pytest.mark.xfail(strict=False, reason="issue 19 item 4: after a PostgreSQL restart the writer"
-                   " may go on as active without its lock for a minute or more")
 def test_the_writer_applies_the_backlog_once_postgres_is_back(result: dict[str, Any]) -> None:
     assert result["applied_after_recovery"] == result["intents_sent"]

@@ -84,10 +84,14 @@ def rabbitmq_unacked(queue: str) -> int:
 
 
 class TcpProxy:
-    """A threaded TCP proxy to ``target`` that can cut every connection and refuse new ones."""
+    """A threaded TCP proxy to ``target`` that can cut every connection and refuse new ones, or
+    freeze them: stop forwarding without closing anything (a frozen network path; both
+    kernels still acknowledge what they are sent, so keepalives see nothing wrong)."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._lock = threading.Lock()
@@ -121,7 +125,10 @@ class TcpProxy:
         selector.register(b, selectors.EVENT_READ, a)
         try:
             while True:
-                for key, _ in selector.select():
+                for key, _ in selector.select(timeout=0.05):
+                    if not self._flowing.is_set():
+                        self._flowing.wait()
+                        break
                     source = key.fileobj
                     assert isinstance(source, socket.socket)
                     data = source.recv(65536)
@@ -148,8 +155,16 @@ class TcpProxy:
     def restore(self) -> None:
         self._refusing = False
 
+    def freeze(self) -> None:
+        """Stop forwarding, in both directions, on every connection (new ones too); close none."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
     def close(self) -> None:
         self._closed = True
+        self._flowing.set()
         self.cut()
         self._listener.close()
 

@@ -280,10 +280,11 @@ class Applier:
                        writer.registry)
         planned = time.perf_counter()
         log_prepare = getattr(writer.log_writer, "prepare", None)
+        encoded = planned
         if log_prepare is not None:
             log_prepare(work.intents)
-        writer.stats.spend({"plan": planned - started,
-                            "log_encode": time.perf_counter() - planned})
+            encoded = time.perf_counter()
+        writer.stats.spend({"plan": planned - started, "log_encode": encoded - planned})
         return work
 
     def commit(self, conn: Conn, items: list[Item], work: Prepared) -> Commit:
@@ -315,6 +316,9 @@ class Applier:
                 if applied and batch_seq <= order.last:
                     batch_seq = result.batch_seq = renumber(conn, result.applied)
                 if writer.log_writer is not None and applied:
+                    if time.monotonic() - start > writer.settings.fence_timeout_ms / 2000:
+                        # Stopped long enough to be fenced: log nothing the COMMIT would lose.
+                        self.session.guard(conn)
                     try:
                         writer.log_writer.append(batch_seq, applied)
                     except Exception as exc:

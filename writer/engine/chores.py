@@ -67,9 +67,11 @@ class Chores:
     # --- on the loop -----------------------------------------------------------------------
 
     def tick(self) -> None:
-        """The loop is alive; emit stats when due, keep the lanes' connections alive."""
+        """The loop is alive; probe the lock and emit stats when due, keep the lanes'
+        connections alive."""
         now = time.monotonic()
         self.alive = now
+        self.writer.leader.confirm()  # the lock probe, when due, while the loop waits
         for lane in self.writer.leader.lanes:
             lane.keepalive()
         if now >= self._next_stats:

@@ -53,6 +53,8 @@ class Collector:
         bulk_blocked = False
         try:
             while True:
+                if not writer.leader.confirm():  # the lock probe, before each fetch
+                    return batch
                 room = limits.intents - len(batch)
                 got = fast.take(room, wait=False) if room > 0 else []
                 left = batch.add_all(got, limits)
@@ -118,6 +120,8 @@ class Collector:
                 if writer.stopping:
                     return batch
             while True:
+                if not writer.leader.confirm():  # the lock probe, before each fetch
+                    return batch
                 want = self._bulk_want(batch, limits)
                 if want <= 0:
                     return batch

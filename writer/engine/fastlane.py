@@ -37,15 +37,18 @@ from psycopg_pool import NullConnectionPool
 from jobplatform.logging import get_logger
 from writer import lock
 from writer.batcher import Batch, BatchSizer, Limits
-from writer.db import APPLICATION_NAME, session_options
+from writer.db import APPLICATION_NAME, deadline
 from writer.engine.ack import Acker
 from writer.engine.apply import Applier
 from writer.engine.session import (
-    _RETRIED,
+    DB_OUTAGES,
     REDIS_ERRORS,
     Abandoned,
     BatchTooSlow,
+    IntentLogUnavailable,
+    LogOutage,
     _timed_out,
+    writer_pool,
 )
 from writer.lanes import Lane
 from writer.pacing import Backoff
@@ -72,19 +75,11 @@ class FastSession:
         self.database_url = database_url
         self.pool: NullConnectionPool[Conn] | None = None
         self.conn: Conn | None = None
+        self.proven_at = 0.0
 
     def open(self) -> None:
-        self.pool = NullConnectionPool(
-            self.database_url, max_size=1, open=False, name="writer-fast", timeout=5.0,
-            kwargs={
-                "autocommit": True,
-                "application_name": FAST_APPLICATION_NAME,
-                "connect_timeout": 5,
-                "options": session_options(self.writer.settings.db_schema),
-                "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
-                "keepalives_count": 3, "tcp_user_timeout": 15_000,
-            },
-        )
+        self.pool = writer_pool(self.database_url, self.writer.settings, "writer-fast",
+                                FAST_APPLICATION_NAME)
         self.pool.open()
 
     def close(self) -> None:
@@ -126,22 +121,47 @@ class FastSession:
 
     def begin(self, conn: Conn) -> int:
         settings = self.writer.settings
-        return lock.begin_fast(conn, settings.lock_key, self._holder(),
-                               settings.statement_timeout_ms)
+        batch_seq = lock.begin_fast(conn, settings.lock_key, self._holder(),
+                                    settings.statement_timeout_ms)
+        self.proven_at = time.monotonic()
+        return batch_seq
 
     def guard(self, conn: Conn) -> None:
         lock.guard_fast(conn, self.writer.settings.lock_key, self._holder())
 
+    def probe(self) -> None:
+        """Before a fetch, when the last proof is older than ``WRITER_LOCK_PROBE_INTERVAL_MS``:
+        prove on this connection, if it has one, that the writer's session still holds the
+        lock (within ``WRITER_FENCE_TIMEOUT_MS``). :class:`~writer.lock.LockLost` when it does
+        not; a connection that fails is dropped (the next batch opens another)."""
+        settings = self.writer.settings
+        conn = self.conn
+        if conn is None or \
+                time.monotonic() - self.proven_at < settings.lock_probe_interval_ms / 1000:
+            return
+        try:
+            with deadline(conn, settings.fence_timeout_ms / 1000):
+                self.guard(conn)
+        except DB_OUTAGES as exc:
+            self.drop()
+            log.warning("the fast lane's lock probe failed", error=str(exc))
+            return
+        self.proven_at = time.monotonic()
+
     def with_db(self, work: Callable[[Conn], T]) -> T:
         writer = self.writer
         backoff = Backoff()
+        log_outage = LogOutage(writer, "fast")
         timeouts = 0
         while True:
             if self.lane.paused or writer.stopping:
                 raise Abandoned
             try:
-                return work(self.connection())
-            except _RETRIED as exc:
+                result = work(self.connection())
+            except IntentLogUnavailable as exc:
+                self.lane.sleep(log_outage.failed(exc))
+                continue
+            except DB_OUTAGES as exc:
                 if _timed_out(exc):
                     timeouts += 1
                     if timeouts >= 3:
@@ -152,6 +172,9 @@ class FastSession:
                     log.warning("database unavailable; the fast lane holds its batch",
                                 error=str(exc), attempt=backoff.attempts)
                 self.lane.sleep(backoff.next())
+                continue
+            log_outage.over()
+            return result
 
 
 class FastLane:
@@ -266,6 +289,11 @@ class FastLane:
                     self._state.notify_all()
 
     def _step(self, lane: Lane) -> None:
+        try:
+            self.session.probe()
+        except lock.LockLost as exc:
+            self._lock_lost(str(exc))
+            return
         batch = self._collect(lane)
         if batch.items and self.applier.process(batch):
             self.acker.ack(batch.items)

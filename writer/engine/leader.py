@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import random
+import threading
 from typing import TYPE_CHECKING
 
 from jobplatform.logging import get_logger
@@ -38,6 +39,7 @@ class Leadership:
         self.fast: Lane | None = None
         self.bulk: Lane | None = None
         self._lost: str | None = None
+        self._loop_thread: int | None = None
 
     def lose(self, reason: str) -> None:
         """Another thread (the fast lane's) found the lock gone: the loop stands down."""
@@ -70,6 +72,14 @@ class Leadership:
             if writer.session.try_lock():
                 self._become_active()
                 return True
+            fenced = writer.session.fence()
+            if fenced is not None:
+                log.warning("the lock holder hung (waiting on its client for "
+                            "WRITER_FENCE_TIMEOUT_MS): its session terminated", pid=fenced,
+                            fence_timeout_ms=writer.settings.fence_timeout_ms)
+                if writer.session.try_lock():
+                    self._become_active()
+                    return True
         except DB_OUTAGES as exc:
             writer.session.drop()
             log.warning("database unavailable while waiting for the lock", error=str(exc))
@@ -79,14 +89,31 @@ class Leadership:
         writer.wait(random.uniform(writer.standby_poll_s, 2 * writer.standby_poll_s))
         return False
 
+    def confirm(self) -> bool:
+        """Before a fetch: whether this writer may consume. On the loop's thread, the lock is
+        probed when its last proof is older than ``WRITER_LOCK_PROBE_INTERVAL_MS``
+        (:meth:`~writer.engine.session.Session.probe`); a writer that lost it, or its session,
+        stands down from the loop (:meth:`lose`). The probes also keep the lock holder's
+        session from looking hung to a standby (:func:`writer.lock.fence_hung_holder`)."""
+        if self._lost is not None or not self.active:
+            return False
+        if threading.get_ident() != self._loop_thread:
+            return True
+        lost = self.writer.session.probe()
+        if lost is not None:
+            self.lose(lost)
+            return False
+        return True
+
     def _become_active(self) -> None:
         """Take over: requeue what earlier writers left unacked, then start consuming."""
         writer = self.writer
+        self._loop_thread = threading.get_ident()
         if writer.fastlane.enabled:
             # No fast-lane transaction of an earlier holder is in flight past this point.
             conn = writer.session.locked_conn
             assert conn is not None
-            fenced = lock.bar_fast_lanes(conn, writer.settings.lock_key)
+            fenced = lock.bar_fast_lanes(conn, writer.settings.lock_key, wait_ms=1000)
             if fenced:
                 log.warning("fast-lane sessions of an earlier writer terminated", pids=fenced)
         broker = writer.broker
@@ -120,18 +147,22 @@ class Leadership:
             writer.fastlane.hand(self.fast)
         writer.set_role("active")
         log.info("writer active", name=writer.name, recovered=recovered)
+        writer.chores.emit_stats()  # the published stats name the new active writer at once
 
     def step_down(self, reason: str) -> None:
         log.warning("writer lost the lock; standing by", reason=reason)
-        self.writer.stats.count(lost_lock=1)
-        self.release_lanes()
-        self.writer.session.locked_conn = None
-        self.writer.set_role("standby")
+        writer = self.writer
+        writer.stats.count(lost_lock=1)
+        writer.set_role("standby")  # no longer calls itself active, from this moment
+        # A fast-lane batch still in hand cannot commit any more (its transaction proves the
+        # lock is this writer's session's): wait for it no longer than a fence would.
+        self.release_lanes(timeout_s=writer.settings.fence_timeout_ms / 1000)
+        writer.session.locked_conn = None
 
-    def release_lanes(self) -> bool:
+    def release_lanes(self, timeout_s: float = 30.0) -> bool:
         """Requeue everything the lanes hold; False when Redis could not be reached. The fast
-        lane's thread settles its batch in hand first."""
-        if not self.writer.fastlane.pause(timeout_s=30.0):
+        lane's thread settles its batch in hand first (waited for up to ``timeout_s``)."""
+        if not self.writer.fastlane.pause(timeout_s=timeout_s):
             log.warning("the fast lane still applies a batch; its messages go back too")
         ok = True
         for lane in self.lanes:

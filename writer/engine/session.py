@@ -9,6 +9,7 @@ writer stops.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -19,11 +20,18 @@ from psycopg_pool import NullConnectionPool
 
 from jobplatform.logging import get_logger
 from writer import lock
-from writer.db import APPLICATION_NAME, session_options
+from writer.db import (
+    APPLICATION_NAME,
+    DeadlineConnection,
+    configure_writer_session,
+    deadline,
+    writer_connect_kwargs,
+)
 from writer.errors import DatabaseUnavailable
 from writer.pacing import Backoff
 
 if TYPE_CHECKING:
+    from jobplatform.settings import WriterSettings
     from writer.engine.writer import Writer
 
 log = get_logger("writer")
@@ -60,6 +68,49 @@ class Abandoned(Exception):
 _RETRIED: tuple[type[BaseException], ...] = (*DB_OUTAGES, IntentLogUnavailable)
 
 
+class LogOutage:
+    """One batch's wait for an intent log that cannot record it (a full disk, a read-only
+    folder): the batch is held and retried with backoff, its messages unacked, and nothing
+    more is consumed meanwhile. The database session and the lock are kept: handing the lock
+    over would not make the log writable, and on a shared folder the writers would swap it
+    back and forth for the whole episode. Said in the log, in the stats
+    (``intent_log_error``, ``log_retries``) and in ``/readyz``."""
+
+    def __init__(self, writer: Writer, lane: str) -> None:
+        self.writer = writer
+        self.lane = lane
+        self.backoff = Backoff(0.2, 5.0)
+        self.since: float | None = None
+
+    def failed(self, exc: BaseException) -> float:
+        """Record one failure; the seconds to wait before the next attempt."""
+        stats = self.writer.stats
+        stats.count(log_retries=1)
+        error = str(exc.__cause__ or exc)
+        attempt = self.backoff.attempts
+        if self.since is None:
+            self.since = time.monotonic()
+            stats.gauge(intent_log_error=error)
+            log.error("intent log unavailable: holding the batch, keeping the database "
+                      "session and the lock, consuming nothing; retrying", error=error,
+                      lane=self.lane)
+        elif attempt % 10 == 0:
+            log.error("intent log still unavailable; the batch is held", error=error,
+                      lane=self.lane, attempt=attempt,
+                      for_s=round(time.monotonic() - self.since, 1))
+        return self.backoff.next()
+
+    def over(self) -> None:
+        """The batch was logged (and committed): say so if it had waited."""
+        if self.since is None:
+            return
+        self.writer.stats.gauge(intent_log_error="")
+        log.warning("intent log writable again; going on", lane=self.lane,
+                    attempts=self.backoff.attempts,
+                    after_s=round(time.monotonic() - self.since, 1))
+        self.since = None
+
+
 def _timed_out(exc: BaseException) -> bool:
     seen: BaseException | None = exc
     while seen is not None:
@@ -67,6 +118,18 @@ def _timed_out(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__
     return False
+
+
+def writer_pool(url: str, settings: WriterSettings, name: str,
+                application_name: str) -> NullConnectionPool[Conn]:
+    """A pool of at most one writer connection (not opened yet), each bounded on both ends
+    (:func:`writer.db.configure_writer_session`)."""
+    return NullConnectionPool(
+        url, max_size=1, open=False, name=name, timeout=5.0,
+        connection_class=DeadlineConnection,
+        kwargs=writer_connect_kwargs(settings, application_name),
+        configure=lambda conn: configure_writer_session(conn, settings),
+    )
 
 
 class Session:
@@ -78,25 +141,14 @@ class Session:
         self.pool: NullConnectionPool[Conn] | None = None
         self.conn: Conn | None = None
         self.locked_conn: Conn | None = None
+        self.proven_at = 0.0
+        """When (monotonic) this session last proved it holds the lock."""
+        self.may_fence = True
 
     def open(self) -> None:
         """Create the pool; no connection is made yet."""
-        self.pool = NullConnectionPool(
-            self.database_url,
-            max_size=1,
-            open=False,
-            name="writer",
-            timeout=5.0,
-            kwargs={
-                "autocommit": True,
-                "application_name": APPLICATION_NAME,
-                "connect_timeout": 5,
-                "options": session_options(self.writer.settings.db_schema),
-                # A peer that vanishes without closing the socket is noticed in seconds.
-                "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
-                "keepalives_count": 3, "tcp_user_timeout": 15_000,
-            },
-        )
+        self.pool = writer_pool(self.database_url, self.writer.settings, "writer",
+                                APPLICATION_NAME)
         self.pool.open()
 
     def close(self) -> None:
@@ -139,8 +191,49 @@ class Session:
         conn = self.connection()
         if lock.try_acquire(conn, self.writer.settings.lock_key):
             self.locked_conn = conn
+            self.proven_at = time.monotonic()
             return True
         return False
+
+    def fence(self) -> int | None:
+        """As a standby: terminate the lock holder's session if it hung
+        (:func:`writer.lock.fence_hung_holder`); the pid terminated, if one was."""
+        settings = self.writer.settings
+        if not self.may_fence:
+            return None
+        try:
+            return lock.fence_hung_holder(self.connection(), settings.lock_key,
+                                          settings.fence_timeout_ms)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            self.may_fence = False
+            log.warning("this standby may not terminate a hung lock holder's session (grant "
+                        "its role pg_signal_backend, or run every writer as one role)",
+                        error=str(exc))
+            return None
+
+    def probe(self) -> str | None:
+        """Prove the lock is still this session's when the last proof is older than
+        ``WRITER_LOCK_PROBE_INTERVAL_MS``: one round trip, within ``WRITER_FENCE_TIMEOUT_MS``.
+        Why the writer must stand down, or None. Nothing is proved while no locked
+        connection is idle (:meth:`with_db` is reconnecting, or a transaction is open)."""
+        conn = self.conn
+        settings = self.writer.settings
+        if conn is None or conn is not self.locked_conn or \
+                time.monotonic() - self.proven_at < settings.lock_probe_interval_ms / 1000:
+            return None
+        if not conn.closed and \
+                conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            return None
+        try:
+            with deadline(conn, settings.fence_timeout_ms / 1000):
+                held = lock.holds(conn, settings.lock_key)
+        except DB_OUTAGES as exc:
+            self.drop()
+            return f"the writer's database session was lost: {exc}"
+        if not held:
+            return f"advisory lock {settings.lock_key} is no longer held by this session"
+        self.proven_at = time.monotonic()
+        return None
 
     def unlock(self) -> None:
         if self.conn is not None:
@@ -155,12 +248,15 @@ class Session:
             if not lock.try_acquire(conn, self.writer.settings.lock_key):
                 raise lock.LockLost("another writer took the lock while this one reconnected")
             self.locked_conn = conn
+            self.proven_at = time.monotonic()
         return conn
 
     def begin(self, conn: Conn) -> int:
         """First statement of a batch transaction: the lock, the timeout, the batch number."""
         settings = self.writer.settings
-        return lock.begin_batch(conn, settings.lock_key, settings.statement_timeout_ms)
+        batch_seq = lock.begin_batch(conn, settings.lock_key, settings.statement_timeout_ms)
+        self.proven_at = time.monotonic()
+        return batch_seq
 
     def guard(self, conn: Conn) -> None:
         lock.guard(conn, self.writer.settings.lock_key)
@@ -169,11 +265,20 @@ class Session:
         """Run ``work`` on the locked connection; on an outage back off and retry, in order."""
         writer = self.writer
         backoff = Backoff()
+        log_outage = LogOutage(writer, "writer")
         timeouts = 0
         while True:
             try:
-                return work(self.owned())
-            except _RETRIED as exc:
+                result = work(self.owned())
+            except IntentLogUnavailable as exc:
+                # The transaction was rolled back; the session and its lock stay.
+                if writer.stopping:
+                    raise Abandoned from exc
+                writer.wait(log_outage.failed(exc))
+                if writer.stopping:
+                    raise Abandoned from exc
+                continue
+            except DB_OUTAGES as exc:
                 if _timed_out(exc):
                     timeouts += 1
                     if timeouts >= 3:
@@ -188,3 +293,6 @@ class Session:
                 writer.wait(backoff.next())
                 if writer.stopping:
                     raise Abandoned from exc
+                continue
+            log_outage.over()
+            return result
