@@ -96,7 +96,10 @@ class Backpressure:
     def _read(self, lanes: tuple[str, ...], now: float) -> BacklogReading:
         client = getattr(self.broker, "client", None)
         if client is None:
-            return BacklogReading(sum(int(self.broker.do_qsize(q)) for q in lanes), None, now)
+            qsize = getattr(self.broker, "do_qsize", None)
+            if qsize is None:  # a broker that cannot tell its depth (dramatiq's StubBroker)
+                return BacklogReading(0, None, now)
+            return BacklogReading(sum(int(qsize(q)) for q in lanes), None, now)
         namespace = self.broker.namespace
         with client.pipeline(transaction=False) as pipe:
             for queue in lanes:
