@@ -34,8 +34,7 @@ test: $(STAMP)
 ## (FUZZ_EXAMPLES each, default 3000: 5 min 16 s here). `make test` runs 60 each, fixed (8 s).
 FUZZ_EXAMPLES ?= 3000
 FUZZ_TESTS := tests/schemas/test_properties.py tests/actors/roster/test_normalise_properties.py \
-	tests/jobplatform/test_kinds_properties.py tests/actors/roster/test_fuzz_files.py \
-	tests/actors/roster/test_ods_scan_properties.py
+	tests/jobplatform/test_kinds_properties.py tests/actors/roster/test_fuzz_files.py
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest $(FUZZ_TESTS) $(PYTEST_ARGS)
 

@@ -609,21 +609,6 @@ _ODS_SIMPLE_ROW = (
     rb"</table:table-row>"
 )
 _ODS_SCAN = re.compile(_ODS_SIMPLE_ROW + rb"|" + _ODS_TAG.pattern)
-# The same scan for a piece in which double quotes pair up around text holding neither "<" nor
-# ">", and which has no single quote (how LibreOffice writes, escaping both in text and
-# values): every "<" there is outside quotes, so each tag's quoted values are pairs of that
-# piece and hold no ">", and its attributes end at its first ">". Read as runs up to it, they
-# cost the regex engine less than quote by quote; the matches and groups are the same.
-_ODS_PLAIN = rb"[^>]*+"
-_ODS_SCAN_PLAIN = re.compile(
-    rb"<table:table-row(?=[\s/>])(" + _ODS_PLAIN + rb")(?<!/)>((?:"
-    rb"<table:(?:covered-)?table-cell(?=[\s/>])" + _ODS_PLAIN
-    + rb"(?:(?<=/)>|>[^<]*+(?:<(?!/?table:)[^<]*+)*+</table:(?:covered-)?table-cell>)"
-    rb")*+)</table:table-row>"
-    rb"|<(/?)table:(table|table-row|table-cell|covered-table-cell)(?=[\s/>])("
-    + _ODS_PLAIN + rb")>"
-)
-_ODS_QUOTES_PAIRED = re.compile(rb'[^"]*+(?:"[^"<>]*+"[^"]*+)*+')
 _ODS_REPEAT = re.compile(rb"number-(?:rows|columns)-repeated\s*=\s*[\"']\s*([0-9]*)")
 _ODS_NAME = re.compile(rb"table:name\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
 
@@ -679,9 +664,7 @@ class _OdsContentScanner(_Scanner):
     ``ROSTER_MAX_CELLS``.
 
     A row whose cells hold text only (how nearly every row is written) is read in one regex
-    match; any other is read tag by tag. Where the quoting allows it (see
-    :data:`_ODS_SCAN_PLAIN`), the regex reads attributes up to the tag's end without following
-    quotes. A table, row or cell element inside a cell is refused,
+    match; any other is read tag by tag. A table, row or cell element inside a cell is refused,
     and so are XML comments and CDATA sections: spreadsheets do not write them, and they could
     make this scan see other tags than the reader does.
     """
@@ -720,8 +703,7 @@ class _OdsContentScanner(_Scanner):
         repeats = b"repeated" in data
         covered = b"<table:covered-table-cell" in data
         rfind, find, count = data.rfind, data.find, data.count
-        plain = b"'" not in data and _ODS_QUOTES_PAIRED.fullmatch(data) is not None
-        for tag in (_ODS_SCAN_PLAIN if plain else _ODS_SCAN).finditer(data, self._skip):
+        for tag in _ODS_SCAN.finditer(data, self._skip):
             if tag.start() >= end:
                 break
             last = tag.end()
