@@ -13,7 +13,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck imports check clean stack-down roster-fixtures fuzz
+.PHONY: run test lint typecheck imports check clean stack-down roster-fixtures fuzz chaos
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 to 3.14 is needed; set PYTHON=/path/to/python3" >&2; exit 1; }
@@ -37,6 +37,13 @@ FUZZ_TESTS := tests/schemas/test_properties.py tests/actors/roster/test_normalis
 	tests/jobplatform/test_kinds_properties.py tests/actors/roster/test_fuzz_files.py
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest $(FUZZ_TESTS) $(PYTEST_ARGS)
+
+## chaos: the long fault run (root: private servers, a tmpfs log disk): 40 writer kills and
+## every other fault 3 times over 10 min of load; CHAOS_SEED to replay one (printed each run).
+## `make test` runs a short one (tests/bench/test_chaos.py, about a minute).
+CHAOS_ARGS ?= --kills 40 --repeat 3 --duration 600 --videos 1500 --imports 30
+chaos: $(STAMP)
+	$(BIN)/jobplatform bench chaos $(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) $(CHAOS_ARGS)
 
 ## lint: ruff, mypy (strict) and the architecture contracts
 lint: $(STAMP)

@@ -38,6 +38,7 @@ from dramatiq.middleware import CurrentMessage
 from actors.invalid import read_ids
 from actors.roster import Limits, RosterRejected, open_roster, write_report
 from jobplatform.auth import ensure_message_auth
+from jobplatform.backpressure import Backpressure
 from jobplatform.broker import IMPORT_ROSTER, Queues, broker_identity
 from jobplatform.emit import EmitTimings, IntentEmitter
 from jobplatform.errors import JobError, TransientJobError
@@ -348,7 +349,9 @@ def register(broker: dramatiq.Broker, settings: Settings) -> dramatiq.Actor[Any,
         if services is None:
             assert settings.redis_url is not None, "settings.redis_url must be filled"
             client = redis.Redis.from_url(settings.redis_url)
-            emitter = IntentEmitter(broker, Queues.from_settings(settings))
+            emitter = IntentEmitter(
+                broker, Queues.from_settings(settings),
+                backpressure=Backpressure.from_settings(broker, settings.writer))
             services = RosterServices(
                 settings=settings,
                 s3=s3_client(settings),

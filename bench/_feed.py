@@ -303,3 +303,75 @@ class StatusSender:
                 self._stop.wait(max(0.0, start + n / self.rate_per_s - time.monotonic()))
         except Exception as exc:
             self.error = exc
+
+
+class VideoNotices:
+    """When each video status became visible to other sessions, told by the database itself.
+
+    For a writer in another process, whose COMMIT this process cannot clock: a trigger on the
+    videos table (added to the benchmark's database) notifies ``<video id> <status>`` for each
+    row it writes, and PostgreSQL delivers a notification when, and only if, its transaction
+    commits. A thread of this process listens and notes the wall clock of each.
+    """
+
+    CHANNEL = "jp_bench_video"
+
+    def __init__(self, database_url: str, table: str = "videos") -> None:
+        import psycopg
+        from psycopg import sql
+
+        self._conn = psycopg.connect(database_url, autocommit=True)
+        self._conn.execute(sql.SQL("""
+            CREATE OR REPLACE FUNCTION jp_bench_video_notice() RETURNS trigger
+            LANGUAGE plpgsql AS $$ BEGIN
+                PERFORM pg_notify({channel}, NEW.id::text || ' ' || NEW.status);
+                RETURN NEW;
+            END $$""").format(channel=sql.Literal(self.CHANNEL)))
+        self._conn.execute(sql.SQL(
+            "CREATE OR REPLACE TRIGGER jp_bench_video_notice AFTER INSERT OR UPDATE ON {}"
+            " FOR EACH ROW EXECUTE FUNCTION jp_bench_video_notice()").format(
+                sql.Identifier(table)))
+        self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.CHANNEL)))
+        self.seen: dict[tuple[UUID, str], datetime] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-video-notices",
+                                        daemon=True)
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> VideoNotices:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._conn.close()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for notice in self._conn.notifies(timeout=0.2):
+                    at = datetime.now(UTC)
+                    video_id, _, status = notice.payload.partition(" ")
+                    self.seen.setdefault((UUID(video_id), status), at)
+        except Exception as exc:
+            self.error = exc
+
+    def committed_at(self, intent: AnyIntent) -> datetime | None:
+        """When ``intent``'s change (or a later status of its video, coalesced with it in one
+        transaction) was first seen committed."""
+        if not isinstance(intent, VideoProcessing | VideoReady):
+            return None
+        statuses = ("processing", "ready") if isinstance(intent, VideoProcessing) else ("ready",)
+        found = [self.seen.get((intent.video_id, status)) for status in statuses]
+        times = [t for t in found if t is not None]
+        return min(times, default=None)
+
+    def wait(self, intents: Sequence[AnyIntent], timeout_s: float) -> bool:
+        """Wait until every one of ``intents`` was seen committed."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(self.committed_at(i) is not None for i in intents):
+                return True
+            time.sleep(0.05)
+        return False

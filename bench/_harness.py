@@ -86,8 +86,9 @@ class Harness:
         try:
             with _platform.broker_namespace(self.redis_url) as namespace:
                 settings = self.settings.model_copy(update={"broker_namespace": namespace})
-                writer = _platform.WriterProcess(url, self.redis_url, namespace,
-                                                 dict(options.writer_env))
+                writer = _platform.WriterProcess(
+                    url, self.redis_url, namespace,
+                    {**_platform.shared_keys_env(settings), **dict(options.writer_env)})
                 try:
                     writer.start(self.instance.admin_url(name))
                     return self._platform_run(name, settings, workload, options, writer)

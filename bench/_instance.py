@@ -297,6 +297,8 @@ class EmulatedInstance:
     proc: subprocess.Popen[bytes] | None = None
     pg_bin: Path | None = None
     version: str = ""
+    _args: list[str] = field(default_factory=list)
+    _demote: Callable[[], None] = field(default=lambda: None)
 
     def __enter__(self) -> EmulatedInstance:
         _exit_on_sigterm()
@@ -343,24 +345,39 @@ class EmulatedInstance:
         args = [str(self.pg_bin / "postgres"), "-D", str(data)]
         for key, value in settings.items():
             args += ["-c", f"{key}={value}"]
-        cap = self.cap
+        self._args = args
+        self._demote = demote
+        self.launch()
+        with psycopg.connect(self.admin_url(), autocommit=True) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+            self.version = str(row[0]) if row else ""
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(APP_ROLE)))
+
+    def launch(self) -> None:
+        """Start the postmaster on the initialised folder (again, after :meth:`kill`) and wait
+        until it answers."""
+        assert self.folder is not None
+        cap, demote = self.cap, self._demote
 
         def enter_and_demote() -> None:
             cap.enter_child()  # as root, before exec: the postmaster starts inside the group
             demote()
 
-        log = open(self.folder / "server.log", "wb")  # noqa: SIM115 - the server owns it
+        log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - the server owns it
         with log:
             self.proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=enter_and_demote,
+                self._args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=enter_and_demote,
                 start_new_session=True,
             )
         self.cap.attach(self.proc.pid)
-        self._wait_ready()
-        with psycopg.connect(self.admin_url(), autocommit=True) as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-            self.version = str(row[0]) if row else ""
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(APP_ROLE)))
+        self._wait_ready(120.0)
+
+    def kill(self, sig: signal.Signals) -> None:
+        """Stop the server, keeping its folder for :meth:`launch`: SIGINT is a fast shutdown,
+        SIGQUIT an immediate one (a crash: recovery replays the WAL at the next start)."""
+        if self.proc is not None:
+            stop_process(self.proc, sig)
+        self.proc = None
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -37,6 +37,7 @@ import redis
 
 from bench._common import proc_cpu_seconds, stop_process
 from bench._workload import TENANT_ID, Roster, Workload
+from jobplatform.auth import development_keys_file, keyring_for
 from jobplatform.broker import Queues, build_broker
 from jobplatform.emit import IntentEmitter
 from jobplatform.settings import Settings
@@ -159,6 +160,26 @@ def writer_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def shared_keys_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process the keys ``settings`` sign with.
+
+    A child with a state folder of its own would otherwise make a development key of its own,
+    and refuse every intent this process signs.
+    """
+    auth = settings.auth
+    env: dict[str, str] = {}
+    if auth.keys is not None:
+        env["AUTH_KEYS"] = auth.keys.get_secret_value()
+    if auth.keys_file is not None:
+        env["AUTH_KEYS_FILE"] = str(auth.keys_file)
+    if not env:
+        keyring_for(settings)  # makes the development key file when there is none
+        env["AUTH_KEYS_FILE"] = str(development_keys_file(settings))
+    if auth.signing_key is not None:
+        env["AUTH_SIGNING_KEY"] = auth.signing_key
+    return env
 
 
 class WriterProcess:

@@ -47,6 +47,7 @@ import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,16 @@ import click
 import psycopg
 import redis
 
-from bench._common import children_of, fmt, machine, markdown_table, proc_cpu_seconds, ratio
+from bench._common import (
+    children_of,
+    fmt,
+    machine,
+    markdown_table,
+    percentile,
+    proc_cpu_seconds,
+    ratio,
+)
+from bench._feed import StatusSender, VideoNotices
 from bench._platform import WriterProcess, broker_namespace
 from jobplatform.settings import PROJECT_ROOT, Settings
 from jobplatform.stack import Services
@@ -232,6 +242,8 @@ class Context:
     ai_threads: int = 2
     timeout_s: float = 600.0
     writer_env: dict[str, str] = field(default_factory=dict)
+    fast_rate: float = 20.0
+    """Video status intents a second sent while the imports run (0: none)."""
 
     @property
     def server_url(self) -> str:
@@ -298,16 +310,27 @@ def run_imports(ctx: Context, code: Code, files: Sequence[RosterFile],
         writer_before = _published_stats(client, namespace, wait_s=5.0,
                                          after=time.time())
 
+        notices = stack.enter_context(VideoNotices(url))
+        sender = StatusSender(settings, ctx.fast_rate, TENANT_ID) if ctx.fast_rate else None
         cpu0 = (actor.cpu_seconds(), proc_cpu_seconds(writer_pid), proc_cpu_seconds(backend),
                 _redis_cpu(client))
         started = time.perf_counter()
-        for job in jobs:
-            publisher.publish(job)
-        done = _wait_done(publisher, jobs, started, actor, writer, ctx.timeout_s)
+        begin = datetime.now(UTC)
+        if sender is not None:
+            sender.__enter__()
+        try:
+            for job in jobs:
+                publisher.publish(job)
+            done = _wait_done(publisher, jobs, started, actor, writer, ctx.timeout_s)
+        finally:
+            if sender is not None:
+                sender.__exit__(None, None, None)
         wall = max(done.values())
+        end = begin + timedelta(seconds=wall)
         cpu1 = (actor.cpu_seconds(), proc_cpu_seconds(writer_pid), proc_cpu_seconds(backend),
                 _redis_cpu(client))
         statuses = [publisher.status(job) for job in jobs]
+        fast = _fast_latency(notices, sender, begin, end) if sender is not None else None
         lectures = [f.lecture_id for f in files]
         row = monitor.execute(
             "SELECT count(DISTINCT student_id), count(*) FROM enrollments"
@@ -320,8 +343,31 @@ def run_imports(ctx: Context, code: Code, files: Sequence[RosterFile],
         stats = _published_stats(client, namespace, wait_s=5.0, role="stopped")
     stats["time_s"] = _minus(stats.get("time_s"), writer_before.get("time_s"))
     rows = sum(int(s.progress.get("valid") or 0) for s in statuses)
-    return _report(code, files, rows, students, enrollments, wall, done, statuses, stats,
-                   tuple(b - a for a, b in zip(cpu0, cpu1, strict=True)))
+    report = _report(code, files, rows, students, enrollments, wall, done, statuses, stats,
+                     tuple(b - a for a, b in zip(cpu0, cpu1, strict=True)))
+    report["fast"] = fast
+    return report
+
+
+def _fast_latency(notices: VideoNotices, sender: StatusSender, begin: datetime,
+                  end: datetime) -> dict[str, Any]:
+    """Event to commit of the status intents that occurred while the imports ran: from each
+    one's ``occurred_at`` (stamped as it was enqueued) to its commit's notification."""
+    if sender.error is not None:
+        raise sender.error
+    window = [i for i in sender.sent if begin <= i.occurred_at <= end]
+    if not notices.wait(sender.sent, 30.0):
+        raise RuntimeError("status intents not committed 30 s after the imports were done")
+    if notices.error is not None:
+        raise notices.error
+    latency = []
+    for intent in window:
+        at = notices.committed_at(intent)
+        assert at is not None, "waited for"
+        latency.append((at - intent.occurred_at).total_seconds() * 1000)
+    return {"rate_per_s": sender.rate_per_s, "intents": len(window),
+            "p50_ms": percentile(latency, 50), "p99_ms": percentile(latency, 99),
+            "max_ms": max(latency, default=None)}
 
 
 def _published_stats(client: redis.Redis, namespace: str, *, wait_s: float,
@@ -438,6 +484,9 @@ def copy_floor(ctx: Context, rows: Sequence[Any]) -> dict[str, Any]:
 @click.option("--ai-threads", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--floor/--no-floor", default=True, show_default=True,
               help="Measure plain COPY of the same rows (the floor) in the same run.")
+@click.option("--fast-rate", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              help="Video status intents a second sent while the imports run; their event to "
+                   "commit latency is reported (0: none).")
 @click.option("--writer-env", multiple=True, metavar="NAME=VALUE",
               help="An extra environment variable for the writer (e.g. WRITER_TARGET_TXN_MS=40).")
 @click.option("--quick", is_flag=True, help="2,000 rows, two at once: checks the benchmark runs.")
@@ -445,8 +494,9 @@ def copy_floor(ctx: Context, rows: Sequence[Any]) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--plot", is_flag=True, help="Write docs/bench/import.png and import.json.")
 def command(rows: int, several: int, invalid_every: int, repeat: int, baseline_path: Path | None,
-            ai_processes: int, ai_threads: int, floor: bool, writer_env: tuple[str, ...],
-            quick: bool, timeout_s: float, as_json: bool, plot: bool) -> None:
+            ai_processes: int, ai_threads: int, floor: bool, fast_rate: float,
+            writer_env: tuple[str, ...], quick: bool, timeout_s: float, as_json: bool,
+            plot: bool) -> None:
     """A roster in S3 to committed rows through the real actor and writer: rows/s, stages, CPU."""
     from jobplatform.cli._common import echo_json, settings_from_env
     from jobplatform.logging import configure_logging
@@ -467,7 +517,7 @@ def command(rows: int, several: int, invalid_every: int, repeat: int, baseline_p
     settings = settings_from_env()
     configure_logging(settings.model_copy(update={"log_level": "WARNING"}))
     services = ensure_services(settings)
-    ctx = Context(settings, services, ai_processes, ai_threads, timeout_s, extra)
+    ctx = Context(settings, services, ai_processes, ai_threads, timeout_s, extra, fast_rate)
     codes = [Code("current", PROJECT_ROOT)]
     if baseline_path is not None:
         codes.insert(0, Code("baseline", _check_checkout(baseline_path)))
@@ -497,6 +547,7 @@ def command(rows: int, several: int, invalid_every: int, repeat: int, baseline_p
     report = summarize(runs, floors, codes)
     report.update(rows=rows, several=several, invalid_every=invalid_every, repeat=repeat,
                   ai_processes=ai_processes, ai_threads=ai_threads, writer_env=extra,
+                  fast_rate=fast_rate,
                   baseline=str(baseline_path) if baseline_path else None, machine=machine())
     if plot:
         for path in plot_import(report):
@@ -531,7 +582,8 @@ def median_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 RATIOS = (("time_to_done_s", "time to done"), ("rows_per_s", "rows/s"),
           ("cpu_us_per_row", "CPU per row, all processes"),
-          ("server_cpu_us_per_row", "server CPU per row"))
+          ("server_cpu_us_per_row", "server CPU per row"),
+          ("fast.p99_ms", "status change p99, event to commit"))
 
 
 def summarize(runs: dict[str, dict[str, list[dict[str, Any]]]],
@@ -545,7 +597,8 @@ def summarize(runs: dict[str, dict[str, list[dict[str, Any]]]],
         scenario: dict[str, Any] = {"medians": medians, "runs": by_code}
         if "baseline" in medians:
             base, cur = medians["baseline"], medians["current"]
-            scenario["ratios"] = {key: ratio(cur.get(key), base.get(key)) for key, _ in RATIOS}
+            scenario["ratios"] = {key: ratio(_get(cur, key), _get(base, key))
+                                  for key, _ in RATIOS}
         if floor_run_ is not None:
             for found in medians.values():
                 found["server_cpu_vs_floor"] = ratio(found.get("server_cpu_us_per_row"),
@@ -573,6 +626,9 @@ def table(report: dict[str, Any]) -> str:
             ("server CPU per row us", "server_cpu_us_per_row"),
             ("server CPU / floor", "server_cpu_vs_floor"),
             ("writer batches", "writer.batches"), ("transaction ms p99", "writer.commit_ms_p99"),
+            ("status changes sent", "fast.intents"),
+            ("status change p50 ms (event to commit)", "fast.p50_ms"),
+            ("status change p99 ms (event to commit)", "fast.p99_ms"),
         ]
         header = ["", *labels]
         ratios = scenario.get("ratios")

@@ -14,6 +14,10 @@ pydantic's serializer in one call, signed as those bytes, carried by the broker'
 a single string, and validated by the writer straight from that text. A writer also accepts
 the older form, the intent as a JSON object.
 
+With a :class:`~jobplatform.backpressure.Backpressure` (the actors pass the one
+``WRITER_BACKLOG_*`` describe), :meth:`IntentEmitter.emit` first waits while the writer's
+backlog is over its bound, instead of filling Redis.
+
 The emitter keeps, per thread, the time it spent encoding intents and sending them
 (:meth:`IntentEmitter.timings`), so an actor can say where its time went.
 """
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 import dramatiq
 
 from jobplatform.auth import MAC_OPTION, Keyring, canonical_body, keyring_of
+from jobplatform.backpressure import Backpressure
 from jobplatform.broker import WRITE_INTENT, Queues, make_message
 from jobplatform.kinds import Registry, UnknownKind, default_registry
 from schemas import BaseIntent, FieldError
@@ -47,8 +52,10 @@ class IntentEmitter:
     """Routes each intent to its lane and enqueues it on the broker."""
 
     def __init__(self, broker: dramatiq.Broker, queues: Queues,
-                 registry: Registry | None = None, keyring: Keyring | None = None) -> None:
+                 registry: Registry | None = None, keyring: Keyring | None = None,
+                 backpressure: Backpressure | None = None) -> None:
         self.broker = broker
+        self.backpressure = backpressure
         self.queues = queues
         self.registry = registry if registry is not None else default_registry()
         self.keyring = keyring if keyring is not None else keyring_of(broker)
@@ -61,6 +68,8 @@ class IntentEmitter:
     def emit(self, intent: BaseIntent) -> None:
         if self.registry.kind_for(intent.kind) is None:
             raise UnknownKind("intent", [FieldError("kind", self.registry.unknown(intent.kind))])
+        if self.backpressure is not None:
+            self.backpressure.wait(self.queues.lanes_for(intent.tenant_id))
         started = time.perf_counter()
         payload = intent.model_dump_json()
         mac = self.keyring.mac(WRITE_INTENT, canonical_body((payload,)))

@@ -125,6 +125,15 @@ class WriterSettings(BaseSettings):
     """Tenants pinned to a shard, ``TENANT=SHARD`` comma-separated; the rest go by hash."""
     shard: str | None = None
     """``K/N``: the shard this writer process applies (``jobplatform writer --shard K/N``)."""
+    backlog_max_intents: Annotated[int, Field(ge=0)] = 200_000
+    """Producers wait before sending while the writer's lanes (of the intent's shard) hold this
+    many messages (:mod:`jobplatform.backpressure`); 0: no bound on the count."""
+    backlog_max_bytes: Annotated[int, Field(ge=0)] = 512 * 1024 * 1024
+    """... or this many bytes of message bodies (Redis lanes); 0: no bound on the bytes."""
+    backlog_max_wait_s: Annotated[float, Field(gt=0)] = 300.0
+    """A producer waits this long at most, then fails (``BacklogFull``: the job is retried)."""
+    backlog_check_s: Annotated[float, Field(gt=0)] = 0.5
+    """How long a producer process trusts one reading of the backlog."""
     db_schema: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "jobplatform"
     """PostgreSQL schema of the writer's own tables (ledger, dead letters, batch sequence,
     migrations, roster imports) and of the built-in domain tables; never ``public`` unless set

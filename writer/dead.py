@@ -7,6 +7,7 @@ Functions on a connection; they run in the caller's transaction (or in autocommi
 from __future__ import annotations
 
 import builtins
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -38,15 +39,35 @@ class DeadLetter:
 
 
 def record(conn: Conn, queue: str, body_text: str, reason: str, intent_id: UUID | None = None,
-           kind: str | None = None, tenant_id: int | None = None) -> int:
-    """Store one dead intent; returns its id."""
+           kind: str | None = None, tenant_id: int | None = None,
+           message_id: str | None = None) -> int:
+    """Store one dead intent; returns its id.
+
+    ``message_id`` is the broker's id of the message it came from: a message already recorded
+    (the writer died between recording it and acking it, and the broker redelivered it) keeps
+    its one letter, whose id is returned.
+    """
     row = conn.execute(
-        "INSERT INTO writer_dead_letters (intent_id, kind, tenant_id, queue, body, reason)"
-        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-        (intent_id, kind, tenant_id, queue, body_text, reason),
+        "INSERT INTO writer_dead_letters (intent_id, kind, tenant_id, queue, body, reason,"
+        " message_id) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (message_id) DO NOTHING RETURNING id",
+        (intent_id, kind, tenant_id, queue, body_text, reason, message_id),
     ).fetchone()
+    if row is None:
+        row = conn.execute("SELECT id FROM writer_dead_letters WHERE message_id = %s",
+                           (message_id,)).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def recorded(conn: Conn, message_ids: Iterable[str | None]) -> set[str]:
+    """Which of ``message_ids`` have a dead letter already."""
+    wanted = [m for m in message_ids if m is not None]
+    if not wanted:
+        return set()
+    rows = conn.execute("SELECT message_id FROM writer_dead_letters WHERE message_id = ANY(%s)",
+                        (wanted,)).fetchall()
+    return {str(row[0]) for row in rows}
 
 
 def list(conn: Conn, limit: int = 50, offset: int = 0,

@@ -49,10 +49,20 @@ for i = 3, #ARGV do
 end
 """
 
-#: ``max_unpack_size`` argument of the broker's dispatch script; read only by ``fetch`` and
-#: maintenance, neither of which the writer's own dispatches run.
-_UNPACK_HINT = 1000
-
+#: Put a consumer's held messages back at the head of their queue: ``ARGV`` holds their ids in
+#: the order they were sent; pushing them to the head last one first leaves them in that order,
+#: in front of whatever was queued meanwhile. Only ids still held move (like the broker's own
+#: ``requeue``), so a concurrent requeue or ack cannot put one back twice.
+_REQUEUE_AT_HEAD = """
+local moved = 0
+for i = #ARGV, 1, -1 do
+    if redis.call("srem", KEYS[1], ARGV[i]) > 0 and redis.call("hexists", KEYS[3], ARGV[i]) > 0 then
+        redis.call("lpush", KEYS[2], ARGV[i])
+        moved = moved + 1
+    end
+end
+return moved
+"""
 
 @dataclass(slots=True)
 class Item:
@@ -146,24 +156,40 @@ def _acks_key(broker: RedisBroker, worker_id: str, queue: str) -> str:
     return f"{broker.namespace}:__acks__.{worker_id}.{queue}"
 
 
-def _dispatch(broker: RedisBroker, command: str, queue: str, worker_id: str,
-              *args: Any, client: Any = None) -> Any:
-    """Run one of the broker's own Lua commands, as ``worker_id``, without maintenance."""
-    argv = [command, current_millis(), queue, worker_id, broker.heartbeat_timeout,
-            broker.dead_message_ttl, 0, _UNPACK_HINT, *args]
-    return broker.scripts["dispatch"](keys=[broker.namespace], args=argv, client=client)
-
-
 def requeue_unacked(broker: RedisBroker, queue: str, worker_id: str) -> int:
-    """Move every message ``worker_id`` holds unacked on ``queue`` back to the queue.
+    """Move every message ``worker_id`` holds unacked on ``queue`` back to the head of the
+    queue, in the order they were sent.
 
     The writer that takes over runs this for the writers before it, so their in-flight
-    messages come back at once instead of after the broker's 60 s heartbeat timeout.
+    messages come back at once instead of after the broker's 60 s heartbeat timeout, and
+    ahead of what was queued meanwhile (they were fetched first). The broker's own
+    ``requeue`` appends them, in no order, behind everything else: a ``video.queued`` held by
+    a dead writer would then come after the ``video.ready`` sent later.
+
+    The held set keeps no order, so the messages are sorted by when they were sent
+    (``message_timestamp``, milliseconds; ties by id). Returns the number put back.
     """
-    ids = sorted(broker.client.smembers(_acks_key(broker, worker_id, queue)))
-    if ids:
-        _dispatch(broker, "requeue", queue, worker_id, *ids)
-    return len(ids)
+    ns = broker.namespace
+    acks = _acks_key(broker, worker_id, queue)
+    messages = f"{ns}:{queue}.msgs"
+    ids = sorted(broker.client.smembers(acks))
+    if not ids:
+        return 0
+    bodies = broker.client.hmget(messages, ids)
+    ordered = sorted(zip(ids, bodies, strict=True), key=lambda pair: (_sent_at(pair[1]), pair[0]))
+    script = broker.client.register_script(_REQUEUE_AT_HEAD)
+    return int(script(keys=[acks, f"{ns}:{queue}", messages],
+                      args=[redis_id for redis_id, _ in ordered]))
+
+
+def _sent_at(body: bytes | None) -> int:
+    """A stored message's ``message_timestamp``; 0 for one that does not decode."""
+    if body is None:
+        return 0
+    try:
+        return int(dramatiq.Message.decode(body).message_timestamp)
+    except (dramatiq.errors.DecodeError, TypeError, ValueError):
+        return 0
 
 
 class Lane:

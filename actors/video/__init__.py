@@ -19,6 +19,7 @@ from dramatiq.middleware import CurrentMessage
 from actors.video.ffmpeg import MAX_DURATION_S
 from actors.video.pipeline import WORK_PREFIX, Outcome, VideoEncoder
 from jobplatform.auth import ensure_message_auth
+from jobplatform.backpressure import Backpressure
 from jobplatform.broker import ENCODE_VIDEO, Queues, broker_identity, stop_notice
 from jobplatform.emit import IntentEmitter
 from jobplatform.errors import ConfigError, JobHandedBack, TransientJobError
@@ -57,7 +58,8 @@ def build_encoder(broker: dramatiq.Broker, settings: Settings) -> VideoEncoder:
         settings,
         s3=s3_client(settings),
         progress=ProgressStore(client, settings.broker_namespace),
-        emitter=IntentEmitter(broker, Queues.from_settings(settings)),
+        emitter=IntentEmitter(broker, Queues.from_settings(settings),
+                              backpressure=Backpressure.from_settings(broker, settings.writer)),
         stop=stop_notice(broker),
         identity=broker_identity(broker),
     )

@@ -37,6 +37,9 @@ def test_bench_import_quick_runs_the_actor_and_the_writer_end_to_end(
         assert set(current["actor_stages_s"]) == set(ACTOR_STAGES)
         assert set(current["writer_stages_s"]) == set(WRITER_STAGES)
         assert current["actor_stages_s"]["parse_s"] > 0
+        # and the status changes sent meanwhile were committed, each one timed
+        assert current["fast"]["intents"] > 0
+        assert 0 < current["fast"]["p50_ms"] <= current["fast"]["p99_ms"]
         assert current["writer_stages_s"]["copy"] > 0
         assert all(current["cpu_s"][p] > 0 for p in ("actor", "writer_process",
                                                      "writer_backend"))

@@ -226,7 +226,8 @@ class WriterProcess:
     """``python -m jobplatform writer`` in a subprocess, pointed at the test's services."""
 
     def __init__(self, settings: Settings, tmp_path: Path, name: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None,
+                 argv: Sequence[str] = ("-m", "jobplatform", "writer")) -> None:
         assert settings.database_url is not None
         assert settings.redis_url is not None
         self.log_path = tmp_path / f"{name}.log"
@@ -249,7 +250,7 @@ class WriterProcess:
         }
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobplatform", "writer"], env=environ,
+            [sys.executable, *argv], env=environ,
             stdout=self._log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2],
         )
 
@@ -276,8 +277,9 @@ class WriterProcess:
 def writer_process(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WriterProcess]]:
     started: list[WriterProcess] = []
 
-    def start(name: str, **env: str) -> WriterProcess:
-        process = WriterProcess(settings, tmp_path, name, env)
+    def start(name: str, argv: Sequence[str] = ("-m", "jobplatform", "writer"),
+              **env: str) -> WriterProcess:
+        process = WriterProcess(settings, tmp_path, name, env, argv)
         started.append(process)
         return process
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -370,3 +371,73 @@ def test_a_reused_batch_number_gets_a_segment_of_its_own(
     again.close()
     names = sorted(p.name for p in (tmp_path / "log").iterdir())
     assert names == ["00000000000000000001-w-1-1.jsonl.gz", "00000000000000000001-w-1.jsonl.gz"]
+
+
+def _blocked(folder: Path) -> Path:
+    """Make the compression of the segment in ``folder`` fail: its ``.gz`` name is taken by a
+    folder (as a full disk would make it fail); returns that folder."""
+    (segment,) = folder.glob("*.jsonl")
+    blocker = segment.with_name(segment.name + ".gz")
+    (blocker / "in-the-way").mkdir(parents=True)
+    return blocker
+
+
+def test_a_failed_compression_is_retried_and_the_segment_shipped_once_it_succeeds(
+    make_log: Callable[..., IntentLog], tmp_path: Path, s3_endpoint: str
+) -> None:
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    bucket = f"log-{uuid.uuid4().hex[:10]}"
+    client.create_bucket(Bucket=bucket)
+    folder = tmp_path / "log"
+    log = make_log(writer_id="w:1", retry_s=0.05, shipper=S3Shipper(client, bucket, "p"))
+    log.append(1, video_lifecycle(1, 0))
+    # Given a compression that fails at its last step
+    blocker = _blocked(folder)
+    log.rotate()
+    wait_until(lambda: log.get_stats()["finalize_failures"] >= 2, message="tried twice")
+    # Then the segment stays open, nothing half compressed is left, nothing shipped
+    assert [p.name for p in folder.glob("*.jsonl")] == ["00000000000000000001-w-1.jsonl"]
+    assert list(folder.glob("*.partial*")) == []
+    assert log.get_stats()["segments_shipped"] == 0
+
+    # When the cause goes away, the next try compresses and ships it
+    shutil.rmtree(blocker)
+    log.flush(timeout=10)
+    assert sorted(p.name for p in folder.iterdir()) == ["00000000000000000001-w-1.jsonl.gz"]
+    assert log.get_stats()["segments_shipped"] == 1
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys == ["p/00000000000000000001-w-1.jsonl.gz"]
+    assert seqs(LogReader([folder])) == [1]
+
+
+def test_a_starting_log_leaves_a_segment_another_live_log_is_closing(
+    make_log: Callable[..., IntentLog], tmp_path: Path
+) -> None:
+    # Given a live log on a shared folder whose rotated segment is not compressed yet
+    folder = tmp_path / "log"
+    active = make_log(writer_id="active:1", retry_s=0.05)
+    active.append(1, video_lifecycle(1, 0))
+    blocker = _blocked(folder)
+    active.rotate()
+    wait_until(lambda: active.get_stats()["finalize_failures"] >= 1, message="a failure")
+
+    # When a second log starts on that folder
+    standby = make_log(writer_id="standby:2")
+
+    # Then its recovery leaves that segment to its owner, who finishes it
+    assert standby.get_stats()["recovered"] == 0
+    shutil.rmtree(blocker)
+    active.flush(timeout=10)
+    standby.close()
+    assert sorted(p.name for p in folder.iterdir()) == ["00000000000000000001-active-1.jsonl.gz"]
+    assert seqs(LogReader([folder])) == [1]
+
+
+def test_a_dead_compressors_partial_file_is_removed_by_the_next_log(tmp_path: Path) -> None:
+    folder = tmp_path / "log"
+    folder.mkdir()
+    (folder / "00000000000000000001-dead-1.jsonl.gz.partial-0123456789ab").write_bytes(b"\x1f")
+    (folder / ".0123.creating").write_bytes(b"")
+    IntentLog(folder, writer_id="next:2").close()
+    assert list(folder.iterdir()) == []

@@ -136,7 +136,7 @@ def test_planning_keeps_the_last_occurrence_of_each_intent() -> None:
         LogRecord(3, "w", at(2), (b,)),
     ]
     latest = last_occurrences(log)
-    assert latest == {b.intent_id: 3}
+    assert latest == {b.intent_id: log[2].uid}
     summary = ReplaySummary()
     kept = [(r.seq, list(r.intents)) for r in planned(log, latest, LogFilter(), summary)]
     assert kept == [(1, [a]), (2, [c]), (3, [b])]

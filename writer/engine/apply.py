@@ -28,7 +28,7 @@ from jobplatform.kinds import AfterCommit, Kind, Outcome
 from jobplatform.logging import get_logger
 from jobplatform.progress import ProgressStore
 from schemas import BaseIntent
-from writer import dead, lock
+from writer import dead, faults, lock
 from writer.batcher import Batch, BatchSizer
 from writer.engine.batch import (
     BatchResult,
@@ -180,8 +180,8 @@ class Applier:
         entries = [_entry(item, str(item.reason)) for item in rejected]
         entries += [DeadLetterEntry(queue=lane.queue, body=raw.decode("utf-8", "replace"),
                                     reason="undecodable message: not a dramatiq message "
-                                           "envelope")
-                    for lane, _, raw in found]
+                                           "envelope", message_id=rid)
+                    for lane, rid, raw in found]
         for entry in entries:
             log.warning("malformed intent dead-lettered", queue=entry.queue, reason=entry.reason)
         self.record_dead(entries)
@@ -194,24 +194,33 @@ class Applier:
         same transaction (``Kind.dead_lettered``: the roster fails the import)."""
         writer = self.writer
 
+        fresh = entries
+
         def work(conn: Conn) -> list[tuple[Kind, Outcome]]:
+            nonlocal fresh
             outcomes: list[tuple[Kind, Outcome]] = []
             with conn.transaction():
                 self.session.guard(conn)
-                for e in entries:
+                # A message recorded before the writer died, unacked: its letter stands.
+                known = dead.recorded(conn, (e.message_id for e in entries))
+                fresh = [e for e in entries if e.message_id not in known]
+                for e in fresh:
                     dead.record(conn, queue=e.queue, body_text=e.body, reason=e.reason,
-                                intent_id=e.intent_id, kind=e.kind, tenant_id=e.tenant_id)
-                for kind, reason, intents in self._dead_by_kind(entries):
+                                intent_id=e.intent_id, kind=e.kind, tenant_id=e.tenant_id,
+                                message_id=e.message_id)
+                for kind, reason, intents in self._dead_by_kind(fresh):
                     assert kind.dead_lettered is not None
                     outcome = run_kind_hook(conn, kind, kind.dead_lettered, intents, reason)
                     if outcome is not None:
                         outcomes.append((kind, outcome))
             return outcomes
         outcomes = self.session.with_db(work)
-        writer.stats.count(dead=len(entries))
+        faults.reached("after_dead_letter")
+        writer.stats.count(dead=len(fresh))
         for kind, outcome in outcomes:
             self.kind_after_commit(kind, outcome)
-        writer.call_hooks("on_dead_letter", entries)
+        if fresh:
+            writer.call_hooks("on_dead_letter", fresh)
 
     def _dead_by_kind(
         self, entries: list[DeadLetterEntry]
@@ -310,6 +319,7 @@ class Applier:
                         writer.log_writer.append(batch_seq, applied)
                     except Exception as exc:
                         raise IntentLogUnavailable(f"intent log append failed: {exc}") from exc
+                    faults.reached("after_append")
                 order.last = max(order.last, batch_seq)
                 order.lock.release()
                 ordered = False
@@ -317,6 +327,7 @@ class Applier:
                 logged = time.perf_counter()
             result.timings["begin"] = begun - started
             result.timings["commit"] = time.perf_counter() - logged
+            faults.reached("after_commit")
         finally:
             if ordered:
                 order.lock.release()
@@ -368,4 +379,5 @@ def _entry(item: Item, reason: str) -> DeadLetterEntry:
     described: dict[str, Any] = item.describe()
     return DeadLetterEntry(queue=item.queue, reason=reason, body=item.body,
                            intent_id=described["intent_id"], kind=described["kind"],
-                           tenant_id=described["tenant_id"], intent=item.intent)
+                           tenant_id=described["tenant_id"], intent=item.intent,
+                           message_id=item.message.message_id)

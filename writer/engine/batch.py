@@ -28,6 +28,7 @@ from psycopg.pq import TransactionStatus
 
 from jobplatform.kinds import Kind, Outcome, Registry
 from schemas import BaseIntent
+from writer import faults
 from writer.engine.handlers import resolve
 from writer.errors import ApplyError, DataApplyError, DatabaseUnavailable
 
@@ -123,6 +124,12 @@ class KindTransaction:
         started = time.perf_counter()
         with self._cur.copy(self._query(name, identifiers)) as copy:
             copy.set_types(list(types))
+            if faults.armed():
+                rows = list(rows)
+                for row in rows[:len(rows) // 2]:
+                    copy.write_row(row)
+                faults.reached("mid_copy")
+                rows = rows[len(rows) // 2:]
             for row in rows:
                 copy.write_row(row)
         result.timings["copy"] += time.perf_counter() - started

@@ -56,6 +56,8 @@ class DeadLetterEntry:
     tenant_id: int | None = None
     intent: BaseIntent | None = None
     """The decoded intent, when it decoded (a poison intent); None for a malformed message."""
+    message_id: str | None = None
+    """The broker's id of the message (a redelivered message is recorded once)."""
 
 
 class Hooks:

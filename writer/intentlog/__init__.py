@@ -10,6 +10,9 @@ Order of the writer's steps for one batch, and why the log has no gap::
   Its intents were not acked, so they are redelivered, applied and logged again in a later
   batch. The log is a superset of the database; replay applies each intent at its last
   occurrence (:mod:`writer.intentlog.replay`), which is where the database applied it.
+  When PostgreSQL itself crashed, the next batch may get the same number (``nextval`` is
+  WAL-logged 32 values ahead, lost with the uncommitted transaction): each record has an id
+  of its own, and records sharing a number are read in the order they were appended.
 - A crash after ``COMMIT``, before the ack: the batch is in both. The redelivered intents are
   skipped by the ledger, so they are not applied, and not logged, again.
 

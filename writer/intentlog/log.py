@@ -9,6 +9,22 @@ A process that dies leaves its open segment behind, locked no more (``flock`` di
 holder); the next :class:`IntentLog` on that folder compresses and ships it. A segment is never
 appended to by a second process: each process starts a new one, so a torn last line (a crash
 mid-write) stays the last line of its segment, where readers expect it.
+
+Several writers may share a folder (an active one and its standby). A segment is locked by
+whoever works on it for its whole life, so nobody else touches it:
+
+- it is created under a hidden name, locked, and only then linked under its segment name, so
+  no segment name is ever unlocked while its writer lives;
+- rotation keeps the lock until the segment is compressed (and shipped);
+- recovery takes the lock of an orphan, checks that the name still holds the file it locked,
+  and keeps the lock while compressing it;
+- each compression writes a ``.gz.partial-<unique>`` file of its own, locked while written;
+  one left by a dead process (unlocked) is removed by the next recovery.
+
+A failed compression or upload (a full disk, S3 unreachable) is retried with backoff while the
+log lives (``retry_s`` first, doubling, at most a minute), and the segment is shipped once it
+is compressed. A segment still failing at :meth:`IntentLog.close` stays open on disk, for the
+next log on the folder to recover.
 """
 
 from __future__ import annotations
@@ -16,8 +32,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gzip
+import heapq
 import os
 import queue
+import random
 import shutil
 import socket
 import threading
@@ -27,7 +45,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from jobplatform.logging import get_logger
 from schemas import BaseIntent
@@ -78,6 +96,7 @@ class LogStats:
     segments_shipped: int = 0
     ship_failures: int = 0
     recovered: int = 0
+    finalize_failures: int = 0
     sync_ms_max: float = 0.0
     sync_ms_total: float = 0.0
     closed_paths: list[Path] = field(default_factory=list)
@@ -92,6 +111,7 @@ class LogStats:
             "segments_shipped": self.segments_shipped,
             "ship_failures": self.ship_failures,
             "recovered": self.recovered,
+            "finalize_failures": self.finalize_failures,
             "sync_ms_max": round(self.sync_ms_max, 3),
             "sync_ms_avg": round(self.sync_ms_total / self.batches, 3) if self.batches else 0.0,
         }
@@ -104,6 +124,17 @@ class _Segment:
     opened_at: float
     size: int = 0
     last_seq: int = -1
+
+
+@dataclass(slots=True)
+class _Closing:
+    """A closed segment on its way to compression and shipping; ``fd`` holds its lock until
+    it is compressed."""
+
+    path: Path
+    fd: int | None
+    compressed: bool = False
+    attempts: int = 0
 
 
 def default_writer_id() -> str:
@@ -127,6 +158,7 @@ class IntentLog:
         shipper: SegmentShipper | None = None,
         clock: Callable[[], float] = time.monotonic,
         shard: int = 0,
+        retry_s: float = 1.0,
     ) -> None:
         if segment_bytes <= 0 or segment_age_s <= 0:
             raise ValueError("segment_bytes and segment_age_s must be positive")
@@ -137,12 +169,15 @@ class IntentLog:
         self.shard = shard
         """The writer shard whose batches this log records (each record says it)."""
         self.shipper = shipper
+        self.retry_s = retry_s
+        """The first wait before a failed compression or upload is tried again."""
         self._clock = clock
         self._lock = threading.Lock()
         self._current: _Segment | None = None
         self._prepared: dict[UUID, bytes] = {}
         self._closed = False
-        self._pending: queue.Queue[Path | None] = queue.Queue()
+        self._pending: queue.Queue[_Closing | None] = queue.Queue()
+        self._retries: list[tuple[float, int, _Closing]] = []  # the finalizer's own
         self._stats = LogStats()
         self.folder.mkdir(parents=True, exist_ok=True)
         self._recover()
@@ -184,7 +219,7 @@ class IntentLog:
         """Write one batch's record and make it durable before returning."""
         prepared, self._prepared = self._prepared, {}
         line = encode_record(batch_seq, self.writer_id, datetime.now(UTC), intents,
-                             encoded=prepared, shard=self.shard)
+                             encoded=prepared, shard=self.shard, batch_id=uuid4().hex)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the intent log is closed")
@@ -222,9 +257,9 @@ class IntentLog:
                 self._rotate_locked()
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until every closed segment is compressed (and shipped)."""
+        """Wait until every closed segment is compressed (and shipped), retries included."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._pending.unfinished_tasks:
+        while self._pending.unfinished_tasks or self._retries:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError("closed log segments are still being compressed")
             time.sleep(0.01)
@@ -259,24 +294,30 @@ class IntentLog:
     # --- segments ------------------------------------------------------------------------
 
     def _open_locked(self, first_seq: int) -> _Segment:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
         label = f"{self.writer_id}-shard{self.shard}" if self.shard else self.writer_id
-        path = self.folder / segment_name(first_seq, label)
-        for attempt in range(1, 100):
-            try:
-                if path.with_name(path.name + ".gz").exists():
-                    raise FileExistsError(path)
-                fd = os.open(path, flags, 0o644)
-                break
-            except FileExistsError:  # batch numbers reused (a database restored from backup)
-                path = self.folder / segment_name(first_seq, f"{label}-{attempt}")
-        else:
-            raise FileExistsError(f"no free segment name for batch {first_seq} in {self.folder}")
+        # Locked before it has its name: recovery never sees it unlocked.
+        hidden = self.folder / f".{uuid4().hex}.creating"
+        fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path = self.folder / segment_name(first_seq, label)
+            for attempt in range(1, 100):
+                try:
+                    if path.with_name(path.name + ".gz").exists():
+                        raise FileExistsError(path)
+                    os.link(hidden, path)
+                    break
+                except FileExistsError:  # a batch number reused (a crash, a restored backup)
+                    path = self.folder / segment_name(first_seq, f"{label}-{attempt}")
+            else:
+                raise FileExistsError(
+                    f"no free segment name for batch {first_seq} in {self.folder}")
+            hidden.unlink()
             _fsync_dir(self.folder)
         except OSError:
             os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                hidden.unlink()
             raise
         self._current = _Segment(path, fd, self._clock())
         self._stats.segments_opened += 1
@@ -294,42 +335,112 @@ class IntentLog:
         segment = self._current
         assert segment is not None
         self._current = None
-        os.close(segment.fd)  # every record was synced by append; closing drops the flock
-        self._pending.put(segment.path)
+        # Every record was synced by append; the lock stays until the segment is compressed.
+        self._pending.put(_Closing(segment.path, segment.fd))
 
     def _recover(self) -> None:
-        """Queue open segments whose process is gone (their flock is free) for closing."""
-        for path in sorted(self.folder.glob("*" + OPEN_SUFFIX)):
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # another live process is writing it
-            finally:
+        """Queue open segments whose process is gone (their flock is free) for closing, and
+        remove what dead processes left half compressed."""
+        stale = [*self.folder.glob(".*.creating"),
+                 *self.folder.glob("*" + OPEN_SUFFIX + ".gz.partial*")]
+        for path in sorted(stale):
+            fd = _lock_or_none(path)
+            if fd is not None:  # its compressor is gone
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
                 os.close(fd)
+        for path in sorted(self.folder.glob("*" + OPEN_SUFFIX)):
+            fd = _lock_or_none(path)
+            if fd is None:
+                continue  # another live process holds it (writing or compressing it)
             log.info("intent_log.recovered_segment", path=str(path))
             self._stats.recovered += 1
-            self._pending.put(path)
+            self._pending.put(_Closing(path, fd))
 
     def _background(self) -> None:
         interval = max(0.05, min(self.segment_age_s / 4, 30.0))
         while True:
+            wait = interval
+            if self._retries:
+                wait = min(wait, max(0.0, self._retries[0][0] - time.monotonic()))
             try:
-                path = self._pending.get(timeout=interval)
+                job = self._pending.get(timeout=wait)
             except queue.Empty:
+                self._due_retries()
                 self.rotate_if_old()
                 continue
             try:
-                if path is None:
+                if job is None:
+                    self._last_tries()
                     return
-                self._finalize(path)
-            except Exception:
-                log.exception("intent_log.finalize_failed", path=str(path))
+                self._finalize(job)
             finally:
                 self._pending.task_done()
+
+    def _due_retries(self) -> None:
+        now = time.monotonic()
+        while self._retries and self._retries[0][0] <= now:
+            job = self._retries[0][2]
+            self._pending.put(job)  # before leaving the list: flush() sees it throughout
+            heapq.heappop(self._retries)
+
+    def _later(self, job: _Closing) -> None:
+        job.attempts += 1
+        delay = min(60.0, self.retry_s * 2 ** (job.attempts - 1)) * random.uniform(0.8, 1.2)
+        heapq.heappush(self._retries, (time.monotonic() + delay, id(job), job))
+
+    def _last_tries(self) -> None:
+        """On close: one more try for each segment still failing; those that fail again are
+        left open on disk (unlocked) for the next log on the folder."""
+        retries, self._retries = self._retries, []
+        for _, _, job in retries:
+            job.attempts = -1  # no further retry
+            self._finalize(job)
+
+    def _finalize(self, job: _Closing) -> None:
+        try:
+            if not job.compressed:
+                closed = compress_segment(job.path)
+                self._unlock(job)
+                if closed is None:
+                    return
+                job.path, job.compressed = closed, True
+                with self._lock:
+                    self._stats.segments_closed += 1
+                    self._stats.closed_paths.append(closed)
+        except Exception as exc:
+            with self._lock:
+                self._stats.finalize_failures += 1
+            log.error("intent_log.finalize_failed", path=str(job.path), error=str(exc),
+                      attempt=job.attempts + 1)
+            self._retry_or_drop(job)
+            return
+        if self.shipper is None:
+            return
+        try:
+            where = self.shipper.ship(job.path)
+        except Exception as exc:
+            with self._lock:
+                self._stats.ship_failures += 1
+            log.error("intent_log.ship_failed", path=str(job.path), error=str(exc),
+                      attempt=job.attempts + 1)
+            self._retry_or_drop(job)
+            return
+        with self._lock:
+            self._stats.segments_shipped += 1
+        log.info("intent_log.shipped", path=str(job.path), to=where)
+
+    def _retry_or_drop(self, job: _Closing) -> None:
+        if job.attempts >= 0:
+            self._later(job)
+        else:
+            self._unlock(job)
+
+    @staticmethod
+    def _unlock(job: _Closing) -> None:
+        if job.fd is not None:
+            os.close(job.fd)
+            job.fd = None
 
     def rotate_if_old(self) -> None:
         """Close the current segment if it reached its age (the idle check calls this too)."""
@@ -338,46 +449,53 @@ class IntentLog:
             if segment is not None and self._clock() - segment.opened_at >= self.segment_age_s:
                 self._rotate_locked()
 
-    def _finalize(self, path: Path) -> None:
-        closed = compress_segment(path)
-        if closed is None:
-            return
-        with self._lock:
-            self._stats.segments_closed += 1
-            self._stats.closed_paths.append(closed)
-        if self.shipper is None:
-            return
-        try:
-            where = self.shipper.ship(closed)
-        except Exception as exc:
-            with self._lock:
-                self._stats.ship_failures += 1
-            log.error("intent_log.ship_failed", path=str(closed), error=str(exc))
-            return
-        with self._lock:
-            self._stats.segments_shipped += 1
-        log.info("intent_log.shipped", path=str(closed), to=where)
-
 
 def compress_segment(path: Path) -> Path | None:
-    """Replace an open segment by its gzip form, durably; None when it is already gone."""
+    """Replace an open segment by its gzip form, durably; None when it is already gone.
+
+    The caller holds the segment's lock. The gzip form is written to a ``.gz.partial-*`` file
+    of this call's own (locked while written), removed again when anything fails.
+    """
     target = path.with_name(path.name + ".gz")
-    partial = path.with_name(path.name + ".gz.partial")
+    partial = path.with_name(f"{path.name}.gz.partial-{uuid4().hex[:12]}")
     try:
         source = path.open("rb")
     except FileNotFoundError:
         return None
-    with source, partial.open("wb") as raw:
-        with gzip.GzipFile(filename=path.name, mode="wb", fileobj=raw, mtime=0) as out:
-            shutil.copyfileobj(source, out, 1024 * 1024)
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(partial, target)
+    try:
+        with source, partial.open("xb") as raw:
+            fcntl.flock(raw.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with gzip.GzipFile(filename=path.name, mode="wb", fileobj=raw, mtime=0) as out:
+                shutil.copyfileobj(source, out, 1024 * 1024)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(partial, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        raise
     _fsync_dir(path.parent)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     _fsync_dir(path.parent)
     return target
+
+
+def _lock_or_none(path: Path) -> int | None:
+    """An fd holding ``path``'s lock, or None when another process holds it or the name no
+    longer leads to the file that was locked (it was compressed and removed meanwhile)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            return fd
+    except (BlockingIOError, FileNotFoundError):
+        pass
+    os.close(fd)
+    return None
 
 
 def _write_all(fd: int, data: bytes) -> None:

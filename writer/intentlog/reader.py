@@ -1,8 +1,14 @@
 """Reading the write-intent log: segments from files, folders and S3, merged by batch number.
 
 Several sources (an active writer's folder, a standby's, every shard's, the copies shipped to
-S3) merge into one stream in ``(seq, shard)`` order; a batch read twice (the same segment in
-two places) is yielded once: a batch is identified by ``(shard, seq)``.
+S3) merge into one stream in ``(seq, shard)`` order; a record read twice (the same segment in
+two places) is yielded once: a record is identified by its id (:attr:`LogRecord.uid`).
+
+Records sharing a number are all kept, the one appended last last. PostgreSQL can hand a number
+out again after it crashed (``nextval`` is WAL-logged 32 values ahead, and that WAL is lost
+with a transaction that never committed): the batch logged before the crash never committed,
+and the committed batch after it has the same number. Replay applies each intent at its last
+occurrence (:mod:`writer.intentlog.replay`), so the committed batch decides.
 
 Why that order replays exactly: within a shard, one writer is active at a time and takes
 ``seq`` inside each transaction, so ``seq`` order is its commit order; shards apply disjoint
@@ -16,6 +22,7 @@ decoded. Such a batch was never committed: the writer commits only after the app
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import heapq
 import io
@@ -23,6 +30,7 @@ import tempfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -142,13 +150,16 @@ class LogReader:
         return self._segments
 
     def records(self, log_filter: LogFilter | None = None) -> Iterator[LogRecord]:
-        """Batches in ``seq`` order across all segments, filtered; a repeated ``seq`` once."""
+        """Batches in ``seq`` order across all segments, filtered; a record read twice once."""
         flt = log_filter or LogFilter()
         last_key: tuple[int, int] | None = None
+        seen: set[str] = set()
         for record in self._merged():
-            if record.key == last_key:
+            if record.key != last_key:
+                last_key, seen = record.key, set()
+            if record.uid in seen:
                 continue
-            last_key = record.key
+            seen.add(record.uid)
             if flt.until is not None and record.seq > flt.until:
                 return
             if not flt.keep_seq(record.seq):
@@ -157,16 +168,14 @@ class LogReader:
                 intents = flt.apply(record.intents)
                 if not intents:
                     continue
-                record = LogRecord(
-                    record.seq, record.writer, record.at, tuple(intents), record.source,
-                    record.line, record.shard,
-                )
+                record = dataclasses.replace(record, intents=tuple(intents))
             yield record
 
     def _merged(self) -> Iterator[LogRecord]:
         """A k-way merge that opens a segment only once its first batch can come next."""
         pending = self.segments()
-        heap: list[tuple[tuple[int, int], int, LogRecord, Iterator[LogRecord]]] = []
+        heap: list[tuple[tuple[int, int, datetime, str], int, LogRecord,
+                         Iterator[LogRecord]]] = []
         opened = 0
         while True:
             while opened < len(pending) and (
@@ -174,7 +183,7 @@ class LogReader:
                 records = self._read_segment(pending[opened])
                 first = next(records, None)
                 if first is not None:
-                    heapq.heappush(heap, (first.key, opened, first, records))
+                    heapq.heappush(heap, (first.order, opened, first, records))
                 opened += 1
             if not heap:
                 return
@@ -184,7 +193,7 @@ class LogReader:
             if following is None:
                 heapq.heappop(heap)
             else:
-                heapq.heapreplace(heap, (following.key, order, following, records))
+                heapq.heapreplace(heap, (following.order, order, following, records))
 
     def _read_segment(self, segment: Segment) -> Iterator[LogRecord]:
         with _open(segment.path) as stream:

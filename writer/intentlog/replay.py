@@ -19,6 +19,7 @@ the writer applies the redelivered intents.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -66,35 +67,35 @@ class WriterActive(JobPlatformError):
     """A writer holds the database's writer lock; replaying beside it is refused."""
 
 
-def last_occurrences(records: Iterable[LogRecord]) -> dict[UUID, int]:
-    """For each intent that occurs in more than one batch, the ``seq`` of its last batch."""
-    last: dict[UUID, int] = {}
+def last_occurrences(records: Iterable[LogRecord]) -> dict[UUID, str]:
+    """For each intent that occurs in more than one batch, the :attr:`~LogRecord.uid` of its
+    last batch (a number alone may be shared by two records, see :mod:`.reader`)."""
+    last: dict[UUID, str] = {}
     repeated: set[UUID] = set()
     for record in records:
         for intent in record.intents:
             if intent.intent_id in last:
                 repeated.add(intent.intent_id)
-            last[intent.intent_id] = record.seq
+            last[intent.intent_id] = record.uid
     return {intent_id: last[intent_id] for intent_id in repeated}
 
 
 def planned(
     records: Iterable[LogRecord],
-    latest: dict[UUID, int],
+    latest: dict[UUID, str],
     log_filter: LogFilter,
     summary: ReplaySummary,
 ) -> Iterator[LogRecord]:
     """The records to replay: superseded occurrences removed (counted), then the filter."""
     for record in records:
-        kept = [i for i in record.intents if latest.get(i.intent_id, record.seq) == record.seq]
+        kept = [i for i in record.intents if latest.get(i.intent_id, record.uid) == record.uid]
         summary.intents_superseded += len(record.intents) - len(kept)
         if not log_filter.keep_seq(record.seq):
             continue
         if log_filter.narrows_intents:
             kept = log_filter.apply(kept)
         if kept:
-            yield LogRecord(record.seq, record.writer, record.at, tuple(kept), record.source,
-                            record.line, record.shard)
+            yield dataclasses.replace(record, intents=tuple(kept))
 
 
 BatchCallback = Callable[[LogRecord, int], None]

@@ -3,13 +3,19 @@
 A segment is a file of JSON Lines, one line per batch the writer applied::
 
     {"seq": 42, "writer": "host-a:1234", "at": "2024-05-01T09:00:00.123456Z", "n": 2,
-     "intents": [{...}, {...}]}
+     "id": "5f0c...e1", "intents": [{...}, {...}]}
 
 ``seq`` is the batch's number from PostgreSQL's ``writer_batch_seq`` (taken inside the batch's
 transaction), ``writer`` the host and process that wrote it, ``at`` when it was appended, and
 ``intents`` the intents the batch applied, in apply order, as :func:`schemas.encode_intent`
-makes them. A writer of shard K of N > 1 adds ``"shard": K`` (absent means shard 0): a batch
-is identified by ``(shard, seq)``, and the shards' logs merge by ``seq`` (every shard of one
+makes them. ``id`` is unique to the record (a random UUID): ``seq`` alone is not, because
+PostgreSQL may hand a number out again after a crash (``nextval`` is WAL-logged 32 values
+ahead, and that WAL record is lost with a transaction that never committed), so a batch that
+was logged and not committed can share its number with the committed batch after it. Records
+written before ``id`` existed are identified by their writer, number and time.
+
+A writer of shard K of N > 1 adds ``"shard": K`` (absent means shard 0): a batch is numbered
+``(shard, seq)``, and the shards' logs merge by ``seq`` (every shard of one
 database numbers its batches from the same sequence; see :mod:`writer.intentlog.reader`).
 
 One line per batch (rather than one per intent) makes a batch the unit that is either wholly in
@@ -58,11 +64,27 @@ class LogRecord:
     line: int = 0
     shard: int = 0
     """The writer shard that applied the batch (0 when unsharded)."""
+    batch_id: str = ""
+    """The record's own id (``id``); empty in records written before it existed."""
 
     @property
     def key(self) -> tuple[int, int]:
-        """``(seq, shard)``: what identifies a batch, and the order the log merges in."""
+        """``(seq, shard)``: the batch's number, which a crash of PostgreSQL may reuse."""
         return (self.seq, self.shard)
+
+    @property
+    def uid(self) -> str:
+        """What identifies this record: its ``batch_id``, else its writer, number and time
+        (the same record read from two copies of a segment has the same uid)."""
+        if self.batch_id:
+            return self.batch_id
+        return f"{self.writer}/{self.shard}/{self.seq}/{self.at.isoformat()}"
+
+    @property
+    def order(self) -> tuple[int, int, datetime, str]:
+        """The order the log merges in: by number, and records sharing a number (a number
+        reused after a crash of PostgreSQL) by when they were appended, the last one last."""
+        return (self.seq, self.shard, self.at, self.uid)
 
 
 def segment_name(first_seq: int, writer_id: str, *, closed: bool = False) -> str:
@@ -89,7 +111,8 @@ def is_segment(name: str) -> bool:
 
 
 def encode_record(seq: int, writer_id: str, at: datetime, intents: Sequence[BaseIntent], *,
-                  encoded: Mapping[UUID, bytes] | None = None, shard: int = 0) -> bytes:
+                  encoded: Mapping[UUID, bytes] | None = None, shard: int = 0,
+                  batch_id: str = "") -> bytes:
     """One record as a complete line, newline included.
 
     ``encoded`` holds intents already encoded by :func:`schemas.intents.intent_json` (made
@@ -103,6 +126,8 @@ def encode_record(seq: int, writer_id: str, at: datetime, intents: Sequence[Base
     }
     if shard:
         fields["shard"] = shard
+    if batch_id:
+        fields["id"] = batch_id
     head = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
     known = encoded or {}
     texts = [known.get(intent.intent_id) or intent_json(intent) for intent in intents]
@@ -134,14 +159,19 @@ def decode_record(line: bytes, *, source: str = "", line_no: int = 0,
     shard = body.get("shard", 0)
     if not isinstance(shard, int) or isinstance(shard, bool) or shard < 0:
         raise LogFormatError(f"{where}: 'shard' must be a non-negative integer, got {shard!r}")
+    batch_id = body.get("id", "")
+    if not isinstance(batch_id, str):
+        raise LogFormatError(f"{where}: 'id' must be a string, got {batch_id!r}")
     try:
         when = datetime.fromisoformat(str(at))
     except ValueError as exc:
         raise LogFormatError(f"{where}: 'at' is not an ISO time: {at!r}") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
     intents = []
     for index, item in enumerate(raw):
         try:
             intents.append(decode(item))
         except DecodeError as exc:
             raise LogFormatError(f"{where}: intents[{index}]: {exc}") from exc
-    return LogRecord(seq, writer, when, tuple(intents), source, line_no, shard)
+    return LogRecord(seq, writer, when, tuple(intents), source, line_no, shard, batch_id)

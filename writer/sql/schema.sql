@@ -103,9 +103,12 @@ CREATE TABLE writer_dead_letters (
     body        text NOT NULL,
     reason      text NOT NULL,
     failed_at   timestamptz NOT NULL DEFAULT now(),
-    retried_at  timestamptz
+    retried_at  timestamptz,
+    message_id  text
 );
 CREATE INDEX writer_dead_letters_failed_at_idx ON writer_dead_letters (failed_at);
+-- The broker's id of the message: a message recorded again after a crash keeps one letter.
+CREATE UNIQUE INDEX writer_dead_letters_message_id_key ON writer_dead_letters (message_id);
 
 -- Migrations of plug-in kinds (jobplatform.kinds.Kind.migrations), applied once each by kind.
 CREATE TABLE writer_kind_migrations (
