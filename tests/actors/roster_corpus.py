@@ -515,6 +515,19 @@ def write_row_inside_cell_ods(folder: Path) -> Path:
     return path
 
 
+def write_quoted_row_inside_cell_ods(folder: Path) -> Path:
+    """A row inside a cell behind a double-quoted "/>": a reading of attributes up to the first
+    ">" would take the cell for an empty one and the row for the next row."""
+    path = folder / "quoted-row-inside-cell.ods"
+    content = (
+        '<table:table-row><table:table-cell office:value-type="string" table:style-name="/>">'
+        '<table:table-row><table:table-cell office:value-type="float" office:value="1"/>'
+        "</table:table-row></table:table-cell></table:table-row>"
+    )
+    _write_ods_content(path, [("명단", content)])
+    return path
+
+
 def write_commented_ods(folder: Path) -> Path:
     """A comment ending the table early, as far as a scan of the tags could tell, before a value
     a million empty rows further down."""

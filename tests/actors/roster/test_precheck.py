@@ -52,6 +52,7 @@ HOSTILE: list[tuple[Callable[[Path], Path], str]] = [
     (corpus.write_table_inside_table_ods, "sheet '명단' has a table inside it"),
     (corpus.write_commented_ods, "part 'content.xml' holds XML comments or CDATA sections"),
     (corpus.write_row_inside_cell_ods, "sheet '명단' has rows or cells inside a cell"),
+    (corpus.write_quoted_row_inside_cell_ods, "sheet '명단' has rows or cells inside a cell"),
     (corpus.write_far_style_then_unreferenced_xlsx,
      "column 16385 is past the limit of 200 columns (ROSTER_MAX_COLUMNS)"),
 ]
