@@ -124,8 +124,12 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
         shared = list(_SHARED)
     redact(*_settings_secrets(settings))  # a Keyring registers its own secrets when made
 
+    # The list is changed in place: loggers cached on first use hold it, and must follow a
+    # second configuration (and structlog's capture_logs, which edits the configured list)
+    processors = structlog.get_config()["processors"]
+    processors[:] = [*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter]
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=processors,
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

@@ -11,6 +11,7 @@ import dramatiq
 import pytest
 from dramatiq import Worker
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
 from actors import ai
 from jobplatform.auth import keyring_of
@@ -96,3 +97,19 @@ def test_scrub_masks_url_passwords_and_registered_secrets() -> None:
             f" key {secret}; a short word stays")
     assert scrub(line) == ("connect postgresql://app:***@db:5432/x and rediss://:***@cache:6380/0;"
                            " key ***; a short word stays")
+
+
+def test_a_logger_cached_before_a_second_configuration_follows_it() -> None:
+    # Given a module-level logger used (and so cached) under one configuration
+    log = get_logger("tests.cached")
+    configure_logging(Settings(), stream=io.StringIO())
+    log.info("first")
+    # When the process configures logging again, here with logs captured for a test
+    second = io.StringIO()
+    configure_logging(Settings(), stream=second)
+    log.info("second")
+    with capture_logs() as logs:
+        log.info("captured")
+    # Then the cached logger writes where the latest configuration says
+    assert "second" in second.getvalue()
+    assert [e["event"] for e in logs] == ["captured"]
