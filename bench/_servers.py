@@ -1,10 +1,11 @@
-"""Private servers and broken paths for the fault benchmarks: never the shared services.
+"""Private servers and broken paths for the fault benchmarks and tests: never the shared services.
 
 - :class:`PrivateRedis`: ``redis-server`` on a free port and a folder of its own, with an
   append-only file synced at every write (a restart, even after SIGKILL, keeps what it
   acknowledged, as a managed Redis with persistence does); ``maxmemory`` optional.
-- :class:`FreezableProxy`: a TCP proxy in front of PostgreSQL that can *freeze* (stop
-  forwarding while keeping every socket open: a hung network path, a paused VM) and thaw.
+- :class:`TcpProxy`: a TCP proxy in front of a service that can *freeze* (stop forwarding
+  while keeping every socket open: a hung network path, a paused VM) and thaw, or cut every
+  connection; the tests' proxies and forwarders are this one too.
 - :class:`SmallDisk`: a size-limited tmpfs mounted on a folder (root), to fill to the last byte
   and free again.
 """
@@ -100,18 +101,29 @@ class PrivateRedis:
         self.close()
 
 
-class FreezableProxy:
-    """Forwards 127.0.0.1:``port`` to ``target``; :meth:`freeze` stops moving bytes (the
-    sockets stay open, as on a path that silently drops packets) until :meth:`thaw`."""
+class TcpProxy:
+    """Forwards ``listen``:``port`` to ``target``, with the broken paths the fault tests need.
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    - :meth:`freeze` stops moving bytes in both directions, on every connection and on new
+      ones, and closes nothing (a path that silently drops packets, a paused VM: both kernels
+      still acknowledge what they are sent, so keepalives see nothing wrong); :meth:`thaw`.
+    - :meth:`cut` closes every connection and refuses new ones until :meth:`restore`.
+    - ``client_keepalive_s`` sets TCP keepalives and a user timeout on the clients' side, so a
+      connection from a client that vanished is closed within about ``client_keepalive_s + 3``
+      seconds, upstream too (as a server with ``tcp_keepalives_idle`` set does).
+    """
+
+    def __init__(self, target: tuple[str, int], *, listen: str = "127.0.0.1",
+                 client_keepalive_s: int | None = None) -> None:
         self.target = target
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.client_keepalive_s = client_keepalive_s
+        self._listener = socket.create_server((listen, 0))
         self.port: int = self._listener.getsockname()[1]
         self._flowing = threading.Event()
         self._flowing.set()
         self._lock = threading.Lock()
-        self._upstreams: dict[int, socket.socket] = {}
+        self._pairs: dict[int, tuple[socket.socket, socket.socket]] = {}
+        self._refusing = False
         self._closed = False
         threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
 
@@ -125,11 +137,18 @@ class FreezableProxy:
     def thaw(self) -> None:
         self._flowing.set()
 
+    def cut(self) -> None:
+        self._refusing = True
+        self._shut_all()
+
+    def restore(self) -> None:
+        self._refusing = False
+
     def local_ports(self) -> set[int]:
         """Local ports of the proxy's connections to the target (``client_port`` in
         ``pg_stat_activity``): which backends are this proxy's clients."""
         with self._lock:
-            return set(self._upstreams)
+            return set(self._pairs)
 
     def _accept(self) -> None:
         while not self._closed:
@@ -137,6 +156,11 @@ class FreezableProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self._refusing:
+                client.close()
+                continue
+            if self.client_keepalive_s is not None:
+                _keepalive(client, self.client_keepalive_s)
             threading.Thread(target=self._serve, args=(client,), daemon=True,
                              name="proxy-pump").start()
 
@@ -150,7 +174,7 @@ class FreezableProxy:
         upstream.settimeout(None)
         port = upstream.getsockname()[1]
         with self._lock:
-            self._upstreams[port] = upstream
+            self._pairs[port] = (client, upstream)
         selector = selectors.DefaultSelector()
         selector.register(client, selectors.EVENT_READ, upstream)
         selector.register(upstream, selectors.EVENT_READ, client)
@@ -171,15 +195,34 @@ class FreezableProxy:
         finally:
             selector.close()
             with self._lock:
-                self._upstreams.pop(port, None)
+                self._pairs.pop(port, None)
             for s in (client, upstream):
                 with contextlib.suppress(OSError):
-                    s.close()
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def _shut_all(self) -> None:
+        with self._lock:
+            pairs = list(self._pairs.values())
+        for pair in pairs:
+            for s in pair:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         self._closed = True
         self.thaw()
         self._listener.close()
+        self._shut_all()
+
+
+def _keepalive(sock: socket.socket, idle_s: int) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    # data sent to a vanished client is given up on after this long too
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, (idle_s + 3) * 1000)
 
 
 class SmallDisk:

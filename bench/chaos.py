@@ -59,7 +59,7 @@ from pydantic import SecretStr
 
 from bench._common import markdown_table, percentile
 from bench._instance import EmulatedInstance, InstanceConfig
-from bench._servers import FreezableProxy, PrivateRedis, SmallDisk
+from bench._servers import PrivateRedis, SmallDisk, TcpProxy
 from bench._workload import LECTURE_BASE, TENANT_ID, prepare_template, student
 from jobplatform.auth import MAC_OPTION, canonical_body
 from jobplatform.broker import WRITE_INTENT, Queues, build_broker, make_message
@@ -308,7 +308,7 @@ class ChaosWriter:
     """One ``jobplatform writer`` process through its own proxy, logging to its own disk; it
     can be killed and started again (its output appends to one log file)."""
 
-    def __init__(self, index: int, env: dict[str, str], proxy: FreezableProxy, disk: SmallDisk,
+    def __init__(self, index: int, env: dict[str, str], proxy: TcpProxy, disk: SmallDisk,
                  folder: Path) -> None:
         self.index = index
         self.proxy = proxy
@@ -419,7 +419,7 @@ class Chaos:
                    "WRITER_STATS_INTERVAL_S": "1", "WRITER_LOG_SEGMENT_BYTES": str(1 << 20)}
             self.writers: list[ChaosWriter] = []
             for index in range(2):
-                proxy = FreezableProxy(("127.0.0.1", self.pg.port))
+                proxy = TcpProxy(("127.0.0.1", self.pg.port))
                 stack.callback(proxy.close)
                 disk = SmallDisk("256m")
                 stack.callback(disk.close)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import selectors
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +16,7 @@ import pytest
 from dramatiq.brokers.redis import RedisBroker
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from bench._servers import TcpProxy
 from jobplatform.auth import Keyring, development_keys_file, keyring_for
 from jobplatform.broker import Queues
 from jobplatform.emit import IntentEmitter
@@ -81,92 +79,6 @@ def rabbitmq_unacked(queue: str) -> int:
         if name == queue:
             return int(count)
     return 0
-
-
-class TcpProxy:
-    """A threaded TCP proxy to ``target`` that can cut every connection and refuse new ones, or
-    freeze them: stop forwarding without closing anything (a frozen network path; both
-    kernels still acknowledge what they are sent, so keepalives see nothing wrong)."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self._flowing = threading.Event()
-        self._flowing.set()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
-        self._pairs: list[tuple[socket.socket, socket.socket]] = []
-        self._refusing = False
-        self._closed = False
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if self._refusing:
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._pairs.append((client, upstream))
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        selector = selectors.DefaultSelector()
-        selector.register(a, selectors.EVENT_READ, b)
-        selector.register(b, selectors.EVENT_READ, a)
-        try:
-            while True:
-                for key, _ in selector.select(timeout=0.05):
-                    if not self._flowing.is_set():
-                        self._flowing.wait()
-                        break
-                    source = key.fileobj
-                    assert isinstance(source, socket.socket)
-                    data = source.recv(65536)
-                    if not data:
-                        return
-                    key.data.sendall(data)
-        except OSError:
-            return
-        finally:
-            selector.close()
-            for s in (a, b):
-                s.close()
-
-    def cut(self) -> None:
-        """Close every proxied connection and refuse new ones until :meth:`restore`."""
-        self._refusing = True
-        with self._lock:
-            pairs, self._pairs = self._pairs, []
-        for pair in pairs:
-            for s in pair:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def restore(self) -> None:
-        self._refusing = False
-
-    def freeze(self) -> None:
-        """Stop forwarding, in both directions, on every connection (new ones too); close none."""
-        self._flowing.clear()
-
-    def thaw(self) -> None:
-        self._flowing.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self._flowing.set()
-        self.cut()
-        self._listener.close()
 
 
 @pytest.fixture

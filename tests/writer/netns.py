@@ -4,7 +4,7 @@
 one namespace per host, each on a veth pair with its own address; :meth:`Network.partition`
 takes a host's link down (packets vanish: no reset, as when a host or its network dies) and
 :meth:`Network.heal` brings it back. The machine's PostgreSQL, Redis and RabbitMQ listen on
-127.0.0.1 only (they are shared and never reconfigured), so :class:`Forwarder` listens on the
+127.0.0.1 only (they are shared and never reconfigured), so :func:`forwarders` listen on the
 bridge's address and forwards to them, with TCP keepalives on the hosts' side: a connection
 from a host that vanished is closed within about 5 s, upstream too, as a server with
 ``tcp_keepalives_idle`` set closes the session of a client that is gone (PostgreSQL then
@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import selectors
 import shutil
-import socket
 import subprocess
-import threading
 from collections.abc import Iterator
+
+from bench._servers import TcpProxy
 
 SUBNET = "10.18.0"
 SERVICES_IP = f"{SUBNET}.1"
@@ -109,82 +108,10 @@ class Network:
         _ip("link", "set", self.link(host), "up")
 
 
-class Forwarder:
-    """Listens on ``SERVICES_IP``:``port`` and forwards each connection to ``target``."""
-
-    def __init__(self, target: tuple[str, int], keepalive_s: int = 2) -> None:
-        self.target = target
-        self.keepalive_s = keepalive_s
-        self._listener = socket.create_server((SERVICES_IP, 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._closed = False
-        self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            self._keepalive(client)
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._open.update((client, upstream))
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-
-    def _keepalive(self, sock: socket.socket) -> None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, self.keepalive_s)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-        # data sent to a vanished host is given up on after this long too
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
-                        (self.keepalive_s + 3) * 1000)
-
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        selector = selectors.DefaultSelector()
-        selector.register(a, selectors.EVENT_READ, b)
-        selector.register(b, selectors.EVENT_READ, a)
-        try:
-            while True:
-                for key, _ in selector.select():
-                    source = key.fileobj
-                    assert isinstance(source, socket.socket)
-                    data = source.recv(65536)
-                    if not data:
-                        return
-                    key.data.sendall(data)
-        except OSError:
-            return
-        finally:
-            selector.close()
-            with self._lock:
-                self._open.difference_update((a, b))
-            for s in (a, b):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-
-    def close(self) -> None:
-        self._closed = True
-        self._listener.close()
-        with self._lock:
-            sockets, self._open = list(self._open), set()
-        for s in sockets:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-
 @contextlib.contextmanager
-def forwarders(*targets: tuple[str, int]) -> Iterator[list[Forwarder]]:
-    found = [Forwarder(t) for t in targets]
+def forwarders(*targets: tuple[str, int]) -> Iterator[list[TcpProxy]]:
+    """One proxy per target, listening on ``SERVICES_IP``, with keepalives on the hosts' side."""
+    found = [TcpProxy(t, listen=SERVICES_IP, client_keepalive_s=2) for t in targets]
     try:
         yield found
     finally:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from dramatiq.brokers.redis import RedisBroker
 
+from bench._servers import TcpProxy
 from jobplatform.auth import keyring_of
 from jobplatform.broker import WRITE_INTENT, make_message
 from jobplatform.progress import ProgressStore
@@ -19,7 +20,6 @@ from jobplatform.settings import Settings
 from schemas.intents import AnyIntent, VideoFailed, encode_intent
 from schemas.jobs import roster_job_id
 from tests.writer.conftest import (
-    TcpProxy,
     WriterProcess,
     WriterThread,
     emit_all,

@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from bench._servers import TcpProxy
 from jobplatform.progress import writer_stats_key
 from jobplatform.settings import Settings
 from tests.writer.conftest import (
-    TcpProxy,
     WriterProcess,
     WriterThread,
     emit_all,

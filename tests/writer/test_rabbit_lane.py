@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
+from bench._servers import TcpProxy
 from jobplatform.auth import keyring_of
 from jobplatform.broker import WRITE_INTENT, make_message
 from jobplatform.kinds import default_registry
 from jobplatform.settings import Settings
 from tests.writer.conftest import (
-    TcpProxy,
     WriterThread,
     emit_all,
     held_messages,
