@@ -38,6 +38,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import secrets
 import signal
 import subprocess
@@ -101,6 +102,10 @@ INVARIANTS: dict[str, tuple[str, str | None]] = {
 }
 
 
+#: A malformed message's tag in a dead letter's body (the payload, JSON-quoted or not).
+_CHAOS_TAG = re.compile(r'chaos\\*"\s*:\s*\\*"([^"\\]+)')
+
+
 @dataclass(frozen=True, slots=True)
 class ChaosConfig:
     seed: int
@@ -151,8 +156,9 @@ class Producers:
     def start(self) -> None:
         plan = self._plan()
         per_thread: list[list[tuple[float, Callable[[], None]]]] = [[] for _ in range(4)]
-        for n, item in enumerate(sorted(plan, key=lambda p: p[0])):
-            per_thread[n % 4].append(item)
+        for n, (at, send, group) in enumerate(sorted(plan, key=lambda p: p[0])):
+            # an import's intents go out in order, from one thread, each at its own time
+            per_thread[(n if group is None else group) % 4].append((at, send))
         for n, items in enumerate(per_thread):
             thread = threading.Thread(target=self._run, args=(items,), name=f"producer-{n}",
                                       daemon=True)
@@ -165,6 +171,12 @@ class Producers:
             thread.join(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
 
+    def stop(self) -> None:
+        """No send after this returns (a send under way ends first)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
     def close(self) -> None:
         self._stop.set()
         self.broker.close()
@@ -173,7 +185,7 @@ class Producers:
         t0 = time.monotonic()
         for at, send in items:
             delay = t0 + at - time.monotonic()
-            if delay > 0 and self._stop.wait(delay):
+            if self._stop.wait(max(0.0, delay)):
                 return
             send()
 
@@ -235,10 +247,11 @@ class Producers:
                                total=len(rows), valid=len(rows), invalid=0, duplicates=0,
                                chunks=1))
 
-    def _plan(self) -> list[tuple[float, Callable[[], None]]]:
+    def _plan(self) -> list[tuple[float, Callable[[], None], int | None]]:
+        """``(at, send, group)``: sends of one group are made in order by one thread."""
         config, rng = self.config, self.rng
         window = config.duration_s * 0.9
-        plan: list[tuple[float, Callable[[], None]]] = []
+        plan: list[tuple[float, Callable[[], None], int | None]] = []
         base = datetime(2024, 3, 1, tzinfo=UTC)
         for n in range(config.videos):
             video = uuid.UUID(int=rng.getrandbits(128), version=4)
@@ -267,7 +280,7 @@ class Producers:
             start = rng.uniform(0, window * 0.9)
             for k, intent in enumerate(intents):
                 plan.append((start + k * rng.uniform(0.05, 0.5),
-                             lambda i=intent: self.emit(i)))  # type: ignore[misc]
+                             lambda i=intent: self.emit(i), None))  # type: ignore[misc]
         for n in range(config.imports):
             import_id = uuid.UUID(int=rng.getrandbits(128), version=4)
             lecture = LECTURE_BASE + n
@@ -289,16 +302,12 @@ class Producers:
             start = rng.uniform(0, window * 0.7)
             step = window * 0.25 / len(sequence)
             # One import's intents in order from one thread: the actor emits them in order.
-            plan.append((start, lambda s=sequence, d=step: self._emit_import(s, d)))  # type: ignore[misc]
+            plan += [(start + k * step, lambda i=intent: self.emit(i), n)  # type: ignore[misc]
+                     for k, intent in enumerate(sequence)]
         for n in range(config.malformed):
-            plan.append((rng.uniform(0, window), lambda n=n: self.emit_malformed(f"load-{n}")))  # type: ignore[misc]
+            plan.append((rng.uniform(0, window),
+                         lambda n=n: self.emit_malformed(f"load-{n}"), None))  # type: ignore[misc]
         return plan
-
-    def _emit_import(self, sequence: list[BaseIntent], step: float) -> None:
-        for intent in sequence:
-            self.emit(intent)
-            if self._stop.wait(step):
-                return
 
 
 # --- the writers -------------------------------------------------------------------------------
@@ -438,7 +447,12 @@ class Chaos:
             self.t0 = time.monotonic()
             self.producers.start()
             self.inject()
-            self.producers.join(config.duration_s + 120)
+            finished = self.producers.join(self.t0 + config.duration_s + 120 - time.monotonic())
+            if not finished:
+                self.echo("  the producers did not finish within 120 s of the load's end:"
+                          " stopped; what they had not sent is not counted")
+            # nothing is published after this point, so the oracle sees what the drain saw
+            self.producers.stop()
             published = self.producers.out
             drained = self.drain(published)
             for writer in self.writers:
@@ -449,6 +463,7 @@ class Chaos:
             return {
                 "seed": config.seed,
                 "config": {k: v for k, v in asdict(config).items() if k != "seed"},
+                "producers_finished": finished,
                 "published": {"intents": len(published.intents),
                               "malformed": len(published.malformed),
                               "emit_retries": published.emit_retries},
@@ -766,8 +781,10 @@ class Oracle:
         bodies: Counter[str] = Counter()
         for (body,) in self.conn.execute(
                 "SELECT body::text FROM writer_dead_letters WHERE intent_id IS NULL"):
+            # the tag itself, not a substring ("fault-3" is in "fault-31" too)
+            tags = set(_CHAOS_TAG.findall(str(body)))
             for payload in self.published.malformed:
-                if json.loads(payload)["chaos"] in str(body):
+                if json.loads(payload)["chaos"] in tags:
                     bodies[payload] += 1
         return bodies
 

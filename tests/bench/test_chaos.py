@@ -43,6 +43,7 @@ def test_every_fault_was_injected(result: dict[str, Any]) -> None:
     injected = {f["name"] for f in result["faults"]
                 if not f["outcome"].startswith(("not injected", "no active", "point "))}
     assert injected == set(chaos.FAULTS)
+    assert result["producers_finished"]
     assert result["drained"]
 
 
