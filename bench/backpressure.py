@@ -146,6 +146,11 @@ def run(duration_s: float, *, max_bytes: int, redis_maxmemory_mb: int, producers
 def command(duration_s: float, max_bytes: int, redis_maxmemory_mb: int, producers: int,
             rows_per_chunk: int, as_json: bool) -> None:
     """Redis memory stays under its bound while PostgreSQL is down under load."""
+    from jobplatform.cli._common import settings_from_env
+    from jobplatform.logging import configure_logging
+
+    # the producers' "backlog over its bound" lines go to stderr, not into the JSON on stdout
+    configure_logging(settings_from_env().model_copy(update={"log_level": "WARNING"}))
     result = run(duration_s, max_bytes=max_bytes, redis_maxmemory_mb=redis_maxmemory_mb,
                  producers=producers, rows_per_chunk=rows_per_chunk,
                  echo=lambda text: click.echo(text, err=as_json))
