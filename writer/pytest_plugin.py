@@ -238,16 +238,21 @@ def replay_into(
 
 
 @pytest.fixture
-def jobplatform_settings(tmp_path: Path) -> Settings:
-    """Settings for one test: the configured (or local) services, an own namespace and folder."""
+def jobplatform_settings(tmp_path: Path) -> Iterator[Settings]:
+    """Settings for one test: the configured (or local) services, an own namespace and folder.
+
+    A service neither configured nor local is an embedded server in the test's folder,
+    stopped when the test ends.
+    """
     from jobplatform.settings import load_settings
-    from jobplatform.stack import ensure_services
+    from jobplatform.stack import session_services
 
     base = load_settings(
         broker_namespace=f"jptest-{uuid.uuid4().hex[:8]}",
         jobplatform_state_dir=tmp_path / "jobplatform",
     )
-    return ensure_services(base).apply(base)
+    with session_services(base) as services:
+        yield services.apply(base)
 
 
 @pytest.fixture

@@ -179,6 +179,11 @@ def _drain(settings: Settings, tmp_path: Path, timeout: float = 30) -> dict[str,
         "STACK_USE_LOCAL": "true",
         "PATH": "/usr/bin:/bin",
         **({"BROKER_URL": settings.broker_url} if settings.broker_url else {}),
+        # the session's S3, so that the command starts no embedded one that would outlive it
+        **({"S3_ENDPOINT_URL": settings.s3.endpoint_url,
+            "S3_ACCESS_KEY_ID": settings.s3.access_key_id or "",
+            "S3_SECRET_ACCESS_KEY": settings.s3.secret_access_key or ""}
+           if settings.s3.endpoint_url else {}),
     }
     done = subprocess.run([sys.executable, "-m", "jobplatform", "writer", "drain", "--json",
                            "--timeout", str(timeout)], env=env, capture_output=True,
