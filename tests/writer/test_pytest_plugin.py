@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -126,9 +127,33 @@ def test_the_plugin_is_registered_by_its_entry_point(tmp_path: Path, settings: S
     """))
     env = dict(os.environ, DATABASE_URL=str(settings.database_url),
                REDIS_URL=str(settings.redis_url), PYTHONPATH=str(ROOT))
+    # no S3 configured: the fixtures start an embedded one in the test's folder
+    for name in [n for n in env if n.startswith(("S3_", "AWS_"))]:
+        del env[name]
+    basetemp = tmp_path / "basetemp"
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_service.py"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         f"--basetemp={basetemp}", "test_service.py"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
+    # the fixture's embedded S3 is gone with the test
+    # (its watcher, a shell polling every 2 s, follows it)
+    deadline = time.monotonic() + 5
+    while _processes_naming(basetemp) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_naming(basetemp) == []
+
+
+def _processes_naming(path: Path) -> list[str]:
+    """Command lines of the running processes that name ``path``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in text:
+            found.append(text)
+    return found
