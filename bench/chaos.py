@@ -65,7 +65,7 @@ from bench._workload import LECTURE_BASE, TENANT_ID, prepare_template, student
 from jobplatform.auth import MAC_OPTION, canonical_body
 from jobplatform.broker import WRITE_INTENT, Queues, build_broker, make_message
 from jobplatform.emit import IntentEmitter
-from jobplatform.settings import AuthSettings, Settings
+from jobplatform.settings import AuthSettings, Settings, WriterSettings
 from schemas import BaseIntent, RosterChunk
 from schemas.intents import (
     RosterStatus,
@@ -80,6 +80,9 @@ KILLS = ("kill", "kill_after_append", "kill_after_commit", "kill_mid_copy",
          "kill_after_dead_letter")
 OTHERS = ("pg_stop", "pg_crash", "pg_crash_after_append", "redis_restart", "freeze", "disk_full")
 FAULTS = KILLS + OTHERS
+
+#: The writers' advisory lock key, set in their environment: the harness finds its holder.
+LOCK_KEY: int = WriterSettings.model_fields["lock_key"].default
 
 #: name -> (what it checks, the issue 19 item whose fix it needs on main, or None).
 INVARIANTS: dict[str, tuple[str, str | None]] = {
@@ -331,9 +334,11 @@ class ChaosWriter:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.exits: list[int] = []
+        self._output_from = 0
 
     def start(self) -> None:
         with open(self.output, "ab") as out:
+            self._output_from = out.tell()
             self.proc = subprocess.Popen([sys.executable, "-m", "jobplatform", "writer"],
                                          env=self.env, stdout=out, stderr=subprocess.STDOUT)
         self.starts += 1
@@ -350,6 +355,26 @@ class ChaosWriter:
         self.exits.append(code)
         self.proc = None
         return code
+
+    def role(self) -> str | None:
+        """The role the running process last logged (``standby``, ``active``...); None while
+        it starts (before its first try for the lock) and when it is not running."""
+        if not self.alive:
+            return None
+        try:
+            with open(self.output, "rb") as out:
+                out.seek(self._output_from)
+                lines = out.read().splitlines()
+        except OSError:
+            return None
+        for line in reversed(lines):
+            if b'"writer role"' not in line:
+                continue
+            with contextlib.suppress(ValueError):
+                role = json.loads(line).get("role")
+                if isinstance(role, str):
+                    return role
+        return None
 
     def stopped(self) -> bool:
         """Whether the process is stopped (SIGSTOP): state ``T`` in /proc."""
@@ -423,7 +448,7 @@ class Chaos:
             settings = Settings(broker_namespace=namespace,
                                 auth=AuthSettings(keys=SecretStr(keys)))
             env = {**os.environ, "REDIS_URL": self.redis.url, "BROKER_NAMESPACE": namespace,
-                   "AUTH_KEYS": keys, "LOG_FORMAT": "json",
+                   "AUTH_KEYS": keys, "LOG_FORMAT": "json", "WRITER_LOCK_KEY": str(LOCK_KEY),
                    "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
                    "WRITER_STATS_INTERVAL_S": "1", "WRITER_LOG_SEGMENT_BYTES": str(1 << 20)}
             self.writers: list[ChaosWriter] = []
@@ -480,14 +505,20 @@ class Chaos:
     # --- who is active -----------------------------------------------------------------------
 
     def holder_port(self) -> int | None:
-        """``client_port`` of the session holding the writer's advisory lock, or None."""
+        """``client_port`` of the session holding the writer's advisory lock, or None.
+
+        The writer's key only: a writer that starts holds the migrations' advisory lock for a
+        moment, and a frozen path can make that moment last.
+        """
         try:
             with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=3) as conn:
                 row = conn.execute(
                     "SELECT a.client_port FROM pg_locks l JOIN pg_stat_activity a"
                     " ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted"
-                    " AND l.objsubid = 1 AND a.datname = current_database()"
-                    " ORDER BY a.backend_start LIMIT 1").fetchone()
+                    " AND l.classid = (%(key)s >> 32)::oid"
+                    " AND l.objid = (%(key)s & 4294967295)::oid AND l.objsubid = 1"
+                    " AND l.database = (SELECT oid FROM pg_database"
+                    " WHERE datname = current_database())", {"key": LOCK_KEY}).fetchone()
         except psycopg.Error:
             return None
         return int(row[0]) if row and row[0] is not None else None
@@ -511,6 +542,19 @@ class Chaos:
                 return found
             time.sleep(0.1)
         return None
+
+    def ready_victim(self, victim: ChaosWriter, timeout_s: float = 30.0) -> ChaosWriter:
+        """The active writer once another writer stands by (past its start and its
+        migrations, trying for the lock), waiting up to ``timeout_s`` for that: a takeover
+        then measures the standby, not the start of a process a supervisor has just
+        restarted."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.supervise()
+            if any(w is not victim and w.role() == "standby" for w in self.writers):
+                break
+            time.sleep(0.1)
+        return self.wait_active(timeout_s) or victim
 
     def supervise(self) -> None:
         """Start again any writer that exited (a supervisor's restart), a second later."""
@@ -556,6 +600,7 @@ class Chaos:
         victim = self.wait_active(30)
         if victim is None:
             return FaultRecord("kill", 0, "no active writer to kill")
+        victim = self.ready_victim(victim)
         killed = time.monotonic()
         victim.signal(signal.SIGKILL)
         takeover = self._takeover(victim, killed)
@@ -566,14 +611,22 @@ class Chaos:
         victim = self.wait_active(30)
         if victim is None:
             return FaultRecord(name, 0, "no active writer")
+        victim = self.ready_victim(victim)
         victim.arm(point)
         deadline = time.monotonic() + 30
         next_nudge = 0.0
         while victim.alive and time.monotonic() < deadline:
             # Work for the point to meet, again every few seconds: the first may be taken
-            # by a batch already past the point.
-            if nudge is not None and time.monotonic() >= next_nudge:
-                nudge()
+            # by a batch already past the point. The armed writer is the active one: when the
+            # lock has moved meanwhile, the point moves with it.
+            if time.monotonic() >= next_nudge:
+                holder = self.active()
+                if holder is not None and holder is not victim and holder.alive:
+                    victim.disarm()
+                    victim = holder
+                    victim.arm(point)
+                if nudge is not None:
+                    nudge()
                 next_nudge = time.monotonic() + 3.0
             time.sleep(0.02)
         if victim.alive:
@@ -654,6 +707,7 @@ class Chaos:
         victim = self.wait_active(30)
         if victim is None:
             return FaultRecord("freeze", 0, "no active writer")
+        victim = self.ready_victim(victim)
         before = self._progress()
         victim.proxy.freeze()
         frozen = time.monotonic()
