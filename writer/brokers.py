@@ -19,12 +19,15 @@ __all__ = ["open_lane", "requeue_held"]
 
 
 def open_lane(broker: dramatiq.Broker, queue: str, *, registry: Registry, keyring: Keyring,
-              max_intent_bytes: int, poll_timeout_ms: int, prefetch: int) -> Lane:
+              max_intent_bytes: int, poll_timeout_ms: int, prefetch: int,
+              idle_poll_timeout_ms: int | None = None) -> Lane:
     """A lane consuming ``queue`` on ``broker``; ``prefetch`` is used by RabbitMQ (on Redis
-    each fetch asks for what the batch has room for)."""
+    each fetch asks for what the batch has room for), ``idle_poll_timeout_ms`` by Redis (a
+    RabbitMQ consumer is sent its messages: it does not poll)."""
     if isinstance(broker, RedisBroker):
         return Lane(broker, queue, registry=registry, keyring=keyring,
-                    max_intent_bytes=max_intent_bytes, poll_timeout_ms=poll_timeout_ms)
+                    max_intent_bytes=max_intent_bytes, poll_timeout_ms=poll_timeout_ms,
+                    idle_poll_timeout_ms=idle_poll_timeout_ms)
     from writer.rabbit_lane import RabbitLane
 
     return RabbitLane(broker, queue, registry=registry, keyring=keyring,

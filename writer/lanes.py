@@ -192,17 +192,31 @@ def _sent_at(body: bytes | None) -> int:
         return 0
 
 
+#: Seconds without a message after which a lane polls at its idle timeout.
+IDLE_AFTER_S = 2.0
+
+
 class Lane:
-    """One of the writer's queues, consumed in batches."""
+    """One of the writer's queues, consumed in batches.
+
+    A lane that found nothing for :data:`IDLE_AFTER_S` polls at ``idle_poll_timeout_ms``
+    (when longer than ``poll_timeout_ms``) until a message comes: an idle writer then costs
+    little CPU and few Redis calls, and only the first message after a quiet spell waits
+    longer.
+    """
 
     def __init__(self, broker: RedisBroker, queue: str, *, registry: Registry, keyring: Keyring,
-                 max_intent_bytes: int, poll_timeout_ms: int) -> None:
+                 max_intent_bytes: int, poll_timeout_ms: int,
+                 idle_poll_timeout_ms: int | None = None) -> None:
         self.broker = broker
         self.queue = queue
         self.registry = registry
         self.keyring = keyring
         self.max_intent_bytes = max_intent_bytes
         self.poll_timeout_ms = poll_timeout_ms
+        self.idle_poll_timeout_ms = max(poll_timeout_ms, idle_poll_timeout_ms or 0)
+        #: When the lane's polls began to find nothing (None: the last one found messages).
+        self.idle_since: float | None = None
         self.consumer: Any = broker.consume(queue, prefetch=1, timeout=poll_timeout_ms)
         self._pending: deque[Item] = deque()
         self._ack_many: Any = None
@@ -227,8 +241,8 @@ class Lane:
         consumer = self.consumer
         if not consumer.message_cache:
             consumer.prefetch = consumer.outstanding_message_count + (want - len(out))
-        consumer.timeout = self.poll_timeout_ms if wait and not out else 0
         clock = time.perf_counter
+        consumer.timeout = self.poll_timeout(clock()) if wait and not out else 0
         spent = self.spent
         while len(out) < want:
             cached = bool(consumer.message_cache)
@@ -244,7 +258,10 @@ class Lane:
                 took = clock() - started
             if message is None:
                 spent["idle"] += took
+                if self.idle_since is None:
+                    self.idle_since = started
                 break
+            self.idle_since = None
             spent["decode" if cached else "fetch"] += took
             started = clock()
             out.append(inspect_message(message, self.queue, max_bytes=self.max_intent_bytes,
@@ -253,6 +270,11 @@ class Lane:
             if not consumer.message_cache:
                 break
         return out
+
+    def poll_timeout(self, now: float) -> int:
+        """The timeout of a poll that may wait, at ``now`` (``time.perf_counter``)."""
+        idle = self.idle_since is not None and now - self.idle_since >= IDLE_AFTER_S
+        return self.idle_poll_timeout_ms if idle else self.poll_timeout_ms
 
     def pop_spent(self) -> dict[str, float]:
         """:attr:`spent`, then reset."""

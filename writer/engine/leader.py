@@ -139,6 +139,7 @@ class Leadership:
             open_lane(broker, queue, registry=writer.registry, keyring=writer.keyring,
                       max_intent_bytes=settings.max_intent_bytes,
                       poll_timeout_ms=poll_ms,
+                      idle_poll_timeout_ms=settings.idle_poll_timeout_ms,
                       prefetch=settings.batch_max_intents)
             for queue, poll_ms in zip(writer.queues.writes,
                                       (fast_poll_ms, settings.poll_timeout_ms), strict=True))
