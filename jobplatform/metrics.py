@@ -285,13 +285,14 @@ class ActorMetrics(Middleware):
 def serve_actor_metrics() -> int:
     """The exposition fork of an actor worker: the sum of its processes' counters, the queue
     depths, ``/healthz`` and ``/readyz`` (ready while Redis answers)."""
+    from jobplatform.embedded import REDIS
     from jobplatform.settings import get_settings
     from jobplatform.stack import ensure_services
 
     settings = get_settings()
     path = prepare_multiprocess(settings)
     _drop_dead_files(path)
-    redis_url = settings.redis_url or ensure_services(settings).redis_url
+    redis_url = settings.redis_url or ensure_services(settings, needs=(REDIS,)).redis_url
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 

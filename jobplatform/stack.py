@@ -18,7 +18,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -154,14 +154,21 @@ def _aws_credentials(settings: Settings) -> bool:
     )
 
 
-def ensure_services(settings: Settings, *, probe: Probe = port_open) -> Services:
+def ensure_services(settings: Settings, *, probe: Probe = port_open,
+                    needs: Collection[str] = SERVICE_NAMES) -> Services:
     """Resolve every service, starting embedded ones where needed; idempotent.
 
     Configured and local services cost no subprocess and no lock; embedded ones are found
-    running (by their records in the state folder) or started, under ``stack.lock``.
+    running (by their records in the state folder) or started, under ``stack.lock``. Only the
+    services in ``needs`` (names of :data:`~jobplatform.embedded.SERVICE_NAMES`) are started:
+    a command that never reaches S3 leaves it alone, and its ``Services`` then names none.
     """
+    unknown = set(needs) - set(SERVICE_NAMES)
+    if unknown:
+        raise ValueError(f"unknown services {sorted(unknown)}: not in {SERVICE_NAMES}")
     choices = choose(settings, probe)
-    wanted = tuple(name for name, choice in choices.items() if choice.source == "embedded")
+    wanted = tuple(name for name, choice in choices.items()
+                   if choice.source == "embedded" and name in needs)
     if wanted and settings.production:
         missing = ", ".join(_VARIABLE[name] for name in wanted)
         raise StackError(f"production never starts embedded services: set {missing}")

@@ -49,9 +49,10 @@ def check(database_url: str | None) -> None:
 
     settings = settings_from_env()
     if database_url is None:
+        from jobplatform.embedded import POSTGRES
         from jobplatform.stack import ensure_services
 
-        database_url = ensure_services(settings).database_url
+        database_url = ensure_services(settings, needs=(POSTGRES,)).database_url
     found = load_tables(settings.writer.tables, schema=settings.writer.db_schema)
     problems = check_map(database_url, found)
     if not problems:

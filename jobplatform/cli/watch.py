@@ -24,12 +24,13 @@ def watch(once: bool, as_json: bool, interval: float, recent: float) -> None:
     from rich.console import Console
     from rich.live import Live
 
+    from jobplatform.embedded import REDIS
     from jobplatform.stack import ensure_services
     from jobplatform.watch import render, take_snapshot
 
     settings = settings_from_env()
     if not settings.redis_url:
-        settings = ensure_services(settings).apply(settings)
+        settings = ensure_services(settings, needs=(REDIS,)).apply(settings)
     assert settings.redis_url is not None
     client = redis.Redis.from_url(settings.redis_url)
     if once:

@@ -34,6 +34,7 @@ def writer(ctx: click.Context, intent_log: bool, shard: str | None) -> None:
         return
     from jobplatform.auth import keyring_for
     from jobplatform.broker import build_broker
+    from jobplatform.embedded import POSTGRES, REDIS, S3
     from jobplatform.logging import get_logger
     from jobplatform.settings import check_intent_log_dir
     from jobplatform.stack import ensure_services
@@ -51,7 +52,10 @@ def writer(ctx: click.Context, intent_log: bool, shard: str | None) -> None:
     if intent_log:
         # ... and must not log inside the package.
         check_intent_log_dir(settings)
-    settings = ensure_services(settings).apply(settings)
+    # S3 only to ship the log's segments (WRITER_LOG_S3_PREFIX).
+    needs = (POSTGRES, REDIS, S3) if intent_log and settings.writer.log_s3_prefix \
+        else (POSTGRES, REDIS)
+    settings = ensure_services(settings, needs=needs).apply(settings)
     assert settings.database_url is not None
     assert settings.redis_url is not None
     broker = build_broker(settings, settings.redis_url, set_global=False)
@@ -94,11 +98,12 @@ def stats(shard: int | None) -> None:
     """Print the active writer's latest stats (published to Redis every interval)."""
     import redis
 
+    from jobplatform.embedded import REDIS
     from jobplatform.progress import writer_stats_key
     from jobplatform.stack import ensure_services
 
     settings = settings_from_env()
-    services = ensure_services(settings)
+    services = ensure_services(settings, needs=(REDIS,))
     client = redis.Redis.from_url(services.redis_url)
     try:
         raw = client.get(writer_stats_key(settings.broker_namespace, shard))
@@ -126,10 +131,11 @@ def drain(timeout_s: float, as_json: bool) -> None:
     import time
 
     from jobplatform.broker import Queues, build_broker, lane_backlog
+    from jobplatform.embedded import REDIS
     from jobplatform.stack import ensure_services
 
     settings = settings_from_env()
-    settings = ensure_services(settings).apply(settings)
+    settings = ensure_services(settings, needs=(REDIS,)).apply(settings)
     assert settings.redis_url is not None
     broker = build_broker(settings, settings.redis_url, set_global=False)
     queues = Queues.from_settings(settings)
@@ -160,6 +166,7 @@ def reset() -> None:
 
 
 def _reset_connection() -> Any:
+    from jobplatform.embedded import POSTGRES
     from jobplatform.stack import ensure_services
     from writer.db import connect
     from writer.kinds.tables import activate
@@ -167,7 +174,7 @@ def _reset_connection() -> Any:
 
     settings = settings_from_env()
     activate(configured_tables())
-    services = ensure_services(settings)
+    services = ensure_services(settings, needs=(POSTGRES,))
     return connect(services.database_url, autocommit=True, application_name="jobplatform-cli")
 
 

@@ -132,6 +132,25 @@ def test_production_refuses_to_start_embedded_servers(tmp_path: Path, clean_env:
     assert not (tmp_path / "postgres.json").exists()
 
 
+def test_only_the_services_a_command_needs_are_started(tmp_path: Path, clean_env: None) -> None:
+    # PostgreSQL and Redis configured, S3 not: a writer (no log shipping) never starts one
+    settings = load_settings(
+        database_url="postgresql://app@db.internal:5433/app", redis_url="redis://cache:6380/2",
+        s3=S3Settings(endpoint_url=None), jobplatform_state_dir=tmp_path / "state")
+
+    services = ensure_services(settings, probe=nothing_answers, needs=("postgres", "redis"))
+
+    assert services.embedded == services.started == ()
+    assert services.s3_endpoint_url is None
+    assert not (tmp_path / "state").exists()
+    # in production the refusal names only what is needed and missing
+    production = unconfigured(tmp_path, jobplatform_env="production")
+    with pytest.raises(StackError, match=r"set REDIS_URL$"):
+        ensure_services(production, probe=nothing_answers, needs=("redis",))
+    with pytest.raises(ValueError, match="unknown services"):
+        ensure_services(settings, probe=nothing_answers, needs=("postgresql",))
+
+
 def test_a_server_that_exits_while_starting_names_its_log(tmp_path: Path) -> None:
     log = tmp_path / "logs" / "broken.log"
     pid = spawn_detached(["sh", "-c", "echo 'FATAL: no such option'; exit 3"], log,
