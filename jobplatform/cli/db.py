@@ -20,9 +20,10 @@ def upgrade(database_url: str | None) -> None:
     from writer.migrate import upgrade as run_upgrade
 
     if database_url is None:
+        from jobplatform.embedded import POSTGRES
         from jobplatform.stack import ensure_services
 
-        database_url = ensure_services(settings_from_env()).database_url
+        database_url = ensure_services(settings_from_env(), needs=(POSTGRES,)).database_url
     applied = run_upgrade(database_url)
     if applied:
         for migration in applied:

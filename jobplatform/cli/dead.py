@@ -11,10 +11,11 @@ from jobplatform.settings import Settings
 
 
 def _services() -> tuple[Settings, str]:
+    from jobplatform.embedded import POSTGRES, REDIS
     from jobplatform.stack import ensure_services
 
     settings = settings_from_env()
-    settings = ensure_services(settings).apply(settings)
+    settings = ensure_services(settings, needs=(POSTGRES, REDIS)).apply(settings)
     assert settings.database_url is not None
     return settings, settings.database_url
 
