@@ -334,6 +334,8 @@ class ChaosWriter:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.exits: list[int] = []
+        #: When a supervisor starts the exited process again (None: not due).
+        self.restart_at: float | None = None
         self._output_from = 0
 
     def start(self) -> None:
@@ -390,6 +392,13 @@ class ChaosWriter:
         if self.alive:
             assert self.proc is not None
             self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL, returning once the process is gone (its exit is left to :meth:`reap`)."""
+        if self.alive:
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(10)
 
     def arm(self, point: str, action: str = "kill") -> None:
         self.fault_file.write_text(f"{point} {action}")
@@ -528,7 +537,8 @@ class Chaos:
         if port is None:
             return None
         for writer in self.writers:
-            if port in writer.proxy.local_ports():
+            # a dead process's session may hold the lock a moment longer: not an active writer
+            if port in writer.proxy.local_ports() and writer.alive:
                 return writer
         return None
 
@@ -557,13 +567,17 @@ class Chaos:
         return self.wait_active(timeout_s) or victim
 
     def supervise(self) -> None:
-        """Start again any writer that exited (a supervisor's restart), a second later."""
+        """Start again any writer that exited (a supervisor's restart), a second later; never
+        waits itself, so the time to a takeover is the writers' own."""
+        now = time.monotonic()
         for writer in self.writers:
             code = writer.reap()
             if code is not None:
                 if code != -signal.SIGKILL:
                     self.echo(f"  writer {writer.index} exited with {code}")
-                time.sleep(1.0)
+                writer.restart_at = now + 1.0
+            if writer.restart_at is not None and now >= writer.restart_at and not writer.alive:
+                writer.restart_at = None
                 writer.start()
 
     # --- faults ------------------------------------------------------------------------------
@@ -602,7 +616,7 @@ class Chaos:
             return FaultRecord("kill", 0, "no active writer to kill")
         victim = self.ready_victim(victim)
         killed = time.monotonic()
-        victim.signal(signal.SIGKILL)
+        victim.kill()
         takeover = self._takeover(victim, killed)
         return FaultRecord("kill", 0, "killed the active writer", takeover_s=takeover)
 
