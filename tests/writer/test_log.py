@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import boto3
 import pytest
 
 from schemas import RosterChunk, RosterStatus, VideoQueued
-from schemas.intents import AnyIntent
+from schemas.intents import AnyIntent, intent_json
 from tests.writer.conftest import wait_until
 from tests.writer.log_samples import at, phone, roster_import, student, video_lifecycle
 from writer.intentlog import (
@@ -29,6 +30,8 @@ from writer.intentlog import (
     S3Shipper,
     encode_record,
 )
+from writer.intentlog import log as log_module
+from writer.intentlog import segment as segment_module
 
 
 class FakeClock:
@@ -441,3 +444,38 @@ def test_a_dead_compressors_partial_file_is_removed_by_the_next_log(tmp_path: Pa
     (folder / ".0123.creating").write_bytes(b"")
     IntentLog(folder, writer_id="next:2").close()
     assert list(folder.iterdir()) == []
+
+
+def test_each_thread_appends_what_it_prepared_without_encoding_it_again(
+    make_log: Callable[..., IntentLog], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer's loop and its fast lane prepare and append on one log, interleaved.
+    calls: list[uuid.UUID] = []
+    real = intent_json
+
+    def counted(intent: AnyIntent) -> bytes:
+        calls.append(intent.intent_id)
+        return real(intent)
+
+    monkeypatch.setattr(log_module, "intent_json", counted)
+    monkeypatch.setattr(segment_module, "intent_json", counted)
+    log = make_log(writer_id="w:1")
+    bulk, fast = video_lifecycle(1, 0), video_lifecycle(2, 0)
+    prepared, appended = threading.Event(), threading.Event()
+
+    def other() -> None:
+        prepared.wait(5)
+        log.prepare(fast)
+        log.append(2, fast)
+        appended.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    log.prepare(bulk)
+    prepared.set()
+    assert appended.wait(5)
+    log.append(3, bulk)
+    thread.join(5)
+
+    assert sorted(calls) == sorted(i.intent_id for i in bulk + fast)  # each encoded once
+    assert [list(r.intents) for r in LogReader([tmp_path / "log"]).records()] == [fast, bulk]

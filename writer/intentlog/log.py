@@ -174,7 +174,8 @@ class IntentLog:
         self._clock = clock
         self._lock = threading.Lock()
         self._current: _Segment | None = None
-        self._prepared: dict[UUID, bytes] = {}
+        # Per thread: the writer's loop and its fast lane each prepare and append their own.
+        self._prepared = threading.local()
         self._closed = False
         self._pending: queue.Queue[_Closing | None] = queue.Queue()
         self._retries: list[tuple[float, int, _Closing]] = []  # the finalizer's own
@@ -212,12 +213,14 @@ class IntentLog:
     def prepare(self, intents: Sequence[BaseIntent]) -> None:
         """Encode the intents of the next :meth:`append` ahead of time (before the batch's
         transaction begins), so that the append itself mostly writes and syncs. Intents the
-        append names that were not prepared are encoded then; the rest are dropped."""
-        self._prepared = {intent.intent_id: intent_json(intent) for intent in intents}
+        append names that were not prepared are encoded then; the rest are dropped. Each
+        thread's preparation is its own: it serves that thread's next append."""
+        self._prepared.encoded = {intent.intent_id: intent_json(intent) for intent in intents}
 
     def append(self, batch_seq: int, intents: Sequence[BaseIntent]) -> None:
         """Write one batch's record and make it durable before returning."""
-        prepared, self._prepared = self._prepared, {}
+        prepared: dict[UUID, bytes] = getattr(self._prepared, "encoded", {})
+        self._prepared.encoded = {}
         line = encode_record(batch_seq, self.writer_id, datetime.now(UTC), intents,
                              encoded=prepared, shard=self.shard, batch_id=uuid4().hex)
         with self._lock:
