@@ -37,6 +37,7 @@ from jobplatform.auth import MAC_OPTION, Keyring, canonical_body
 from jobplatform.broker import WRITE_INTENT
 from jobplatform.kinds import Registry
 from schemas import BaseIntent, DecodeError
+from writer.gchold import gc_held
 
 #: The broker's ``ack`` command (dramatiq's dispatch.lua) for many ids at once: refresh the
 #: heartbeat, then for each id held by this consumer drop it from the held set and the bodies.
@@ -264,8 +265,10 @@ class Lane:
             self.idle_since = None
             spent["decode" if cached else "fetch"] += took
             started = clock()
-            out.append(inspect_message(message, self.queue, max_bytes=self.max_intent_bytes,
-                                       registry=self.registry, keyring=self.keyring))
+            with gc_held():
+                out.append(inspect_message(message, self.queue,
+                                           max_bytes=self.max_intent_bytes,
+                                           registry=self.registry, keyring=self.keyring))
             spent["decode"] += clock() - started
             if not consumer.message_cache:
                 break

@@ -14,7 +14,6 @@ to the dead letters and the rest commit.
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ from jobplatform.kinds import AfterCommit, Kind, Outcome
 from jobplatform.logging import get_logger
 from jobplatform.progress import ProgressStore
 from schemas import BaseIntent
-from writer import dead, faults, lock
+from writer import dead, faults, gchold, lock
 from writer.batcher import Batch, BatchSizer
 from writer.engine.batch import (
     BatchResult,
@@ -276,29 +275,30 @@ class Applier:
         plan and the intent log's record."""
         writer = self.writer
         started = time.perf_counter()
-        work = prepare((item.intent for item in items if item.intent is not None),
-                       writer.registry)
-        planned = time.perf_counter()
-        log_prepare = getattr(writer.log_writer, "prepare", None)
-        encoded = planned
-        if log_prepare is not None:
-            log_prepare(work.intents)
-            encoded = time.perf_counter()
+        with gchold.gc_held():
+            work = prepare((item.intent for item in items if item.intent is not None),
+                           writer.registry)
+            planned = time.perf_counter()
+            log_prepare = getattr(writer.log_writer, "prepare", None)
+            encoded = planned
+            if log_prepare is not None:
+                log_prepare(work.intents)
+                encoded = time.perf_counter()
         writer.stats.spend({"plan": planned - started, "log_encode": encoded - planned})
         return work
 
     def commit(self, conn: Conn, items: list[Item], work: Prepared) -> Commit:
         """One batch transaction; ``work`` is the prepared form of ``items``.
 
-        The cyclic garbage collector is held off meanwhile: a full collection (tens of
-        milliseconds with many live objects) then runs between transactions, not inside one.
+        The cyclic garbage collector is held off meanwhile (:func:`~writer.gchold.gc_held`): a
+        full collection (tens of milliseconds with many live objects) then runs between
+        transactions, not inside one.
         """
         writer = self.writer
         order = writer.commit_order
         writer.call_hooks("before_commit", items)
         by_id = {intent.intent_id: intent for intent in work.intents}
-        gc_was_on = gc.isenabled()
-        gc.disable()
+        gchold.hold()
         started = time.perf_counter()
         start = time.monotonic()
         ordered = False
@@ -337,8 +337,7 @@ class Applier:
                 order.lock.release()
             end = time.monotonic()
             ended = time.perf_counter()
-            if gc_was_on:
-                gc.enable()
+            gchold.release()
             writer.budget.spent(start, end)
         ms = (end - start) * 1000
         stats = writer.stats
