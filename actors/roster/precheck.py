@@ -625,10 +625,6 @@ def _row_width(cells: bytes) -> int:
     at = max(cells.rfind(b"office:"), cells.rfind(b"table:formula"))
     if at == -1:
         return 0
-    if cells.find(b"repeated", 0, cells.find(b">", at)) == -1:  # none up to that cell's end
-        return cells.count(b"<table:table-cell", 0, at) + cells.count(
-            b"<table:covered-table-cell", 0, at
-        )
     column = width = 0
     for cell in _ODS_CELL_TAG.finditer(cells):
         if cell.start() > at:
@@ -640,15 +636,13 @@ def _row_width(cells: bytes) -> int:
     return width
 
 
-def _end_of(found: int, stop: int) -> int:
-    return stop if found == -1 else found
-
-
 def _repeat(attributes: bytes) -> int:
     found = _ODS_REPEAT.search(attributes)
     if found is None:
         return 1
     digits = found.group(1).lstrip(b"0")
+    if not digits:  # no digit, or zeros: the reader builds at least one
+        return 1
     return int(digits) if len(digits) <= 12 else 10**12
 
 
@@ -722,8 +716,9 @@ class _OdsContentScanner(_Scanner):
                     at = rfind(b"table:formula", begin, stop)
                 if at == -1:
                     width = 0
-                elif repeats and find(b"repeated", begin, _end_of(find(b">", at, stop), stop)) \
-                        != -1:  # a repeat up to the last value's cell end: read cell by cell
+                elif repeats and find(b"repeated", begin, stop) != -1:
+                    # A repeat in the row: read cell by cell (the last value's own repeat may
+                    # follow a ">" its tag holds in quotes).
                     width = _row_width(data[begin:stop])
                 else:
                     width = count(b"<table:table-cell", begin, at)

@@ -472,6 +472,21 @@ def write_value_below_padding_ods(folder: Path) -> Path:
     return path
 
 
+def write_quoted_repeated_value_ods(folder: Path) -> Path:
+    """A value repeated across 16,384 columns, its repeat behind an attribute holding ">": a
+    search for the tag's end that does not follow quotes stops before the repeat."""
+    path = folder / "quoted-repeated-value.ods"
+    content = (
+        '<table:table-row><table:table-cell office:value-type="string"><text:p>이름</text:p>'
+        '</table:table-cell><table:table-cell office:value-type="string"><text:p>전화번호'
+        '</text:p></table:table-cell></table:table-row>'
+        '<table:table-row><table:table-cell office:value-type="float" office:value="1" '
+        'table:style-name="a>b" table:number-columns-repeated="16384"/></table:table-row>'
+    )
+    _write_ods_content(path, [("명단", content)])
+    return path
+
+
 def write_nested_table_ods(folder: Path) -> Path:
     """A table (of values repeated across a huge grid) inside a cell."""
     path = folder / "nested-table.ods"

@@ -48,6 +48,8 @@ HOSTILE: list[tuple[Callable[[Path], Path], str]] = [
      "sheet '명단': column 16384 is past the limit of 200 columns (ROSTER_MAX_COLUMNS)"),
     (corpus.write_value_below_padding_ods,
      "sheet '명단': row 1000002 is past the limit of 50 rows (ROSTER_MAX_ROWS)"),
+    (corpus.write_quoted_repeated_value_ods,
+     "sheet '명단': column 16384 is past the limit of 200 columns (ROSTER_MAX_COLUMNS)"),
     (corpus.write_nested_table_ods, "sheet '명단' has rows or cells inside a cell"),
     (corpus.write_table_inside_table_ods, "sheet '명단' has a table inside it"),
     (corpus.write_commented_ods, "part 'content.xml' holds XML comments or CDATA sections"),
@@ -194,3 +196,18 @@ def test_quoted_attribute_text_neither_ends_nor_hides_an_ods_cell(tmp_path: Path
     assert precheck(path, Limits(max_columns=6)) is Format.ODS
     with pytest.raises(RosterRejected, match="column 6 is past the limit of 5 columns"):
         precheck(path, Limits(max_columns=5))
+
+
+@pytest.mark.parametrize(("attributes", "count"), [
+    (b' table:number-columns-repeated="16384"', 16384),
+    (b' table:number-rows-repeated = \' 007\'', 7),
+    (b' table:number-columns-repeated="0"', 1),
+    (b' table:number-columns-repeated=""', 1),
+    (b' table:number-columns-repeated="0000000000000000000000000000"', 1),
+    (b' table:number-rows-repeated="99999999999999999999"', 10**12),
+    (b' table:style-name="ce1"', 1),
+])
+def test_ods_repeats_are_read_as_the_reader_builds_them(attributes: bytes, count: int) -> None:
+    from actors.roster.precheck import _repeat
+
+    assert _repeat(attributes) == count
