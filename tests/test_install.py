@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
         path = PROJECT_ROOT / name
         if path.is_dir():
             shutil.copytree(path, source / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
         else:
             source.mkdir(exist_ok=True)
             shutil.copy2(path, source / name)
@@ -74,6 +75,9 @@ def test_the_wheel_holds_only_the_product(installed: Installed) -> None:
     assert top == {"jobplatform", "actors", "writer", "schemas"}
     assert "writer/sql/schema.sql" in names
     assert "writer/sql/migrations/0001_initial.sql" in names
+    # The .ods pre-check's compiled reader, built by the wheel, and its typing.
+    assert any(re.fullmatch(r"actors/roster/_odsscan\..*(so|pyd)", n) for n in names), names
+    assert "actors/roster/_odsscan.pyi" in names
     [top_level] = [n for n in names if n.endswith(".dist-info/top_level.txt")]
     assert set(zipfile.ZipFile(installed.wheel).read(top_level).decode().split()) == top
 

@@ -38,6 +38,11 @@ from typing import BinaryIO
 from actors.roster.errors import RosterRejected
 from actors.roster.limits import Limits
 
+try:  # the .ods tag reader compiled (an optional extension; the same verdicts in Python)
+    from actors.roster import _odsscan
+except ImportError:  # where the extension was not built
+    _odsscan = None  # type: ignore[assignment]
+
 _ZIP_MAGIC = b"PK\x03\x04"
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _ODS_MIMETYPE = b"application/vnd.oasis.opendocument.spreadsheet"
@@ -609,6 +614,12 @@ _ODS_SIMPLE_ROW = (
     rb"</table:table-row>"
 )
 _ODS_SCAN = re.compile(_ODS_SIMPLE_ROW + rb"|" + _ODS_TAG.pattern)
+# The tag-by-tag reading alone, in the same groups: what the compiled reader does.
+_ODS_TAGS_ONLY = re.compile(rb"(?!)()()|" + _ODS_TAG.pattern)
+# What the compiled reader stops at (actors/roster/_odsscan.c).
+_DONE, _TABLE_OPEN, _TABLE_CLOSE, _INSIDE_CELL, _WIDE_CELL, _SHEET = range(6)
+# Its counts stop at 2**62: limits below this compare as they do in Python.
+_COMPILED_LIMIT = 1 << 60
 _ODS_REPEAT = re.compile(rb"number-(?:rows|columns)-repeated\s*=\s*[\"']\s*([0-9]*)")
 _ODS_NAME = re.compile(rb"table:name\s*=\s*(?:\"([^\"]*)\"|'([^']*)')")
 
@@ -661,10 +672,18 @@ class _OdsContentScanner(_Scanner):
     match; any other is read tag by tag. A table, row or cell element inside a cell is refused,
     and so are XML comments and CDATA sections: spreadsheets do not write them, and they could
     make this scan see other tags than the reader does.
+
+    Where the compiled reader (``_odsscan``) is installed, it reads every tag, one pass in C
+    with the same rules as the tag-by-tag reading here (about 4x less CPU); ``compiled`` says
+    which runs, and may be set false.
     """
+
+    pattern = _ODS_SCAN
 
     def __init__(self, part: str, limits: Limits) -> None:
         super().__init__(part, limits)
+        self.compiled = _odsscan is not None and max(
+            limits.max_columns, limits.max_row_number, limits.max_cells) < _COMPILED_LIMIT
         self._skip = 0
         self._in_cell = False
         self._depth = 0
@@ -690,6 +709,9 @@ class _OdsContentScanner(_Scanner):
                 " software does not write; open the file in Excel or LibreOffice and save it as"
                 " .xlsx"
             )
+        if self.compiled:
+            self._scan_compiled(data, end)
+            return
         max_columns = self.limits.max_columns
         row_limit = self.limits.max_row_number
         max_cells = self.limits.max_cells
@@ -697,7 +719,7 @@ class _OdsContentScanner(_Scanner):
         repeats = b"repeated" in data
         covered = b"<table:covered-table-cell" in data
         rfind, find, count = data.rfind, data.find, data.count
-        for tag in _ODS_SCAN.finditer(data, self._skip):
+        for tag in self.pattern.finditer(data, self._skip):
             if tag.start() >= end:
                 break
             last = tag.end()
@@ -768,6 +790,34 @@ class _OdsContentScanner(_Scanner):
             else:
                 self._start_sheet(attributes)
         self._skip = max(last - end, 0)
+
+    def _scan_compiled(self, data: bytes, end: int) -> None:
+        assert _odsscan is not None
+        limits = (self.limits.max_columns, self.limits.max_row_number, self.limits.max_cells)
+        at = self._skip
+        while True:
+            state = (int(self._in_cell), int(self._in_row), self._row, self._row_repeat,
+                     self._column, self._width, self._rows, self._columns, self._cells_before)
+            event, at, begin, stop, state = _odsscan.scan(data, at, end, state, limits)
+            (in_cell, in_row, self._row, self._row_repeat, self._column, self._width,
+             self._rows, self._columns, self._cells_before) = state
+            self._in_cell, self._in_row = bool(in_cell), bool(in_row)
+            if event == _DONE:
+                break
+            if event == _TABLE_OPEN:
+                self._start_sheet(data[begin:stop])
+            elif event == _TABLE_CLOSE:
+                self._end_table()
+            elif event == _INSIDE_CELL:
+                self._refuse_inside_cell()
+            else:
+                if event == _WIDE_CELL:
+                    self.refuse_grid(self._row + 1, self._column, self._what())
+                else:
+                    self._refuse_sheet()
+                raise AssertionError(f"the compiled .ods reader refused what {self._what()}"
+                                     " holds, and the scanner did not")
+        self._skip = max(at - end, 0)
 
     def _refuse_inside_cell(self) -> None:
         raise RosterRejected(
