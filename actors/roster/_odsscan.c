@@ -10,6 +10,8 @@
  *   INSIDE_CELL   a table, row or cell tag inside a cell
  *   WIDE_CELL     a value's cell past the column limit
  *   SHEET         a row holding values took the sheet past a limit
+ *   UNENDED       a tag starting at at whose attributes run to the end of the data (a quote
+ *                 left open, or the tag goes on in the next piece): nothing past it is read
  *
  * Python handles every event but DONE (names the sheet, ends the table, raises the refusal),
  * then calls again from at with the state it holds. The state is (in_cell, in_row, row,
@@ -20,8 +22,7 @@
  *
  * A tag is what the pattern _ODS_TAG matches: "<", an optional "/", "table:", one of the four
  * names followed by white space, "/" or ">", then attributes up to the first ">" outside quotes.
- * Where no such tag begins at a "<" (a quote left open, no ">" before the data ends), the
- * reading goes on at the next byte, as a regex search does.
+ * Where a "<" begins no such name, the reading goes on at the next "<".
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -31,7 +32,7 @@ typedef long long i64;
 
 #define CAP ((i64)1 << 62)
 
-enum { DONE, TABLE_OPEN, TABLE_CLOSE, INSIDE_CELL, WIDE_CELL, SHEET };
+enum { DONE, TABLE_OPEN, TABLE_CLOSE, INSIDE_CELL, WIDE_CELL, SHEET, UNENDED };
 enum { TABLE, ROW, CELL };
 
 typedef struct {
@@ -59,8 +60,21 @@ static int space(unsigned char c) {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
 
+/* The first `what` in at[0:size], or NULL: attributes are short, so a memchr for the first
+ * byte and a compare beat memmem's setup. */
+static const char *find(const char *at, Py_ssize_t size, const char *what, size_t length) {
+    const char *end = at + size;
+    while ((size_t)(end - at) >= length) {
+        const char *first = memchr(at, what[0], (size_t)(end - at) - length + 1);
+        if (first == NULL) return NULL;
+        if (memcmp(first + 1, what + 1, length - 1) == 0) return first;
+        at = first + 1;
+    }
+    return NULL;
+}
+
 static int contains(const char *at, Py_ssize_t size, const char *what, size_t length) {
-    return size >= (Py_ssize_t)length && memmem(at, (size_t)size, what, length) != NULL;
+    return find(at, size, what, length) != NULL;
 }
 
 /* _repeat: the first number-rows-repeated or number-columns-repeated attribute's digits
@@ -70,7 +84,7 @@ static i64 repeat(const char *at, Py_ssize_t size) {
     const char *end = at + size;
     const char *p = at;
     while (p < end) {
-        const char *found = memmem(p, (size_t)(end - p), "number-", 7);
+        const char *found = find(p, end - p, "number-", 7);
         if (found == NULL) return 1;
         const char *q = found + 7;
         if (end - q >= 13 && memcmp(q, "rows-repeated", 13) == 0) q += 13;
@@ -96,8 +110,9 @@ static i64 repeat(const char *at, Py_ssize_t size) {
     return 1;
 }
 
-/* The tag at data[p] == '<', if one begins there: its kind, whether it closes, the span of its
- * attributes and its end (past the ">"). */
+/* The tag at data[p] == '<', if one begins there (1): its kind, whether it closes, the span of
+ * its attributes and its end (past the ">"); 0 where none does, 2 where one begins and runs to
+ * the end of the data. */
 static int read_tag(const char *data, Py_ssize_t n, Py_ssize_t p, int *kind, int *closing,
                     Py_ssize_t *a, Py_ssize_t *b, Py_ssize_t *tag_end) {
     Py_ssize_t q = p + 1;
@@ -118,19 +133,37 @@ static int read_tag(const char *data, Py_ssize_t n, Py_ssize_t p, int *kind, int
         }
     }
     if (after < 0) return 0;
-    Py_ssize_t i = after;
-    while (i < n) {
-        char c = data[i];
-        if (c == '>') { *a = after; *b = i; *tag_end = i + 1; return 1; }
-        if (c == '"' || c == '\'') {
-            const char *close = memchr(data + i + 1, c, (size_t)(n - i - 1));
-            if (close == NULL) return 0;
-            i = close - data + 1;
-        } else {
-            i++;
+    /* The first ">" outside quotes. The next ">", '"' and "'" at or past the reading point
+     * are kept and looked for again only once it passes them, so a tag of many quoted values
+     * costs one pass over it, not one pass per value. */
+    const char *stop = data + n, *at = data + after;
+    const char *gt = NULL, *dq = NULL, *sq = NULL;
+    int gt_none = 0;
+    for (;;) {
+        if (!gt_none && (gt == NULL || gt < at)) {
+            gt = memchr(at, '>', (size_t)(stop - at));
+            gt_none = gt == NULL;
         }
+        if (gt_none) return 2;
+        if (dq == NULL || dq < at) {
+            dq = memchr(at, '"', (size_t)(gt - at));
+            if (dq == NULL) dq = gt;  /* none before this ">": look again once past it */
+        }
+        if (sq == NULL || sq < at) {
+            sq = memchr(at, '\'', (size_t)(gt - at));
+            if (sq == NULL) sq = gt;
+        }
+        const char *quote = dq < sq ? dq : sq;
+        if (quote >= gt) {
+            *a = after;
+            *b = gt - data;
+            *tag_end = *b + 1;
+            return 1;
+        }
+        const char *close = memchr(quote + 1, *quote, (size_t)(stop - quote - 1));
+        if (close == NULL) return 2;
+        at = close + 1;
     }
-    return 0;
 }
 
 /* _end_row; SHEET where the row took the sheet past a limit. */
@@ -197,9 +230,15 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         p = found - data;
         int kind, closing;
         Py_ssize_t attrs, attrs_end, tag_end;
-        if (!read_tag(data, n, p, &kind, &closing, &attrs, &attrs_end, &tag_end)) {
+        int found_tag = read_tag(data, n, p, &kind, &closing, &attrs, &attrs_end, &tag_end);
+        if (found_tag == 0) {
             p++;
             continue;
+        }
+        if (found_tag == 2) {
+            event = UNENDED;
+            at = p;
+            break;
         }
         at = p = tag_end;
         const char *attributes = data + attrs;

@@ -48,6 +48,9 @@ _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _ODS_MIMETYPE = b"application/vnd.oasis.opendocument.spreadsheet"
 _READ_CHUNK = 1 << 20
 _KEEP = 4096
+# A tag may run on over pieces up to this length; spreadsheets write tags of a few hundred bytes
+# (a long formula: a few KiB).
+_MAX_TAG = 1 << 20
 _RATIO_FLOOR = 1 << 20
 _MAX_MEMBERS = 10_000
 _ENTITY_MARKERS = (b"<!DOCTYPE", b"<!ENTITY", b"<!doctype", b"<!entity")
@@ -364,13 +367,21 @@ class _Scanner:
         self.part = part
         self.limits = limits
         self._tail = b""
+        self.final = False
+        """The last piece is being scanned: nothing more will come."""
+        self.hold: int | None = None
+        """Where the scan of a piece stopped short, at a tag running past its end: the tail
+        kept for the next piece starts there."""
 
     def feed(self, piece: bytes) -> None:
         data = self._tail + piece
-        self._scan(data, max(len(data) - _KEEP, 0))
-        self._tail = data[-_KEEP:]
+        end = max(len(data) - _KEEP, 0)
+        self.hold = None
+        self._scan(data, end)
+        self._tail = data[end if self.hold is None else min(end, self.hold):]
 
     def finish(self) -> None:
+        self.final = True
         self._scan(self._tail, len(self._tail))
         self.done()
 
@@ -382,6 +393,23 @@ class _Scanner:
 
     def scan(self, data: bytes, end: int) -> None:
         raise NotImplementedError
+
+    def _unended(self, data: bytes, at: int) -> None:
+        """A tag at ``at`` runs to the end of the data: it is read again with the next piece,
+        unless this is the last or it is too long."""
+        if self.final:
+            raise RosterRejected(
+                f"part {self.part!r} has a tag that never ends (a quote left open), which"
+                " spreadsheet software does not write; open the file in Excel or LibreOffice and"
+                " save it as .xlsx"
+            )
+        if len(data) - at > _MAX_TAG:
+            raise RosterRejected(
+                f"part {self.part!r} has a tag longer than {_MAX_TAG >> 20} MiB, which"
+                " spreadsheet software does not write; open the file in Excel or LibreOffice and"
+                " save it as .xlsx"
+            )
+        self.hold = at
 
     def done(self) -> None:
         raise NotImplementedError
@@ -447,6 +475,8 @@ def _greater_than(number: int) -> bytes:
 _TAG = re.compile(
     rb"<(?:[A-Za-z_][\w.-]*:)?(row|c)(?=[\s/>])((?:[^>\"']++|\"[^\"]*+\"|'[^']*+')*+)>"
 )
+# The same, or a tag's start alone where its attributes run to the end of the data (no groups).
+_TAG_SCAN = re.compile(_TAG.pattern + rb"|<(?:[A-Za-z_][\w.-]*:)?(?:row|c)(?=[\s/>])")
 _REF_ATTRIBUTE = re.compile(rb"\sr\s*=\s*[\"']([A-Za-z]*)([0-9]*)")
 _PREFIXED = re.compile(rb":(?:c|row)[\s/>]")
 _VALUE_ENDS = (b"/v>", b"/is>")
@@ -562,8 +592,11 @@ class _XlsxSheetScanner(_Scanner):
     def _scan_exact(self, data: bytes, end: int, start: int) -> None:
         row, column = self._row, self._column
         max_row, max_column = self.max_row, self.max_column
-        for tag in _TAG.finditer(data, start):
+        for tag in _TAG_SCAN.finditer(data, start):
             if tag.start() >= end:
+                break
+            if tag.lastindex is None:
+                self._unended(data, tag.start())
                 break
             attributes = tag.group(2)
             ref = _REF_ATTRIBUTE.search(attributes) if b"r" in attributes else None
@@ -613,11 +646,15 @@ _ODS_SIMPLE_ROW = (
     rb"<table:table-row(?=[\s/>])(" + _ODS_ATTRIBUTES + rb")>((?:" + _ODS_CELL + rb")*+)"
     rb"</table:table-row>"
 )
-_ODS_SCAN = re.compile(_ODS_SIMPLE_ROW + rb"|" + _ODS_TAG.pattern)
+# A tag's start where the whole tag does not match: its attributes run to the end of the data
+# (a quote left open, or the tag goes on in the next piece).
+_ODS_TAG_START = rb"<(/?)table:(?:table|table-row|table-cell|covered-table-cell)(?=[\s/>])"
+_ODS_SCAN = re.compile(_ODS_SIMPLE_ROW + rb"|" + _ODS_TAG.pattern + rb"|" + _ODS_TAG_START)
 # The tag-by-tag reading alone, in the same groups: what the compiled reader does.
-_ODS_TAGS_ONLY = re.compile(rb"(?!)()()|" + _ODS_TAG.pattern)
+_ODS_TAGS_ONLY = re.compile(rb"(?!)()()|" + _ODS_TAG.pattern + rb"|" + _ODS_TAG_START)
+_UNENDED = 6  # the lastindex of a tag start matched alone
 # What the compiled reader stops at (actors/roster/_odsscan.c).
-_DONE, _TABLE_OPEN, _TABLE_CLOSE, _INSIDE_CELL, _WIDE_CELL, _SHEET = range(6)
+_DONE, _TABLE_OPEN, _TABLE_CLOSE, _INSIDE_CELL, _WIDE_CELL, _SHEET, _UNENDED_TAG = range(7)
 # Its counts stop at 2**62: limits below this compare as they do in Python.
 _COMPILED_LIMIT = 1 << 60
 _ODS_REPEAT = re.compile(rb"number-(?:rows|columns)-repeated\s*=\s*[\"']\s*([0-9]*)")
@@ -722,6 +759,10 @@ class _OdsContentScanner(_Scanner):
         for tag in self.pattern.finditer(data, self._skip):
             if tag.start() >= end:
                 break
+            if tag.lastindex == _UNENDED:
+                self._unended(data, tag.start())
+                self._skip = 0
+                return
             last = tag.end()
             if tag.lastindex == 2:  # a whole row, its cells holding text only
                 if self._in_cell:
@@ -804,6 +845,10 @@ class _OdsContentScanner(_Scanner):
             self._in_cell, self._in_row = bool(in_cell), bool(in_row)
             if event == _DONE:
                 break
+            if event == _UNENDED_TAG:
+                self._unended(data, at)
+                self._skip = 0
+                return
             if event == _TABLE_OPEN:
                 self._start_sheet(data[begin:stop])
             elif event == _TABLE_CLOSE:

@@ -211,3 +211,70 @@ def test_ods_repeats_are_read_as_the_reader_builds_them(attributes: bytes, count
     from actors.roster.precheck import _repeat
 
     assert _repeat(attributes) == count
+
+
+def _scan_in_pieces(scanner: object, document: bytes, piece: int) -> None:
+    from actors.roster.precheck import _Scanner
+
+    assert isinstance(scanner, _Scanner)
+    for at in range(0, len(document), piece):
+        scanner.feed(document[at:at + piece])
+    scanner.finish()
+
+
+_LONG = b' table:style-name="' + b"x" * 6000 + b'"'
+_ODS_LONG_TAG = (b'<table:table table:name="S"><table:table-row><table:table-cell'
+                 b' office:value-type="float" office:value="1"' + _LONG
+                 + b' table:number-columns-repeated="16384"/></table:table-row></table:table>')
+# A cell without a reference first: the sheet is read tag by tag, in order.
+_XLSX_LONG_TAG = (b'<sheetData><row r="1"><c a="1"/><c r="XFD1"' + _LONG.replace(b"table:", b"")
+                  + b'><v>1</v></c></row></sheetData>')
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_an_ods_tag_longer_than_the_tail_is_read_whole(compiled: bool) -> None:
+    """The cell's tag crosses from one piece to the next: it is read when the rest has come."""
+    from actors.roster.precheck import _OdsContentScanner
+
+    for pad in range(0, 8192, 500):  # the tag starting at every distance from a piece's end
+        scanner = _OdsContentScanner("content.xml", SMALL)
+        scanner.compiled = compiled
+        with pytest.raises(RosterRejected, match="column 16384 is past the limit of 200"):
+            _scan_in_pieces(scanner, b" " * pad + _ODS_LONG_TAG, 4096)
+
+
+def test_an_xlsx_tag_longer_than_the_tail_is_read_whole() -> None:
+    from actors.roster.precheck import _XlsxSheetScanner
+
+    for pad in range(0, 8192, 500):
+        with pytest.raises(RosterRejected, match="column 16384 is past the limit of 200"):
+            _scan_in_pieces(_XlsxSheetScanner("xl/worksheets/sheet1.xml", SMALL),
+                            b" " * pad + _XLSX_LONG_TAG, 4096)
+
+
+@pytest.mark.parametrize(("kind", "document"), [
+    ("ods", b'<table:table><table:table-row><table:table-cell office:value="1" a="x>'),
+    ("xlsx", b'<sheetData><row r="1"><c a="1"/><c r="A2" b=\'x><v>1</v></c></row>'),
+])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_tag_that_never_ends_is_refused(kind: str, document: bytes, compiled: bool) -> None:
+    from actors.roster.precheck import _OdsContentScanner, _XlsxSheetScanner
+
+    scanner = _OdsContentScanner("content.xml", SMALL) if kind == "ods" else _XlsxSheetScanner(
+        "xl/worksheets/sheet1.xml", SMALL)
+    if isinstance(scanner, _OdsContentScanner):
+        scanner.compiled = compiled
+    # The reader's XML parser stops at such a tag; a scan that went on past it, looking for
+    # tags at every later "<", would cost time in the square of its length.
+    with pytest.raises(RosterRejected, match="has a tag that never ends"):
+        _scan_in_pieces(scanner, document + b"<c r='A1'/>" * 2000, 1 << 20)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_tag_longer_than_a_mebibyte_is_refused(compiled: bool) -> None:
+    from actors.roster.precheck import _OdsContentScanner
+
+    scanner = _OdsContentScanner("content.xml", SMALL)
+    scanner.compiled = compiled
+    with pytest.raises(RosterRejected, match="has a tag longer than 1 MiB"):
+        _scan_in_pieces(scanner, b'<table:table-row a="' + b"x" * (3 << 20) + b'">', 1 << 20)
