@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: run test lint typecheck imports check clean stack-down roster-fixtures fuzz chaos
 
 # The C extension (actors/roster/_odsscan.c) is built in place by the editable install.
-$(STAMP): pyproject.toml actors/roster/_odsscan.c
+$(STAMP): pyproject.toml setup.py actors/roster/_odsscan.c
 	@test -n "$(PYTHON)" || { echo "Python 3.11 to 3.14 is needed; set PYTHON=/path/to/python3" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

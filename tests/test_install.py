@@ -22,7 +22,8 @@ from jobplatform.extras import EXTRA_OF, missing_extra, require_extra
 from jobplatform.runner import BUILTIN_PROCFILE, builtin_formation, parse_procfile
 from jobplatform.settings import PROJECT_ROOT
 
-SOURCES = ("pyproject.toml", "README.md", "jobplatform", "schemas", "actors", "writer", "bench")
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "jobplatform", "schemas", "actors", "writer",
+           "bench")
 
 
 @dataclass(frozen=True)
