@@ -378,7 +378,7 @@ class _Scanner:
         end = max(len(data) - _KEEP, 0)
         self.hold = None
         self._scan(data, end)
-        self._tail = data[end if self.hold is None else min(end, self.hold):]
+        self._tail = data[end if self.hold is None else self.hold:]  # a held tag starts before end
 
     def finish(self) -> None:
         self.final = True
