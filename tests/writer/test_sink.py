@@ -341,3 +341,17 @@ def test_a_5000_row_batch_applies_in_one_transaction(conn: Conn) -> None:
     outcome = result.outcome("roster")
     assert (outcome.students_created, outcome.enrolled) == (5000, 5000)
     assert import_row(conn, imp)["status"] == "done"
+
+
+def test_the_staging_table_has_no_toast_and_takes_the_longest_rows(conn: Conn) -> None:
+    # Given rows at the contract's longest, in 4-byte characters
+    imp = uuid.uuid4()
+    longest = [student(n, name="\U0001d49c" * 100, school="\U0001d4b7" * 100,
+                       parent_phone="010-9999-9999") for n in range(50)]
+    result = apply(conn, [chunk(imp, 0, longest)])
+    # Then they are applied whole, through a staging table the commit empties as one file
+    assert result.outcome("roster").students_created == 50
+    assert table(conn, "SELECT DISTINCT length(name), octet_length(school) FROM students"
+                       " WHERE name LIKE %s", "\U0001d49c%") == [(100, 400)]
+    assert table(conn, "SELECT reltoastrelid::int FROM pg_class"
+                       " WHERE oid = 'pg_temp.writer_stage'::regclass") == [(0,)]

@@ -412,6 +412,7 @@ def _rows(tx: Transaction, work: RosterPlan, out: RosterOutcome) -> None:
     [(_, _, has_stage)] = tx.run("prepare_stage", {"stage": STAGE_TABLE})
     if not has_stage:
         tx.run("create_stage", stage=STAGE_TABLE)
+        tx.run("plain_stage", stage=STAGE_TABLE)
     tx.copy("copy_stage", work.stage, types=_STAGE_TYPES, stage=STAGE_TABLE)
     statements = roster_statements(active())
     by_lecture = None if statements.exact_imports else _imports_by_lecture(work)
