@@ -8,7 +8,7 @@ them), each in a transaction of its own that stages them and reads them once, th
 per row over many batches, the methods interleaved round by round.
 
 - ``copy``: the writer's path: binary COPY into the staging table (``create_stage``,
-  ``copy_stage`` of ``writer/kinds/roster.sql``), then a scan of it.
+  ``plain_stage``, ``copy_stage`` of ``writer/kinds/roster.sql``), then a scan of it.
 - ``unnest-binary``: the columns as binary arrays, read by ``unnest``.
 - ``unnest-text``: the same in text format (psycopg's default for parameters).
 """
@@ -57,7 +57,8 @@ class Stager:
         self.conn = conn
         named = parse_statements(roster.sql.read_text())
         stage = sql.Identifier(STAGE_TABLE)
-        conn.execute(sql.SQL(named["create_stage"]).format(stage=stage))
+        for making in ("create_stage", "plain_stage"):
+            conn.execute(sql.SQL(named[making]).format(stage=stage))
         self.copy_sql = sql.SQL(named["copy_stage"]).format(stage=stage)
         self.scan_stage = sql.SQL(_SCAN).format(source=stage)
         types = roster._STAGE_TYPES
