@@ -57,7 +57,7 @@ class Stager:
         self.conn = conn
         named = parse_statements(roster.sql.read_text())
         stage = sql.Identifier(STAGE_TABLE)
-        for making in ("create_stage", "plain_stage"):
+        for making in roster.MAKE_STAGE:
             conn.execute(sql.SQL(named[making]).format(stage=stage))
         self.copy_sql = sql.SQL(named["copy_stage"]).format(stage=stage)
         self.scan_stage = sql.SQL(_SCAN).format(source=stage)

@@ -42,6 +42,8 @@ ROSTER_PLACEHOLDER_RANK = -1
 #: ``roster_imports.status_rank`` of ``done``: final, no status intent moves it.
 ROSTER_DONE_RANK = 4
 
+#: The statements of roster.sql that make a session's staging table, in order.
+MAKE_STAGE = ("create_stage", "plain_stage")
 _STAGE_TYPES = (
     "int8", "text", "text", "text", "text", "int2", "date", "timestamptz", "uuid", "int8",
     "uuid", "timestamptz",
@@ -411,8 +413,8 @@ def _rows(tx: Transaction, work: RosterPlan, out: RosterOutcome) -> None:
     _check_lectures(tx, work)
     [(_, _, has_stage)] = tx.run("prepare_stage", {"stage": STAGE_TABLE})
     if not has_stage:
-        tx.run("create_stage", stage=STAGE_TABLE)
-        tx.run("plain_stage", stage=STAGE_TABLE)
+        for making in MAKE_STAGE:
+            tx.run(making, stage=STAGE_TABLE)
     tx.copy("copy_stage", work.stage, types=_STAGE_TYPES, stage=STAGE_TABLE)
     statements = roster_statements(active())
     by_lecture = None if statements.exact_imports else _imports_by_lecture(work)

@@ -16,7 +16,7 @@ SELECT set_config('enable_hashjoin', 'off', true),
 -- text columns come in plain_stage: a table whose columns are all fixed-width or PLAIN has no
 -- TOAST table, so each commit empties one file instead of three (the heap, its TOAST table and
 -- the TOAST index, which is rebuilt at every commit).
-CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (
+CREATE TEMPORARY TABLE {stage} (
     tenant_id     bigint NOT NULL,
     grade         smallint,
     birth_date    date,
