@@ -8,6 +8,9 @@ is written by each method into a fresh database (``jp_bench_*``, dropped afterwa
   student and per enrollment), one long transaction, client-side binding, no prepared statements;
 - ``C``: multi-row ``INSERT ... ON CONFLICT``, 1,000 rows a statement and a transaction;
 - ``E``: plain COPY of the deduplicated rows into empty students and enrollments (the floor);
+- ``Eb``: the same COPYs in transactions as large as the writer's (its rows per transaction
+  in the same attempt, else ``WRITER_BATCH_MAX_ROWS``): what short transactions cost the
+  floor itself, so the writer's own SQL is measured apart from its transaction size;
 - ``writer``: the roster as the AI actor emits it (status intents and RosterChunk intents of
   500 rows), enqueued on ``writes.fast`` / ``writes.bulk`` of a fresh broker namespace by
   ``--producers`` threads (8; each its own Redis connections) and applied by a real
@@ -48,6 +51,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import click
@@ -452,27 +456,33 @@ def method_c(url: str, data: Dataset) -> Method:
     return Method.on(conn, body)
 
 
-def method_e(url: str, data: Dataset) -> Method:
-    """COPY the deduplicated students into an empty table, read their ids, COPY enrollments."""
+def method_e(url: str, data: Dataset, per_txn: int | None = None) -> Method:
+    """COPY the deduplicated students into an empty table, read their ids, COPY enrollments:
+    in one transaction, or in transactions of ``per_txn`` students each."""
     conn = psycopg.connect(url)
     unique = data.unique
+    size = per_txn or len(unique) or 1
 
     def body(run: Run) -> None:
         cur = conn.cursor()
-        with run.transaction(conn):
-            run.statements += 1
-            with cur.copy(_copy_students()) as copy:
-                copy.set_types(_STUDENT_TYPES)
-                for row in unique:
-                    copy.write_row(_student_tuple(row))
-            ids = run.execute(cur, "SELECT id FROM students WHERE tenant_id = %s",
-                              (TENANT_ID,)).fetchall()
-            run.statements += 1
-            with cur.copy("COPY enrollments (lecture_id, student_id, enrolled_at)"
-                          " FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["int8", "int8", "timestamptz"])
-                for (student_id,) in ids:
-                    copy.write_row((LECTURE_ID, student_id, T0))
+        for first in range(0, len(unique), size):
+            part = unique[first:first + size]
+            with run.transaction(conn):
+                run.statements += 1
+                with cur.copy(_copy_students()) as copy:
+                    copy.set_types(_STUDENT_TYPES)
+                    for row in part:
+                        copy.write_row(_student_tuple(row))
+                # One COPY into an empty table, or one of this session's alone: its ids are
+                # the sequence's last len(part) values.
+                [(last,)] = run.execute(cur, "SELECT currval(pg_get_serial_sequence("
+                                             "'students', 'id'))").fetchall()
+                run.statements += 1
+                with cur.copy("COPY enrollments (lecture_id, student_id, enrolled_at)"
+                              " FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(["int8", "int8", "timestamptz"])
+                    for student_id in range(last - len(part) + 1, last + 1):
+                        copy.write_row((LECTURE_ID, student_id, T0))
 
     return Method.on(conn, body)
 
@@ -649,7 +659,7 @@ TARGETS = (
 )
 
 
-METHODS = ("A", "C", "E", "writer", "fast", "budget")
+METHODS = ("A", "C", "E", "writer", "Eb", "fast", "budget")
 
 
 @click.command()
@@ -657,7 +667,8 @@ METHODS = ("A", "C", "E", "writer", "fast", "budget")
               help="Rows in the generated roster file.")
 @click.option("--methods", default=",".join(METHODS), show_default=True,
               help="Comma-separated subset of A, C, E, writer (writer includes the re-import), "
-                   "fast (fast_p99_ms) and budget (budget_share).")
+                   "Eb (E in the writer's transaction sizes), fast (fast_p99_ms) and budget "
+                   "(budget_share).")
 @click.option("--feed", type=click.Choice(sorted(WRITER_FEEDS)), default="redis",
               show_default=True,
               help="How the writer methods receive their intents: through Redis to a running "
@@ -715,17 +726,21 @@ def command(rows: int, methods: str, feed: str, producers: int, backlog_rows: in
 
     under_load = {"fast": fast_latency, "budget": budget_drain}
     for attempt in range(repeat):
-        for name in ("E", "C", "A", "writer", "fast", "budget"):
+        for name in ("E", "C", "A", "writer", "Eb", "fast", "budget"):
             if name not in chosen:
                 continue
+            if name == "Eb":
+                per_txn = _writer_rows_per_txn(runs.get("writer", [])[attempt:], len(data.rows),
+                                               settings.writer.batch_max_rows)
+                makers["Eb"] = partial(_batched_floor, data=data, per_txn=per_txn)
             _progress(as_json, f"run {attempt + 1}/{repeat}: {name} ...")
             if name in under_load:
                 loaded.setdefault(name, []).append(
                     under_load[name](context, database_url, backlog_rows))
                 continue
             runs.setdefault(name, []).append(_run_method(
-                database_url, admin_url, name, data, preload=name != "E", make=makers[name],
-                then=reimport if name == "writer" else None,
+                database_url, admin_url, name, data, preload=name not in ("E", "Eb"),
+                make=makers[name], then=reimport if name == "writer" else None,
             ))
     results = {name: _median(found) for name, found in runs.items()}
     report = _report(rows, feed, results, _statements_source(admin_url),
@@ -736,6 +751,18 @@ def command(rows: int, methods: str, feed: str, producers: int, backlog_rows: in
         echo_json(report)
     else:
         click.echo(_table(report))
+
+
+def _batched_floor(url: str, *, data: Dataset, per_txn: int) -> Method:
+    return method_e(url, data, per_txn=per_txn)
+
+
+def _writer_rows_per_txn(writer_runs: Sequence[Measured], rows: int, default: int) -> int:
+    """The rows per transaction of this attempt's writer run (the first given), else
+    ``default``."""
+    if writer_runs and writer_runs[0].transactions:
+        return max(1, round(rows / writer_runs[0].transactions))
+    return default
 
 
 def _median(runs: list[Measured]) -> Measured:
@@ -767,7 +794,7 @@ def _report(rows: int, feed: str, results: dict[str, Measured], source: str,
     from bench._common import machine
 
     report: dict[str, Any] = {"rows": rows, "writer_feed": feed, "statements_source": source}
-    order = ("A", "C", "E", "writer", "writer_reimport")
+    order = ("A", "C", "E", "Eb", "writer", "writer_reimport")
     report.update({name: asdict(results[name]) for name in order if name in results})
     checks = []
 
@@ -803,7 +830,7 @@ def _report(rows: int, feed: str, results: dict[str, Measured], source: str,
 
 
 def _table(report: dict[str, Any]) -> str:
-    names = [n for n in ("A", "C", "E", "writer", "writer_reimport") if n in report]
+    names = [n for n in ("A", "C", "E", "Eb", "writer", "writer_reimport") if n in report]
     columns = ("wall_s", "rows_per_s", "statements", "server_cpu_s", "wal_mb", "max_txn_ms",
                "p99_txn_ms", "peak_connections", "transactions", "txn_s")
     feed = report["writer_feed"]
@@ -819,7 +846,7 @@ def _table(report: dict[str, Any]) -> str:
     ]
     if "writer" in report:
         w = report["writer"]
-        for other in ("A", "C", "E"):
+        for other in ("A", "C", "E", "Eb"):
             if other in report:
                 o = report[other]
                 lines.append(
